@@ -1,0 +1,14 @@
+{
+  "targets": [
+    {
+      "target_name": "migbridge_uring",
+      "sources": ["native/uring/addon.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "libraries": ["<!@(pkg-config --libs liburing)", "-lpthread"]
+    }
+  ]
+}

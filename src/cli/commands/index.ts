@@ -1,0 +1,4 @@
+// Every CLI command, in help order. Add one import and one entry per command.
+import type { Command } from '../command.js';
+
+export const commands: readonly Command[] = [];

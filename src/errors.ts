@@ -1,0 +1,76 @@
+// Typed errors shared by every layer. Each carries a stable `code` and, where it
+// applies, the errno, byte offset, section and device it concerns, so callers
+// (and the CLI's JSON output) never have to parse messages.
+import { constants as osConstants } from 'node:os';
+
+const errnoNames: Map<number, string> = new Map(
+  Object.entries(osConstants.errno).map(([name, num]) => [num, name]),
+);
+
+/** Name of an errno number as the kernel spells it (e.g. 22 -> "EINVAL"). */
+export function errnoName(errno: number): string {
+  return errnoNames.get(errno) ?? `E${errno}`;
+}
+
+/** Errno number for a name (e.g. "EINVAL" -> 22); undefined when unknown. */
+export function errnoNumber(name: string): number | undefined {
+  return (osConstants.errno as Record<string, number>)[name];
+}
+
+export interface ErrorDetails {
+  errno?: number;
+  offset?: number;
+  section?: string;
+  device?: string;
+  cause?: unknown;
+}
+
+export class MigbridgeError extends Error {
+  readonly code: string;
+  readonly errno?: number;
+  readonly offset?: number;
+  readonly section?: string;
+  readonly device?: string;
+
+  constructor(code: string, message: string, details: ErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = new.target.name;
+    this.code = code;
+    if (details.errno !== undefined) this.errno = details.errno;
+    if (details.offset !== undefined) this.offset = details.offset;
+    if (details.section !== undefined) this.section = details.section;
+    if (details.device !== undefined) this.device = details.device;
+  }
+
+  /** Plain object for --output=json error reports. */
+  toJSON(): Record<string, unknown> {
+    const out: Record<string, unknown> = { name: this.name, code: this.code, message: this.message };
+    if (this.errno !== undefined) out.errno = this.errno;
+    if (this.offset !== undefined) out.offset = this.offset;
+    if (this.section !== undefined) out.section = this.section;
+    if (this.device !== undefined) out.device = this.device;
+    return out;
+  }
+}
+
+/** A failed system call or I/O operation; `code` is the errno name (EIO, EINVAL, ...). */
+export class SysError extends MigbridgeError {
+  readonly op: string;
+  readonly fd?: number;
+  constructor(op: string, errno: number, message?: string, details: Omit<ErrorDetails, 'errno'> & { fd?: number } = {}) {
+    const name = errnoName(errno);
+    super(name, message ?? `${op} failed: ${name} (errno ${errno})${details.fd !== undefined ? ` on fd ${details.fd}` : ''}`, {
+      ...details,
+      errno,
+    });
+    this.op = op;
+    if (details.fd !== undefined) this.fd = details.fd;
+  }
+}
+
+/** Wrong command-line usage: the CLI exits with status 2. */
+export class UsageError extends MigbridgeError {
+  constructor(message: string) {
+    super('EUSAGE', message);
+  }
+}
