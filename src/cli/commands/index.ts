@@ -1,4 +1,8 @@
 // Every CLI command, in help order. Add one import and one entry per command.
 import type { Command } from '../command.js';
+import { fsmPathCommand, fsmTableCommand } from './fsm.js';
 
-export const commands: readonly Command[] = [];
+export const commands: readonly Command[] = [
+  fsmPathCommand,
+  fsmTableCommand,
+];
