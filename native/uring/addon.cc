@@ -1,16 +1,10 @@
-// Placeholder until the io_uring core lands: proves the build links liburing.
-#include <napi.h>
-#include <liburing.h>
-
-static Napi::Value Probe(const Napi::CallbackInfo& info) {
-  struct io_uring ring;
-  int rc = io_uring_queue_init(4, &ring, 0);
-  if (rc == 0) io_uring_queue_exit(&ring);
-  return Napi::Number::New(info.Env(), rc);
-}
+// migbridge native addon entry: synchronous syscall helpers (sys.cc) and the
+// asynchronous I/O engine (engine.cc). I/O and ioctls only; all logic is in TS.
+#include "addon.h"
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("probe", Napi::Function::New(env, Probe));
+  migbridge::InitSys(env, exports);
+  migbridge::InitEngine(env, exports);
   return exports;
 }
 
