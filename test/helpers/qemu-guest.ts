@@ -1,0 +1,73 @@
+// The tiny guest that really runs: a 512-byte boot sector assembled here as bytes, which
+// SeaBIOS loads at 0x7c00. It counts forever in a dword at 0x500 and writes one letter per
+// count to COM1 (0x3f8), so a test can see it run (serial log grows, counter advances) on
+// the source and, after a live migration, on the destination. Plus the raw disk images the
+// scenarios attach, cached in /var/cache/migbridge/images/.
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+/** Guest-physical address of the counter the boot sector increments. */
+export const COUNTER_GPA = 0x500;
+/** Where the BIOS loads the boot sector. */
+export const BOOT_SECTOR_GPA = 0x7c00;
+
+/** Real-mode code, one instruction per line with its encoding (origin 0x7c00). */
+const CODE: readonly (readonly number[])[] = [
+  [0xfa], //                                 7c00 cli                  ; no IRQs: nothing but our loop runs
+  [0x31, 0xc0], //                           7c01 xor ax, ax
+  [0x8e, 0xd8], //                           7c03 mov ds, ax
+  [0xba, 0xf8, 0x03], //                     7c05 mov dx, 0x3f8        ; COM1 data port
+  // top:
+  [0x66, 0xff, 0x06, 0x00, 0x05], //         7c08 inc dword [0x500]
+  [0xa0, 0x00, 0x05], //                     7c0d mov al, [0x500]
+  [0x24, 0x0f], //                           7c10 and al, 0x0f
+  [0x04, 0x41], //                           7c12 add al, 'A'          ; 'A'..'P' by counter
+  [0xee], //                                 7c14 out dx, al
+  [0x66, 0xb9, 0x00, 0x00, 0x04, 0x00], //   7c15 mov ecx, 0x40000     ; delay: keep the serial log small
+  [0x67, 0xe2, 0xfd], //                     7c1b a32 loop 7c1b        ; (uses ECX)
+  [0xeb, 0xe8], //                           7c1e jmp 7c08 (top)
+];
+
+/** Marker text placed after the code so the sector is easy to recognise in a RAM dump. */
+const MARKER = 'migbridge test guest';
+
+/** The 512-byte boot sector (code, marker, zeros, 0x55 0xAA). */
+export function bootSector(): Buffer {
+  const sector = Buffer.alloc(512);
+  const code = Buffer.from(CODE.flat());
+  code.copy(sector, 0);
+  sector.write(MARKER, 0x40, 'latin1');
+  sector[510] = 0x55;
+  sector[511] = 0xaa;
+  return sector;
+}
+
+export type ImageName = 'boot' | 'data';
+
+const IMAGE_BYTES = 1024 * 1024;
+
+/** Contents of each disk image the scenarios use (1 MiB raw). */
+function imageContents(name: ImageName): Buffer {
+  const img = Buffer.alloc(IMAGE_BYTES);
+  if (name === 'boot') bootSector().copy(img, 0);
+  else img.write('migbridge data disk\n', 0, 'latin1'); // not bootable: no 0x55AA signature
+  return img;
+}
+
+export function imageHash(name: ImageName): string {
+  return createHash('sha256').update(imageContents(name)).digest('hex').slice(0, 12);
+}
+
+/** Path of the cached image, created (atomically) if missing. VMs use private copies of it. */
+export function imagePath(name: ImageName): string {
+  const dir = '/var/cache/migbridge/images';
+  const path = join(dir, `${name}-${imageHash(name)}.img`);
+  if (!existsSync(path)) {
+    mkdirSync(dir, { recursive: true });
+    const tmp = `${path}.tmp-${process.pid}`;
+    writeFileSync(tmp, imageContents(name));
+    renameSync(tmp, path);
+  }
+  return path;
+}

@@ -1,0 +1,130 @@
+// A minimal QMP client over a unix socket, for driving real QEMU in tests. Every wait is
+// bounded: a command that gets no answer in time rejects instead of hanging the suite.
+import { connect, type Socket } from 'node:net';
+
+export class QmpError extends Error {
+  readonly errorClass: string;
+  constructor(command: string, errorClass: string, desc: string) {
+    super(`QMP ${command} failed: ${errorClass}: ${desc}`);
+    this.name = 'QmpError';
+    this.errorClass = errorClass;
+  }
+}
+
+export interface QmpEvent {
+  event: string;
+  data?: unknown;
+  timestamp?: { seconds: number; microseconds: number };
+}
+
+interface Pending {
+  command: string;
+  resolve: (value: unknown) => void;
+  reject: (err: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+type QmpMessage = { QMP?: unknown; return?: unknown; error?: { class: string; desc: string }; event?: string; id?: number };
+
+export class QmpClient {
+  readonly events: QmpEvent[] = [];
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private buffer = '';
+  private closedError: Error | null = null;
+
+  private constructor(private readonly socket: Socket, private readonly label: string) {
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => this.onData(chunk));
+    socket.on('error', (err) => this.failAll(err));
+    socket.on('close', () => this.failAll(new Error(`${label}: QMP connection closed`)));
+  }
+
+  /** Connects, reads the greeting and negotiates capabilities, all within `timeoutMs`. */
+  static async connect(path: string, label: string, timeoutMs: number): Promise<QmpClient> {
+    const socket = await new Promise<Socket>((resolve, reject) => {
+      const s = connect(path);
+      const timer = setTimeout(() => { s.destroy(); reject(new Error(`${label}: QMP connect to ${path} timed out`)); }, timeoutMs);
+      s.once('connect', () => { clearTimeout(timer); resolve(s); });
+      s.once('error', (err) => { clearTimeout(timer); reject(err); });
+    });
+    const client = new QmpClient(socket, label);
+    await client.greeting(timeoutMs);
+    await client.execute('qmp_capabilities', undefined, timeoutMs);
+    return client;
+  }
+
+  private greetingWaiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
+  private greeted = false;
+
+  private greeting(timeoutMs: number): Promise<void> {
+    if (this.greeted) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${this.label}: no QMP greeting within ${timeoutMs} ms`)), timeoutMs);
+      this.greetingWaiter = {
+        resolve: () => { clearTimeout(timer); resolve(); },
+        reject: (e) => { clearTimeout(timer); reject(e); },
+      };
+    });
+  }
+
+  /** Runs one QMP command; rejects with QmpError on an error reply, or on timeout. */
+  execute(command: string, args: Record<string, unknown> | undefined, timeoutMs: number): Promise<unknown> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    const id = this.nextId++;
+    const msg: Record<string, unknown> = { execute: command, id };
+    if (args !== undefined) msg.arguments = args;
+    return new Promise<unknown>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new Error(`${this.label}: QMP ${command} got no answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(id, { command, resolve, reject, timer });
+      this.socket.write(`${JSON.stringify(msg)}\n`);
+    });
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  private onData(chunk: string): void {
+    this.buffer += chunk;
+    let nl: number;
+    while ((nl = this.buffer.indexOf('\n')) >= 0) {
+      const line = this.buffer.slice(0, nl).trim();
+      this.buffer = this.buffer.slice(nl + 1);
+      if (line !== '') this.onMessage(JSON.parse(line) as QmpMessage);
+    }
+  }
+
+  private onMessage(msg: QmpMessage): void {
+    if (msg.QMP !== undefined) {
+      this.greeted = true;
+      this.greetingWaiter?.resolve();
+      return;
+    }
+    if (msg.event !== undefined) {
+      this.events.push(msg as QmpEvent);
+      return;
+    }
+    if (msg.id === undefined) return;
+    const p = this.pending.get(msg.id);
+    if (!p) return;
+    this.pending.delete(msg.id);
+    clearTimeout(p.timer);
+    if (msg.error) p.reject(new QmpError(p.command, msg.error.class, msg.error.desc));
+    else p.resolve(msg.return);
+  }
+
+  private failAll(err: Error): void {
+    if (this.closedError) return;
+    this.closedError = err;
+    this.greetingWaiter?.reject(err);
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(new Error(`${err.message} (while waiting for ${p.command})`));
+    }
+    this.pending.clear();
+  }
+}

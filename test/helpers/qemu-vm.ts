@@ -1,0 +1,277 @@
+// One real QEMU process driven over QMP (unix socket in a private temp dir). The process is
+// killed when the test ends (teardown hook), when quit() times out, and when node exits;
+// every wait is bounded. At most MIGBRIDGE_QEMU_SLOTS (default 2) QEMUs run at once across
+// all test processes.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { qemuBinary, type QemuBinary, type QemuVersion } from './qemu-binary.js';
+import { QmpClient } from './qemu-qmp.js';
+import { acquireSlot, type Release } from './qemu-lock.js';
+
+const SLOT_DIR = '/tmp/migbridge-qemu-slots';
+const SLOTS = Math.max(1, Number(process.env.MIGBRIDGE_QEMU_SLOTS ?? 2) || 2);
+const STDERR_CAP = 64 * 1024;
+
+const live = new Set<QemuVm>();
+process.once('exit', () => {
+  for (const vm of live) vm.killNow();
+});
+
+/** Something that runs a cleanup when the test ends (ava's `t.teardown` fits). */
+export type Teardown = (fn: () => Promise<void> | void) => void;
+
+export interface QemuVmOptions {
+  version: QemuVersion;
+  /** Machine and device arguments; `{dir}` is replaced by the VM's private temp dir. */
+  args: string[];
+  /** Label used in error messages. */
+  name?: string;
+  /** Adds `-incoming defer` (then call migrateIncoming). */
+  incomingDefer?: boolean;
+  /** Default bound for each QMP command and wait (ms). */
+  timeoutMs?: number;
+  /** Registers the kill with the test (e.g. `t.teardown.bind(t)`). */
+  teardown?: Teardown;
+  /** Runs in the VM's dir before QEMU starts (e.g. to copy disk images there). */
+  beforeStart?: (dir: string) => Promise<void>;
+}
+
+export interface MigrateOptions {
+  timeoutMs?: number;
+  /** 'file' (QEMU 8.2+, default on 10.0) or 'exec' (`exec:cat > FILE`, default on 7.2). */
+  transport?: 'file' | 'exec';
+}
+
+export interface MigrationInfo {
+  status: string;
+  'total-time'?: number;
+  downtime?: number;
+  ram?: Record<string, number>;
+  'error-desc'?: string;
+  [key: string]: unknown;
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+export class QemuVm {
+  readonly dir: string;
+  readonly name: string;
+  readonly binary: QemuBinary;
+  private qmpClient: QmpClient | null = null;
+  private stderrText = '';
+  private exited: { code: number | null; signal: NodeJS.Signals | null } | null = null;
+  private readonly exitWaiters: (() => void)[] = [];
+  private released = false;
+
+  private constructor(
+    private readonly proc: ChildProcess,
+    binary: QemuBinary,
+    dir: string,
+    name: string,
+    private readonly releaseSlot: Release,
+    readonly timeoutMs: number,
+  ) {
+    this.binary = binary;
+    this.dir = dir;
+    this.name = name;
+    proc.stderr?.setEncoding('utf8');
+    proc.stderr?.on('data', (s: string) => {
+      if (this.stderrText.length < STDERR_CAP) this.stderrText += s.slice(0, STDERR_CAP - this.stderrText.length);
+    });
+    proc.stdout?.resume();
+    proc.on('exit', (code, signal) => {
+      this.exited = { code, signal };
+      for (const w of this.exitWaiters.splice(0)) w();
+      this.cleanup();
+    });
+  }
+
+  /** Starts QEMU and connects QMP; fails with QEMU's stderr if it dies or never answers. */
+  static async start(opts: QemuVmOptions): Promise<QemuVm> {
+    const binary = await qemuBinary(opts.version);
+    const timeoutMs = opts.timeoutMs ?? 30_000;
+    const name = opts.name ?? `qemu-${opts.version}`;
+    const release = await acquireSlot(SLOT_DIR, SLOTS, 10 * 60_000, name);
+    // tmpfs when there is one: images, shared-memory RAM and logs stay off the disk.
+    const base = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
+    let dir: string;
+    try {
+      dir = mkdtempSync(join(base, 'migbridge-qemu-'));
+      if (opts.beforeStart) await opts.beforeStart(dir);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    const sock = join(dir, 'qmp.sock');
+    const args = [
+      ...binary.args,
+      '-nodefaults', '-no-user-config', '-display', 'none', '-accel', 'tcg',
+      ...opts.args.map((a) => a.replaceAll('{dir}', dir)),
+      ...(opts.incomingDefer ? ['-incoming', 'defer'] : []),
+      '-qmp', `unix:${sock},server=on,wait=off`,
+    ];
+    const proc = spawn(binary.bin, args, { env: binary.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const vm = new QemuVm(proc, binary, dir, name, release, timeoutMs);
+    live.add(vm);
+    opts.teardown?.(() => vm.kill());
+    proc.on('error', () => { /* reported through exit/connect below */ });
+    try {
+      const deadline = Date.now() + timeoutMs;
+      while (!existsSync(sock)) {
+        if (vm.exited) throw new Error('exited before opening its QMP socket');
+        if (Date.now() > deadline) throw new Error(`no QMP socket after ${timeoutMs} ms`);
+        await sleep(20);
+      }
+      vm.qmpClient = await QmpClient.connect(sock, name, Math.max(1000, deadline - Date.now()));
+    } catch (err) {
+      await vm.kill();
+      throw vm.failure(`could not start (${(err as Error).message})`, args);
+    }
+    return vm;
+  }
+
+  /** QEMU's stderr so far (capped). */
+  get stderr(): string {
+    return this.stderrText;
+  }
+
+  get pid(): number | undefined {
+    return this.proc.pid;
+  }
+
+  get hasExited(): boolean {
+    return this.exited !== null;
+  }
+
+  /** An Error carrying the command line (optionally) and QEMU's stderr. */
+  failure(what: string, args?: string[]): Error {
+    const exit = this.exited ? ` [exit code ${this.exited.code ?? '-'} signal ${this.exited.signal ?? '-'}]` : '';
+    const cmd = args ? `\ncommand: ${this.binary.bin} ${args.join(' ')}` : '';
+    const err = this.stderrText.trim() ? `\nQEMU stderr:\n${this.stderrText.trim()}` : '\nQEMU stderr: (empty)';
+    return new Error(`${this.name} (QEMU ${this.binary.version}): ${what}${exit}${cmd}${err}`);
+  }
+
+  async qmp(command: string, args?: Record<string, unknown>, timeoutMs = this.timeoutMs): Promise<unknown> {
+    if (!this.qmpClient) throw this.failure(`QMP not connected for ${command}`);
+    try {
+      return await this.qmpClient.execute(command, args, timeoutMs);
+    } catch (err) {
+      throw this.failure((err as Error).message);
+    }
+  }
+
+  /** One HMP command line through QMP human-monitor-command; returns its output. */
+  async hmp(line: string): Promise<string> {
+    return (await this.qmp('human-monitor-command', { 'command-line': line })) as string;
+  }
+
+  async status(): Promise<string> {
+    const r = (await this.qmp('query-status')) as { status: string };
+    return r.status;
+  }
+
+  async setCapabilities(names: readonly string[]): Promise<void> {
+    if (names.length === 0) return;
+    await this.qmp('migrate-set-capabilities', { capabilities: names.map((capability) => ({ capability, state: true })) });
+  }
+
+  /** Polls query-status until `done(status)` holds; fails if QEMU exits or time runs out. */
+  async waitStatus(done: (status: string) => boolean, timeoutMs = this.timeoutMs, what = 'status'): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    let last = '';
+    for (;;) {
+      if (this.exited) throw this.failure(`exited while waiting for ${what} (last status ${last || 'none'})`);
+      try {
+        last = await this.status();
+      } catch (err) {
+        if (this.exited) throw this.failure(`exited while waiting for ${what} (last status ${last || 'none'})`);
+        throw err;
+      }
+      if (done(last)) return last;
+      if (Date.now() > deadline) throw this.failure(`timed out after ${timeoutMs} ms waiting for ${what}; status is ${last}`);
+      await sleep(25);
+    }
+  }
+
+  /** The default transport for this build: `file:` needs 8.2+. */
+  defaultTransport(): 'file' | 'exec' {
+    return this.binary.version.startsWith('7.') ? 'exec' : 'file';
+  }
+
+  /** Migrates the VM's state into `path` and waits (bounded) for query-migrate "completed". */
+  async migrateToFile(path: string, opts: MigrateOptions = {}): Promise<MigrationInfo> {
+    const transport = opts.transport ?? this.defaultTransport();
+    const uri = transport === 'file' ? `file:${path}` : `exec:cat > ${shellQuote(path)}`;
+    const timeoutMs = opts.timeoutMs ?? 60_000;
+    await this.qmp('migrate', { uri });
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const info = (await this.qmp('query-migrate')) as MigrationInfo;
+      if (info.status === 'completed') return info;
+      if (info.status === 'failed' || info.status === 'cancelled') {
+        throw this.failure(`migration to ${uri} ${info.status}: ${info['error-desc'] ?? 'no error-desc'}`);
+      }
+      if (Date.now() > deadline) {
+        await this.qmp('migrate_cancel').catch(() => undefined);
+        throw this.failure(`migration to ${uri} not completed after ${timeoutMs} ms (status ${info.status})`);
+      }
+      await sleep(25);
+    }
+  }
+
+  /** On a VM started with incomingDefer: loads `path` and waits until it leaves `inmigrate`. */
+  async migrateIncomingFile(path: string, opts: MigrateOptions = {}): Promise<string> {
+    const transport = opts.transport ?? this.defaultTransport();
+    const uri = transport === 'file' ? `file:${path}` : `exec:cat ${shellQuote(path)}`;
+    await this.qmp('migrate-incoming', { uri });
+    // query-migrate says "completed" slightly before the runstate changes: poll the runstate.
+    return this.waitStatus((s) => s !== 'inmigrate', opts.timeoutMs ?? 60_000, `the incoming load of ${path}`);
+  }
+
+  /** Asks QEMU to quit; SIGKILL if it has not exited within 5 s. */
+  async quit(): Promise<void> {
+    if (this.exited) return;
+    const gone = this.waitExit(5_000);
+    await this.qmpClient?.execute('quit', undefined, 5_000).catch(() => undefined);
+    if (!(await gone)) await this.kill();
+  }
+
+  /** SIGKILL and wait (bounded) for the exit. Safe to call repeatedly. */
+  async kill(): Promise<void> {
+    if (!this.exited) {
+      this.killNow();
+      await this.waitExit(5_000);
+    }
+    this.cleanup();
+  }
+
+  /** Synchronous SIGKILL, for process-exit handlers. */
+  killNow(): void {
+    this.qmpClient?.close();
+    if (!this.exited) {
+      try { this.proc.kill('SIGKILL'); } catch { /* already gone */ }
+    }
+  }
+
+  private waitExit(timeoutMs: number): Promise<boolean> {
+    if (this.exited) return Promise.resolve(true);
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.exitWaiters.push(() => { clearTimeout(timer); resolve(true); });
+    });
+  }
+
+  private cleanup(): void {
+    if (this.released || !this.exited) return;
+    this.released = true;
+    this.qmpClient?.close();
+    live.delete(this);
+    this.releaseSlot();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
