@@ -1,0 +1,22 @@
+// Public surface of the QEMU migration stream codec.
+export * from './constants.js';
+export { StreamError, type StreamErrorCode } from './errors.js';
+export { Reader, Writer } from './bytes.js';
+export { DEFAULT_LIMITS, type StreamLimits } from './context.js';
+export type * from './records.js';
+export { StreamDecoder, commandName, type DecoderOptions } from './decoder.js';
+export { readStream, readStreamFile, probeStreamFile, type ByteSource, type FileReadOptions, type StreamFileInfo } from './reader.js';
+export { encodeEvent, encodeEventInto } from './encode.js';
+export {
+  StreamWriter,
+  writableSink,
+  vfioVmDescEntry,
+  buildVmDesc,
+  type ByteSink,
+  type ConfigurationOptions,
+  type StreamWriterOptions,
+} from './writer.js';
+export { parseVmDesc, readTailVmDesc, VmDescIndex, type VmDesc, type VmDescDevice, type VmDescField, type VmDescStruct } from './vmdesc.js';
+export { decodeVmstate, fullBodyBytes, type DumpValue } from './vmstate.js';
+export { msixStateBytes, vfioConfigBodyBytes } from './vfio.js';
+export { compressBound } from './ram.js';

@@ -1,0 +1,62 @@
+// Async front ends of the decoder: any async byte source (file, pipe, socket)
+// becomes an async iterator of typed events. Payload events are slices of the
+// current input chunk, so memory stays bounded by the chunk size as long as the
+// consumer does not keep them.
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { StreamDecoder, type DecoderOptions } from './decoder.js';
+import type { StreamEvent } from './records.js';
+import { readTailVmDesc, type VmDesc } from './vmdesc.js';
+
+export type ByteSource = AsyncIterable<Uint8Array | Buffer | string>;
+
+/** Decodes a stream from any async byte source. Throws StreamError on bad input. */
+export async function* readStream(source: ByteSource, opts: DecoderOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
+  const dec = new StreamDecoder(opts);
+  for await (const chunk of source) {
+    if (typeof chunk === 'string') throw new TypeError('readStream: the source must yield bytes, not strings (no encoding set)');
+    dec.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+    const evs = dec.takeEvents();
+    for (const ev of evs) yield ev;
+  }
+  dec.end();
+  for (const ev of dec.takeEvents()) yield ev;
+}
+
+export interface FileReadOptions extends DecoderOptions {
+  /** Read size per chunk (default 1 MiB). */
+  chunkSize?: number;
+  /** How far from the end to look for the vmdesc (default 64 MiB). */
+  vmdescSearchBytes?: number;
+}
+
+/** What `openStreamFile` found before streaming: the vmdesc read from the file's tail. */
+export interface StreamFileInfo {
+  size: number;
+  vmdesc: VmDesc | undefined;
+}
+
+/** Stats a stream file and reads its vmdesc from the tail (unless the caller supplied one). */
+export async function probeStreamFile(path: string, opts: FileReadOptions = {}): Promise<StreamFileInfo> {
+  const size = (await stat(path)).size;
+  const vmdesc = opts.vmdesc ?? (await readTailVmDesc(path, opts.vmdescSearchBytes))?.desc;
+  return { size, vmdesc };
+}
+
+/**
+ * Decodes a stream file. A seekable file's vmdesc (written last) is read from
+ * the tail first so FULL sections can be framed while streaming from the start.
+ */
+export async function* readStreamFile(path: string, opts: FileReadOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
+  const info = await probeStreamFile(path, opts);
+  const source = createReadStream(path, { highWaterMark: opts.chunkSize ?? 1 << 20 });
+  try {
+    yield* readStream(source, {
+      ...opts,
+      totalSize: info.size,
+      ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}),
+    });
+  } finally {
+    source.destroy();
+  }
+}
