@@ -37,6 +37,8 @@ SRC
     if [ $apt_updated = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
   fi
+  # QEMU 7.2 (bookworm) unpacked beside it, for the real-QEMU stream tests; cached, idempotent.
+  bash scripts/qemu72.sh >/dev/null
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

@@ -18,7 +18,8 @@ export { QemuVm, type QemuVmOptions, type MigrateOptions, type MigrationInfo, ty
 export { SCENARIOS, SCENARIO_NAMES, scenarioMatrix, type Scenario, type ScenarioName, type Preparation } from './qemu-scenarios.js';
 export { bootSector, BOOT_SECTOR_GPA, COUNTER_GPA } from './qemu-guest.js';
 
-export const STREAM_CACHE = '/var/cache/migbridge/streams';
+/** Override with MIGBRIDGE_STREAM_CACHE (e.g. to time a cold run without losing the cache). */
+export const STREAM_CACHE = process.env.MIGBRIDGE_STREAM_CACHE ?? '/var/cache/migbridge/streams';
 /** Bump when the generation procedure changes in a way that changes the streams. */
 const GENERATOR_REV = 1;
 
