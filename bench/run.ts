@@ -1,0 +1,18 @@
+// Benchmark dispatcher: `node dist/bench/run.js <name> [args]` runs bench/<name>.ts.
+// Benchmarks print measurements and ratios; they are not tests and assert nothing.
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+interface Bench {
+  main(args: string[]): Promise<void>;
+}
+
+const [name, ...args] = process.argv.slice(2);
+const here = dirname(fileURLToPath(import.meta.url));
+if (!name || !/^[a-z0-9-]+$/.test(name) || name === 'run' || !existsSync(join(here, `${name}.js`))) {
+  process.stderr.write(`usage: node dist/bench/run.js <name> [args]   (name = bench/<name>.ts, e.g. uring)\n`);
+  process.exit(2);
+}
+const mod = (await import(`./${name}.js`)) as Bench;
+await mod.main(args);
