@@ -269,18 +269,33 @@ export class StreamWriter {
     await this.maybeFlush();
   }
 
-  /** Writes a decoded event back as its exact bytes (used by rewrite and inject). */
+  /**
+   * Writes a decoded event back as its exact bytes (used by rewrite and inject).
+   * Tracks the open section and DATA_STATE payload like the typed methods, so
+   * decoded events and typed calls can be mixed.
+   */
   async event(ev: StreamEvent): Promise<void> {
-    if (ev.type === 'vfio-data-chunk') {
-      // Large payload chunks bypass the coalescing buffer.
-      if (ev.data.length >= 16 << 10) {
-        await this.flush();
-        this.written += ev.data.length;
-        await this.sink.write(ev.data);
-        return;
-      }
+    switch (ev.type) {
+      case 'vfio-data-chunk':
+        return this.payload(ev.data);
+      case 'section':
+        this.checkNoPayload();
+        this.open = { sectionId: ev.section.sectionId, kind: ev.kind };
+        break;
+      case 'footer':
+      case 'header':
+      case 'configuration':
+      case 'command':
+      case 'eof':
+      case 'vmdesc':
+        this.checkNoPayload();
+        this.open = undefined;
+        break;
+      default:
+        this.checkNoPayload();
     }
     encodeEventInto(this.w, ev);
+    if (ev.type === 'vfio-data') this.payloadLeft = ev.size;
     await this.maybeFlush();
   }
 }
