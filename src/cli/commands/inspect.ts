@@ -1,0 +1,62 @@
+// `migbridge inspect FILE [--dump state]`: every record of a QEMU migration
+// stream with its offset and length, the configuration, a RAM summary and a
+// per-device VFIO summary (see src/qemu/summary.ts for the JSON shape).
+import { UsageError } from '../../errors.js';
+import { inspectStreamFile, type InspectReport } from '../../qemu/summary.js';
+import { parseVmDesc } from '../../qemu/vmdesc.js';
+import { readFile } from 'node:fs/promises';
+import type { Command } from '../command.js';
+
+function human(r: InspectReport): string {
+  const lines: string[] = [];
+  lines.push(`header:        ${r.header.magicText} (0x${r.header.magic.toString(16)}) version ${r.header.version}, ${r.size} bytes`);
+  if (r.configuration) {
+    const caps = r.configuration.capabilities.length ? ` capabilities: ${r.configuration.capabilities.join(', ')}` : '';
+    lines.push(`configuration: machine ${r.configuration.machineType}${caps}`);
+  } else lines.push('configuration: none');
+  lines.push('', 'records:', '  offset      length  kind           id  idstr');
+  for (const x of r.records) {
+    const id = x.sectionId === null ? '' : String(x.sectionId);
+    const name = x.idstr === null ? (x.command ?? '') : `${x.idstr}${x.instanceId ? ` #${x.instanceId}` : ''}${x.versionId !== null ? ` v${x.versionId}` : ''}`;
+    lines.push(`  ${String(x.offset).padStart(10)} ${String(x.length).padStart(8)}  ${x.kind.padEnd(13)} ${id.padStart(3)}  ${name}`);
+  }
+  if (r.ram) {
+    lines.push('', `ram: page size ${r.ram.pageSize}${r.ram.ignoreShared ? ', x-ignore-shared' : ''}`);
+    for (const b of r.ram.blocks) lines.push(`  ${b.name.padEnd(28)} ${String(b.usedLength).padStart(12)} bytes${b.gpa !== undefined ? ` at GPA 0x${b.gpa.toString(16)}` : ''}`);
+    const p = r.ram.pages;
+    lines.push(`  pages: ${p.PAGE} PAGE, ${p.ZERO} ZERO, ${p.XBZRLE} XBZRLE, ${p.COMPRESS_PAGE} COMPRESS_PAGE; ${r.ram.records.EOS} EOS, ${r.ram.records.MULTIFD_FLUSH} MULTIFD_FLUSH`);
+  }
+  if (r.vfio.length) {
+    lines.push('', 'vfio:');
+    for (const d of r.vfio) {
+      lines.push(`  ${d.idstr} (section ${d.sectionId}): ${d.dataBytes} data bytes in ${d.chunks} DATA_STATE records (precopy ${d.precopyBytes}, stop-copy ${d.stopCopyBytes}), config ${d.configBytes ?? 'none'} bytes; ${d.flavour}`);
+    }
+  }
+  if (r.vmdesc) lines.push('', `vmdesc: ${r.vmdesc.bytes} bytes of JSON at ${r.vmdesc.offset}, ${r.vmdesc.devices} devices`);
+  return lines.join('\n');
+}
+
+export const inspectCommand: Command = {
+  name: ['inspect'],
+  summary: 'Decode a QEMU migration stream: records, configuration, RAM and VFIO summaries (--dump state: decoded vmstate fields).',
+  usage: 'inspect FILE [--dump state] [--vmdesc JSONFILE]',
+  options: {
+    dump: { type: 'string' },
+    vmdesc: { type: 'string' },
+  },
+  async run(args, io) {
+    const [file, ...extra] = args.positionals;
+    if (!file || extra.length) throw new UsageError('inspect takes exactly one FILE');
+    const dump = args.values.dump;
+    if (dump !== undefined && dump !== 'state') throw new UsageError(`--dump supports only "state", got ${JSON.stringify(dump)}`);
+    const vmdescFile = args.values.vmdesc;
+    const vmdesc = typeof vmdescFile === 'string' ? parseVmDesc(await readFile(vmdescFile)) : undefined;
+    const report = await inspectStreamFile(file, { dumpState: dump === 'state', ...(vmdesc ? { vmdesc } : {}) });
+    if (dump === 'state' && io.output === 'human') {
+      io.stdout(JSON.stringify(report.state, null, 4));
+      return 0;
+    }
+    io.result(report, () => human(report));
+    return 0;
+  },
+};
