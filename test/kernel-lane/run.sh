@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The real-kernel lane (`npm run test:kernel`): builds the project, builds or reuses the guest
+# kernel and initramfs, boots them under QEMU TCG with the host's root shared read-only over
+# 9p, and runs the guest tests (dist/test/kernel) against the kernel's mtty sample driver.
+# Exits with the tests' exit status; a guest that hangs or panics fails within
+# MIGBRIDGE_LANE_TIMEOUT seconds (default 600). The console log is always kept.
+#
+#   bash test/kernel-lane/run.sh [ava args, e.g. dist/test/kernel/smoke.test.js]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+project=$PWD
+lane_start=$(date +%s)
+timeout_s=${MIGBRIDGE_LANE_TIMEOUT:-600}
+
+say() { echo "kernel-lane: $*"; }
+die() { echo "kernel-lane: FAILED: $*" >&2; exit 1; }
+case "$project" in *[[:space:]]*) die "project path must not contain spaces: $project" ;; esac
+
+# The guest sees the tree read-only, so dist/ and the native addon are built here first.
+bash scripts/setup.sh --test
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found (install: bash scripts/setup.sh --test)"
+qemu-system-x86_64 -device help 2>/dev/null | grep -q virtio-9p ||
+  die "this QEMU lacks virtio-9p (install Debian's qemu-system-x86: bash scripts/setup.sh --test)"
+
+t0=$(date +%s)
+kernel=$(bash test/kernel-lane/build-kernel.sh)
+initrd=$(bash test/kernel-lane/build-initramfs.sh)
+build_s=$(( $(date +%s) - t0 ))
+
+work=$(mktemp -d /tmp/migbridge-kernel-lane.XXXXXX)
+share=$work/share
+mkdir -p "$share/figures"
+console=$work/console.log
+echo "$project" > "$share/params"
+if [ $# -gt 0 ]; then printf '%s\n' "$@"; fi > "$share/ava-args"
+
+say "kernel $kernel (ready in ${build_s} s)"
+say "booting QEMU TCG (timeout ${timeout_s} s); console log: $console"
+boot_start=$(date +%s)
+set +e
+# stdin from /dev/null: -nographic would otherwise put a terminal in raw mode.
+timeout -k 10 "$timeout_s" qemu-system-x86_64 \
+  -accel tcg -cpu max -m 2G -smp 2 -nographic -no-reboot -nic none \
+  -kernel "$kernel" -initrd "$initrd" \
+  -append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic" \
+  -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+  -virtfs "local,path=$share,mount_tag=lane,security_model=none" \
+  </dev/null 2>&1 | tee "$console"
+qemu_rc=${PIPESTATUS[0]}
+set -e
+boot_s=$(( $(date +%s) - boot_start ))
+
+if compgen -G "$share/figures/*.txt" >/dev/null; then
+  say "figures reported by the guest tests:"
+  for f in "$share"/figures/*.txt; do sed 's/^/  /' "$f"; done
+fi
+summary=$(grep -aE '^ *[0-9]+ (tests? (passed|failed)|known failure|uncaught exception|unhandled rejection)' "$console" | tr -d '\r' | sed 's/^ *//' | paste -sd ';' - || true)
+
+if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
+  die "guest did not finish within ${timeout_s} s (hang?); console log: $console"
+fi
+if [ ! -f "$share/status" ]; then
+  die "guest ended without reporting a status (QEMU exit $qemu_rc; kernel panic or crash?); console log: $console"
+fi
+status=$(cat "$share/status")
+say "summary: ${summary:-no ava summary found}; guest status $status"
+say "timings: kernel+initramfs ${build_s} s, QEMU run ${boot_s} s, lane total $(( $(date +%s) - lane_start )) s"
+say "console log: $console"
+exit "$status"
