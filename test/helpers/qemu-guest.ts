@@ -1,6 +1,9 @@
 // The tiny guest that really runs: a 512-byte boot sector assembled here as bytes, which
-// SeaBIOS loads at 0x7c00. It counts forever in a dword at 0x500 and writes one letter per
-// count to COM1 (0x3f8), so a test can see it run (serial log grows, counter advances) on
+// SeaBIOS loads at 0x7c00. It increments a dword at 0x500 as fast as it can and stores its
+// low half into one of 16 pages at 0x10000 in turn (so 17 pages are dirty at every
+// dirty-bitmap sync of a live migration, enough that QEMU cannot switch over under a small
+// downtime limit), and every 2^20 counts writes one
+// letter to COM1 (0x3f8), so a test can see it run (serial log grows, counter advances) on
 // the source and, after a live migration, on the destination. Plus the raw disk images the
 // scenarios attach, cached in /var/cache/migbridge/images/.
 import { createHash } from 'node:crypto';
@@ -14,20 +17,32 @@ export const BOOT_SECTOR_GPA = 0x7c00;
 
 /** Real-mode code, one instruction per line with its encoding (origin 0x7c00). */
 const CODE: readonly (readonly number[])[] = [
-  [0xfa], //                                 7c00 cli                  ; no IRQs: nothing but our loop runs
-  [0x31, 0xc0], //                           7c01 xor ax, ax
-  [0x8e, 0xd8], //                           7c03 mov ds, ax
-  [0xba, 0xf8, 0x03], //                     7c05 mov dx, 0x3f8        ; COM1 data port
+  [0xfa], //                                              7c00 cli                    ; no IRQs: only our loop runs
+  [0x31, 0xc0], //                                        7c01 xor ax, ax
+  [0x8e, 0xd8], //                                        7c03 mov ds, ax
+  [0xb8, 0x00, 0x10], //                                  7c05 mov ax, 0x1000
+  [0x8e, 0xc0], //                                        7c08 mov es, ax             ; es:0 = 0x10000
+  [0xba, 0xf8, 0x03], //                                  7c0a mov dx, 0x3f8          ; COM1 data port
   // top:
-  [0x66, 0xff, 0x06, 0x00, 0x05], //         7c08 inc dword [0x500]
-  [0xa0, 0x00, 0x05], //                     7c0d mov al, [0x500]
-  [0x24, 0x0f], //                           7c10 and al, 0x0f
-  [0x04, 0x41], //                           7c12 add al, 'A'          ; 'A'..'P' by counter
-  [0xee], //                                 7c14 out dx, al
-  [0x66, 0xb9, 0x00, 0x00, 0x04, 0x00], //   7c15 mov ecx, 0x40000     ; delay: keep the serial log small
-  [0x67, 0xe2, 0xfd], //                     7c1b a32 loop 7c1b        ; (uses ECX)
-  [0xeb, 0xe8], //                           7c1e jmp 7c08 (top)
+  [0x66, 0xff, 0x06, 0x00, 0x05], //                      7c0d inc dword [0x500]
+  [0x8b, 0x1e, 0x00, 0x05], //                            7c12 mov bx, [0x500]
+  [0x83, 0xe3, 0x0f], //                                  7c16 and bx, 0x0f
+  [0xc1, 0xe3, 0x0c], //                                  7c19 shl bx, 12
+  [0xa1, 0x00, 0x05], //                                  7c1c mov ax, [0x500]
+  [0x26, 0x89, 0x07], //                                  7c1f mov [es:bx], ax        ; dirties one of 16 pages at 0x10000
+  [0x66, 0xf7, 0x06, 0x00, 0x05, 0xff, 0xff, 0x0f, 0x00], // 7c22 test dword [0x500], 0xfffff
+  [0x75, 0xe0], //                                        7c2b jnz 7c0d (top)
+  [0xa0, 0x02, 0x05], //                                  7c2d mov al, [0x502]
+  [0xc0, 0xe8, 0x04], //                                  7c30 shr al, 4
+  [0x24, 0x0f], //                                        7c33 and al, 0x0f
+  [0x04, 0x41], //                                        7c35 add al, 'A'            ; 'A'..'P' by counter
+  [0xee], //                                              7c37 out dx, al
+  [0xeb, 0xd3], //                                        7c38 jmp 7c0d (top)
 ];
+
+/** Guest-physical range the guest keeps writing (16 pages), besides the counter's page. */
+export const DIRTY_GPA = 0x10000;
+export const DIRTY_PAGES = 16;
 
 /** Marker text placed after the code so the sector is easy to recognise in a RAM dump. */
 const MARKER = 'migbridge test guest';

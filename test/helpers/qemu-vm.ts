@@ -43,6 +43,8 @@ export interface MigrateOptions {
   timeoutMs?: number;
   /** 'file' (QEMU 8.2+, default on 10.0) or 'exec' (`exec:cat > FILE`, default on 7.2). */
   transport?: 'file' | 'exec';
+  /** Called with each query-migrate answer while the migration is not finished. */
+  onPoll?: (info: MigrationInfo) => Promise<void>;
 }
 
 export interface MigrationInfo {
@@ -220,6 +222,7 @@ export class QemuVm {
         await this.qmp('migrate_cancel').catch(() => undefined);
         throw this.failure(`migration to ${uri} not completed after ${timeoutMs} ms (status ${info.status})`);
       }
+      if (opts.onPoll) await opts.onPoll(info);
       await sleep(25);
     }
   }

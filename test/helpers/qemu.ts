@@ -21,7 +21,7 @@ export { bootSector, BOOT_SECTOR_GPA, COUNTER_GPA } from './qemu-guest.js';
 /** Override with MIGBRIDGE_STREAM_CACHE (e.g. to time a cold run without losing the cache). */
 export const STREAM_CACHE = process.env.MIGBRIDGE_STREAM_CACHE ?? '/var/cache/migbridge/streams';
 /** Bump when the generation procedure changes in a way that changes the streams. */
-const GENERATOR_REV = 1;
+const GENERATOR_REV = 2;
 
 function scenarioFor(name: ScenarioName, version: QemuVersion): Scenario {
   const s = SCENARIOS[name];
@@ -102,6 +102,11 @@ async function waitNoChildren(vm: QemuVm, pid: number | undefined, timeoutMs: nu
   }
 }
 
+/** The run did not show what the scenario is about (e.g. QEMU converged before resending). */
+export class GenerationMissedError extends Error {
+  override name = 'GenerationMissedError';
+}
+
 export interface GeneratedStream {
   path: string;
   /** query-migrate on the source at completion. */
@@ -114,7 +119,7 @@ export async function streamPath(name: ScenarioName, version: QemuVersion): Prom
   const s = scenarioFor(name, version);
   const bin = await qemuBinary(version);
   const key = {
-    rev: GENERATOR_REV, qemu: bin.versionLine, args: s.args, prepare: s.prepare, capabilities: s.capabilities,
+    rev: GENERATOR_REV, qemu: bin.versionLine, args: s.args, prepare: s.prepare, capabilities: s.capabilities, minRounds: s.minRounds,
     images: s.images.map((n) => `${n}:${imageHash(n)}`), boot: bootSector().toString('hex'),
   };
   const hash = createHash('sha256').update(JSON.stringify(key)).digest('hex').slice(0, 12);
@@ -138,7 +143,7 @@ export async function generateStream(name: ScenarioName, version: QemuVersion, o
     await vm.setCapabilities(s.capabilities);
     let counterBefore: number | undefined;
     if (s.prepare !== 'paused') {
-      await waitSerial(vm, 32, 60_000);
+      await waitSerial(vm, 4, 60_000);
       counterBefore = await readCounter(vm);
     }
     if (s.prepare === 'run-stop') {
@@ -146,7 +151,26 @@ export async function generateStream(name: ScenarioName, version: QemuVersion, o
       await vm.waitStatus((st) => st === 'paused', 10_000, 'paused after stop');
     }
     const status = await vm.status();
-    const migration = await vm.migrateToFile(tmp);
+    let onPoll: ((info: MigrationInfo) => Promise<void>) | undefined;
+    const minRounds = s.minRounds;
+    if (minRounds !== undefined) {
+      // Throttled to 4 MiB/s with a 1 ms downtime limit, QEMU cannot switch over while the guest
+      // dirties its 17 pages per round (threshold = bandwidth x downtime, about 4 KiB), so it
+      // keeps syncing the dirty bitmap and resending; after enough rounds we allow the
+      // switchover. (downtime-limit 0 does not work: QEMU then skips the sync when nothing is
+      // left from the last one, and completes at once.)
+      await vm.qmp('migrate-set-parameters', { 'downtime-limit': 1, 'max-bandwidth': 4 << 20 });
+      let released = false;
+      onPoll = async (info) => {
+        if (!released && (info.ram?.['dirty-sync-count'] ?? 0) >= minRounds) {
+          released = true;
+          await vm.qmp('migrate-set-parameters', { 'downtime-limit': 300, 'max-bandwidth': 1 << 30 });
+        }
+      };
+    }
+    const migration = await vm.migrateToFile(tmp, { onPoll });
+    const why = s.accept?.(migration);
+    if (why) throw new GenerationMissedError(`${name} on QEMU ${version}: ${why}`);
     await waitNoChildren(vm, vm.pid, 10_000);
     await vm.quit();
     if (!(await hasCompleteTrailer(tmp))) throw vm.failure(`the stream ${tmp} has no complete EOF + VMDESCRIPTION trailer`);
@@ -175,7 +199,13 @@ export async function streamFor(name: ScenarioName, version: QemuVersion = '10.0
   await mkdir(join(path, '..'), { recursive: true });
   const release = await acquireLock(`${path}.lock`, 5 * 60_000);
   try {
-    if (!existsSync(path)) await generateStream(name, version, path, teardown);
+    for (let attempt = 1; !existsSync(path); attempt++) {
+      try {
+        await generateStream(name, version, path, teardown);
+      } catch (err) {
+        if (!(err instanceof GenerationMissedError) || attempt >= 3) throw err;
+      }
+    }
   } finally {
     release();
   }

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   BOOT_SECTOR_GPA, COUNTER_GPA, QEMU_VERSIONS, QemuVm, bootSector, loadStream, readCounter, repoRoot, scenarioMatrix,
-  startDestination, streamFor, type QemuVersion, type Scenario,
+  startDestination, streamFor, type MigrationInfo, type QemuVersion, type Scenario,
 } from '../helpers/qemu.js';
 
 const cli = join(repoRoot(), 'bin', 'migbridge.js');
@@ -69,9 +69,14 @@ interface InspectJson {
   ram?: { pageSize: number; blocks: { name: string; usedLength: number }[] };
 }
 
+interface StreamMeta {
+  counterBefore?: number;
+  migration: { ram?: Record<string, number>; compression?: { pages?: number }; 'xbzrle-cache'?: { pages?: number } };
+}
+
 /** Per-stream metadata the generator wrote beside it (source status, query-migrate, guest counter). */
-async function meta(file: string): Promise<{ counterBefore?: number; migration: { ram?: Record<string, number> } }> {
-  return JSON.parse(await readFile(`${file}.json`, 'utf8')) as { counterBefore?: number; migration: { ram?: Record<string, number> } };
+async function meta(file: string): Promise<StreamMeta> {
+  return JSON.parse(await readFile(`${file}.json`, 'utf8')) as StreamMeta;
 }
 
 const machinePrefix = (s: Scenario, v: QemuVersion): string => `${s.args[1]!.startsWith('q35') ? 'pc-q35' : 'pc-i440fx'}-${v}`;
@@ -82,6 +87,9 @@ for (const { scenario: s, version: v } of scenarioMatrix()) {
   test(`${label}: real QEMU writes the stream and loads it back (${s.expectedStatus})`, async (t) => {
     const file = await streamFor(s.name, v, t.teardown.bind(t));
     t.true((await stat(file)).size > 8);
+    // The source really did what the scenario is about (QEMU's own counters).
+    // (compress: COMPRESS_PAGE records; xbzrle: XBZRLE records; live: pages resent after the first pass)
+    t.is(s.accept?.((await meta(file)).migration as MigrationInfo) ?? null, null);
     t.is(await loadStream(v, file, s.name, { teardown: t.teardown.bind(t) }), s.expectedStatus);
   });
 
