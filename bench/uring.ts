@@ -128,7 +128,7 @@ async function runPipes(m: Method, streams: number, bytes: number): Promise<Resu
   for (const [, w] of pairs) setPipeSize(w, CHUNK);
   const start = new Int32Array(new SharedArrayBuffer(4));
   const writers = pairs.map(([, fd]) => new Worker(new URL('./pipe-writer.js', import.meta.url), { workerData: { fd, bytes, start } }));
-  await Promise.all(writers.map((w) => new Promise((res) => w.once('online', res))));
+  await Promise.all(writers.map((w) => new Promise((res, rej) => (w.once('message', res), w.once('error', rej)))));
   const done = writers.map((w) => new Promise((res, rej) => (w.once('message', res), w.once('error', rej))));
   const r = await timed(
     m,

@@ -277,6 +277,13 @@ class Engine : public Napi::ObjectWrap<Engine> {
         io_uring_prep_writev(sqe, op.fd, op.iov.data(), op.iov.size(), off);
         break;
     }
+    // A page-cache read/write of a regular file would run inline inside
+    // io_uring_enter, i.e. on the JS thread, one stream after another; punting
+    // it to io-wq spreads the copies over all cores (bench: 1.0x -> ~2.4x the
+    // serial C loop on tmpfs). Pipes, sockets and data_fds keep the default
+    // path (poll-armed retry, no kernel thread while they wait).
+    struct stat st;
+    if (fstat(op.fd, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) sqe->flags |= IOSQE_ASYNC;
     Finish(sqe, id, op, timeoutMs);
   }
 
