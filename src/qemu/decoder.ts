@@ -289,14 +289,15 @@ export class StreamDecoder {
     const { r, ctx } = this;
     const at = r.offset;
     const have = yield* ctx.upTo(1);
-    const present = have > 0 && r.peekU8() === RecordType.SECTION_FOOTER;
+    if (have === 0) throw ctx.error('ESTREAM_TRUNCATED', 'stream ends after a section body', { section: sec, expected: 'a section footer or the next record' });
+    const present = r.peekU8() === RecordType.SECTION_FOOTER;
     if (this.footers === undefined) this.footers = present;
     if (present !== this.footers) {
       throw ctx.error('ESTREAM_FORMAT', present ? 'unexpected section footer' : 'missing section footer', {
         offset: at,
         section: sec,
         expected: present ? 'a record type byte' : `${hex(RecordType.SECTION_FOOTER)} + section id`,
-        found: have > 0 ? hex(r.peekU8()) : 'end of input',
+        found: hex(r.peekU8()),
       });
     }
     if (!present) return;

@@ -3,7 +3,7 @@
 // seekable file (it comes after EOF, but FULL sections before it need it).
 import { open } from 'node:fs/promises';
 import { RecordType } from './constants.js';
-import { StreamError } from './errors.js';
+import { StreamError, type StreamErrorCode } from './errors.js';
 
 export interface VmDescField {
   name: string;
@@ -70,16 +70,25 @@ function checkStruct(s: unknown, where: string): VmDescStruct {
   return s as VmDescStruct;
 }
 
-/** Parses and validates the JSON text of a vmdesc trailer. */
+/** Parses and validates the JSON text of a vmdesc trailer (`offset`: where its JSON starts, for errors). */
 export function parseVmDesc(json: Buffer | string, offset?: number): VmDesc {
+  try {
+    return validateVmDesc(json);
+  } catch (e) {
+    if (offset === undefined || !(e instanceof StreamError) || e.offset !== undefined) throw e;
+    throw new StreamError(e.code as StreamErrorCode, e.message, { offset, cause: e.cause });
+  }
+}
+
+function validateVmDesc(json: Buffer | string): VmDesc {
   let v: unknown;
   try {
     v = JSON.parse(typeof json === 'string' ? json : json.toString('utf8'));
   } catch (e) {
-    throw new StreamError('ESTREAM_FORMAT', 'vmdesc is not valid JSON', { ...(offset !== undefined ? { offset } : {}), cause: e });
+    throw new StreamError('ESTREAM_FORMAT', 'vmdesc is not valid JSON', { cause: e });
   }
   if (!isObj(v) || !Array.isArray(v.devices)) {
-    throw new StreamError('ESTREAM_FORMAT', 'vmdesc has no "devices" array', offset !== undefined ? { offset } : {});
+    throw new StreamError('ESTREAM_FORMAT', 'vmdesc has no "devices" array');
   }
   if (v.page_size !== undefined) checkCount(v.page_size, 'page_size');
   if (v.configuration !== undefined) checkStruct(v.configuration, 'configuration');
