@@ -6,6 +6,9 @@ import { inspectCommand } from './inspect.js';
 import { rewriteCommand } from './rewrite.js';
 import { extractCommand } from './extract.js';
 import { injectCommand } from './inject.js';
+import { saveCommand } from './save.js';
+import { restoreCommand } from './restore.js';
+import { demoCommand } from './demo.js';
 
 export const commands: readonly Command[] = [
   fsmPathCommand,
@@ -15,4 +18,7 @@ export const commands: readonly Command[] = [
   rewriteCommand,
   extractCommand,
   injectCommand,
+  saveCommand,
+  restoreCommand,
+  demoCommand,
 ];

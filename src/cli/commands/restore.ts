@@ -1,0 +1,75 @@
+// `migbridge restore`: a QEMU migration stream's VFIO sections into devices, in parallel.
+import type { WriteStream } from 'node:tty';
+import { UsageError } from '../../errors.js';
+import { closeDevices, openDevices } from '../../engine/devices.js';
+import { formatBytes, formatRate, Progress } from '../../engine/progress.js';
+import { type RestoreReport, RestoreFailedError, restore } from '../../engine/restore.js';
+import { openEvents } from '../../engine/source.js';
+import type { Command } from '../command.js';
+import { sourceTarget, stringList } from './transfer-args.js';
+
+export function restoreHuman(r: RestoreReport): string {
+  const lines = r.devices.map((d) => {
+    const status = d.ok ? 'ok' : `FAILED: ${String(d.error?.message ?? 'error')}${d.recovery ? ` (${d.recovery})` : ''}`;
+    return `  ${d.id.padEnd(12)} <- ${(d.idstr ?? '-').padEnd(20)} ${formatBytes(d.bytes).padStart(10)} in ${d.chunks} chunks  ${status}`;
+  });
+  lines.push(`restored ${r.devices.filter((d) => d.ok).length}/${r.devices.length} device(s), ${formatBytes(r.totalBytes)} in ${r.seconds.toFixed(2)} s (${formatRate(r.totalBytes / Math.max(r.seconds, 1e-6))})`);
+  return lines.join('\n');
+}
+
+/** --map IDSTR=SPEC (SPEC one of the --device arguments, or its 0-based position). */
+export function parseMap(entries: readonly string[], specs: readonly string[]): Map<string, number> {
+  const map = new Map<string, number>();
+  for (const e of entries) {
+    const eq = e.lastIndexOf('=');
+    if (eq <= 0) throw new UsageError(`--map takes IDSTR=SPEC, got ${JSON.stringify(e)}`);
+    const idstr = e.slice(0, eq);
+    const spec = e.slice(eq + 1);
+    let index = specs.indexOf(spec);
+    if (index < 0 && /^\d+$/.test(spec) && Number(spec) < specs.length) index = Number(spec);
+    if (index < 0) throw new UsageError(`--map ${e}: ${spec} is not one of the --device arguments`);
+    map.set(idstr, index);
+  }
+  return map;
+}
+
+export const restoreCommand: Command = {
+  name: ['restore'],
+  summary: "Restore devices from a QEMU migration stream's VFIO sections, in parallel.",
+  usage: 'restore (-i FILE | --fd N | --from unix:PATH) --device SPEC... [--map IDSTR=SPEC...] [--idstr IDSTR...]',
+  options: {
+    input: { type: 'string', short: 'i' },
+    fd: { type: 'string' },
+    from: { type: 'string' },
+    device: { type: 'string', multiple: true },
+    map: { type: 'string', multiple: true },
+    idstr: { type: 'string', multiple: true },
+  },
+  async run(args, io) {
+    const specs = stringList(args, 'device');
+    if (specs.length === 0) throw new UsageError('give at least one --device SPEC');
+    const source = sourceTarget(args);
+    const map = parseMap(stringList(args, 'map'), specs);
+    const idstrs = stringList(args, 'idstr');
+    if (idstrs.length && idstrs.length !== specs.length) throw new UsageError(`--idstr given ${idstrs.length} times for ${specs.length} devices`);
+    const devices = await openDevices(specs);
+    try {
+      const progress = io.isTTY && io.output === 'human' ? new Progress(process.stderr as WriteStream, 'total') : undefined;
+      const events = await openEvents(source);
+      try {
+        const report = await restore({ events, devices, map, ...(idstrs.length ? { idstrs } : {}), ...(progress ? { progress } : {}) });
+        io.result(report, () => restoreHuman(report));
+        return 0;
+      } catch (e) {
+        if (e instanceof RestoreFailedError) {
+          io.result(e.report, () => restoreHuman(e.report));
+          io.stderr(io.output === 'json' ? JSON.stringify({ error: e.toJSON() }) : `migbridge: ${e.message}`);
+          return 1;
+        }
+        throw e;
+      }
+    } finally {
+      await closeDevices(devices);
+    }
+  },
+};

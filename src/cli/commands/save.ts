@@ -1,0 +1,68 @@
+// `migbridge save`: many devices' state, in parallel, into one QEMU migration stream.
+import type { WriteStream } from 'node:tty';
+import { UsageError } from '../../errors.js';
+import { closeDevices, openDevices } from '../../engine/devices.js';
+import { formatBytes, formatRate, Progress } from '../../engine/progress.js';
+import { type SaveReport, save } from '../../engine/save.js';
+import { openSink } from '../../engine/sink.js';
+import type { Command } from '../command.js';
+import { optionalNumber, optionalString, sinkTarget, stringList } from './transfer-args.js';
+
+export function saveHuman(r: SaveReport, where: string): string {
+  const lines = r.devices.map(
+    (d) =>
+      `  ${d.id.padEnd(12)} ${d.idstr.padEnd(20)} ${formatBytes(d.bytes).padStart(10)} (precopy ${formatBytes(d.precopyBytes)}, stop-copy ${formatBytes(d.stopCopyBytes)}, estimate ${formatBytes(d.stopCopyEstimate)})  ${formatRate(d.stopCopyBytes / Math.max(d.seconds, 1e-6))}`,
+  );
+  lines.push(
+    `saved ${r.devices.length} device(s), ${formatBytes(r.totalBytes)} of device data in ${r.seconds.toFixed(2)} s (${formatRate(r.totalBytes / Math.max(r.seconds, 1e-6))}) to ${where}`,
+    `downtime: estimated ${r.downtime.estimateMs.toFixed(1)} ms (${r.downtime.rateBasis}), actual ${r.downtime.actualMs.toFixed(1)} ms; P2P stop ${r.p2p ? 'yes' : 'no'}; precopy rounds ${r.precopyRounds}`,
+  );
+  return lines.join('\n');
+}
+
+export const saveCommand: Command = {
+  name: ['save'],
+  summary: 'Save the state of one or more devices, in parallel, into a QEMU migration stream.',
+  usage: 'save --device SPEC... (-o FILE | --fd N | --to unix:PATH) [--precopy] [--max-downtime MS] [--resume-source] [--machine TYPE] [--idstr IDSTR...]',
+  options: {
+    device: { type: 'string', multiple: true },
+    'output-file': { type: 'string', short: 'o' },
+    fd: { type: 'string' },
+    to: { type: 'string' },
+    precopy: { type: 'boolean' },
+    'max-downtime': { type: 'string' },
+    'resume-source': { type: 'boolean' },
+    machine: { type: 'string' },
+    idstr: { type: 'string', multiple: true },
+    'no-init-data-sent': { type: 'boolean' },
+  },
+  async run(args, io) {
+    const specs = stringList(args, 'device');
+    if (specs.length === 0) throw new UsageError('give at least one --device SPEC');
+    const idstrs = stringList(args, 'idstr');
+    if (idstrs.length && idstrs.length !== specs.length) throw new UsageError(`--idstr given ${idstrs.length} times for ${specs.length} devices`);
+    const target = sinkTarget(args);
+    const maxDowntimeMs = optionalNumber(args, 'max-downtime');
+    const machineType = optionalString(args, 'machine');
+    const devices = await openDevices(specs);
+    try {
+      const sink = await openSink(target);
+      const progress = io.isTTY && io.output === 'human' ? new Progress(process.stderr as WriteStream, 'total') : undefined;
+      const report = await save({
+        devices,
+        sink,
+        ...(idstrs.length ? { idstrs } : {}),
+        precopy: Boolean(args.values.precopy),
+        ...(maxDowntimeMs !== undefined ? { maxDowntimeMs } : {}),
+        resumeSource: Boolean(args.values['resume-source']),
+        ...(machineType ? { machineType } : {}),
+        initDataSent: !args.values['no-init-data-sent'],
+        ...(progress ? { progress } : {}),
+      });
+      io.result({ ...report, stream: sink.description }, () => saveHuman(report, sink.description));
+      return 0;
+    } finally {
+      await closeDevices(devices);
+    }
+  },
+};

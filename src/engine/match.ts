@@ -1,0 +1,71 @@
+// Which stream section restores onto which device, decided as sections appear (the
+// stream is read once): --map IDSTR=DEVICE first, then a device whose own idstr is the
+// section's, then the next device in command-line order that no rule reserves.
+import { MigbridgeError } from '../errors.js';
+
+export class MatchError extends MigbridgeError {}
+
+export interface MatchDevice {
+  /** How the user named it (for messages). */
+  readonly name: string;
+  /** The idstr it would be saved under, if known. */
+  readonly idstr: string | null;
+}
+
+export class SectionMatcher {
+  private readonly used = new Set<number>();
+  private readonly assigned = new Map<string, number>();
+
+  constructor(
+    private readonly devices: readonly MatchDevice[],
+    private readonly map: ReadonlyMap<string, number>,
+  ) {
+    for (const [idstr, index] of map) {
+      if (!devices[index]) throw new MatchError('EMATCH', `--map ${idstr}: no device #${index}`, { section: idstr });
+    }
+  }
+
+  /** Device index for a section idstr seen for the first time. */
+  assign(idstr: string): number {
+    const known = this.assigned.get(idstr);
+    if (known !== undefined) return known;
+    let index = this.map.get(idstr);
+    if (index === undefined) index = this.devices.findIndex((d, i) => !this.used.has(i) && !this.reserved(i) && d.idstr === idstr);
+    if (index < 0) index = this.devices.findIndex((_, i) => !this.used.has(i) && !this.reserved(i) && !this.claimedByIdstr(i));
+    if (index < 0) index = this.devices.findIndex((_, i) => !this.used.has(i) && !this.reserved(i));
+    if (index === undefined || index < 0) {
+      throw new MatchError(
+        'EMATCH',
+        `no device left for section ${idstr}: ${this.devices.length} device(s) given, already matched ${[...this.assigned.keys()].join(', ') || 'none'}`,
+        { section: idstr },
+      );
+    }
+    if (this.used.has(index)) {
+      throw new MatchError('EMATCH', `device ${this.devices[index]!.name} is matched twice (section ${idstr})`, { section: idstr });
+    }
+    this.used.add(index);
+    this.assigned.set(idstr, index);
+    return index;
+  }
+
+  private reserved(i: number): boolean {
+    for (const [idstr, index] of this.map) if (index === i && !this.assigned.has(idstr)) return true;
+    return false;
+  }
+
+  /** A device whose own idstr is set may still be claimed by a later section of that name. */
+  private claimedByIdstr(i: number): boolean {
+    const own = this.devices[i]!.idstr;
+    return own !== null && !this.assigned.has(own);
+  }
+
+  /** Every device must have received a section. */
+  finish(): void {
+    const idle = this.devices.filter((_, i) => !this.used.has(i)).map((d) => d.name);
+    if (idle.length) throw new MatchError('EMATCH', `the stream has no VFIO section for device(s) ${idle.join(', ')}`);
+  }
+
+  get matches(): ReadonlyMap<string, number> {
+    return this.assigned;
+  }
+}

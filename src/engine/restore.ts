@@ -1,0 +1,228 @@
+// Parallel multi-device restore: all devices enter RESUMING at once; every DATA_STATE
+// chunk is written to its device's data_fd as soon as the stream delivers it, writes to
+// different devices in flight together (bounded bytes in flight); then STOP and RUNNING,
+// where the kernel validates each device's data on its exit from RESUMING.
+import { MigbridgeError } from '../errors.js';
+import { MigFlag, MigState } from '../fsm/index.js';
+import { defaultEngine, type IoEngine } from '../native/index.js';
+import { type ByteSource, type StreamEvent, readStream } from '../qemu/index.js';
+import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
+import { SectionMatcher } from './match.js';
+import type { Progress, ProgressCounter } from './progress.js';
+import { recoverDevice } from './recover.js';
+
+export interface RestoreOptions {
+  /** Decoded stream events (e.g. readStreamFile(path)) or raw bytes to decode. */
+  readonly events?: AsyncIterable<StreamEvent>;
+  readonly source?: ByteSource;
+  readonly devices: readonly MigrationDevice[];
+  /** The idstr each device would save under (default `0000:00:<04+i>.0/vfio`), used to match sections. */
+  readonly idstrs?: readonly string[];
+  /** --map IDSTR=device index. */
+  readonly map?: ReadonlyMap<string, number>;
+  readonly io?: IoEngine;
+  readonly progress?: Progress;
+  /** Bytes written but not yet completed, over all devices (default 64 MiB). */
+  readonly maxInFlight?: number;
+}
+
+export interface DeviceRestoreReport {
+  readonly id: string;
+  readonly idstr: string | null;
+  readonly bytes: number;
+  readonly chunks: number;
+  readonly ok: boolean;
+  readonly error?: Record<string, unknown>;
+  /** What was done to a failed device (reset back to RUNNING). */
+  readonly recovery?: string;
+  readonly seconds: number;
+}
+
+export interface RestoreReport {
+  readonly devices: DeviceRestoreReport[];
+  readonly totalBytes: number;
+  readonly seconds: number;
+  readonly ok: boolean;
+}
+
+/** Some devices failed to restore; `report` says which and what happened to each. */
+export class RestoreFailedError extends MigbridgeError {
+  constructor(
+    message: string,
+    readonly report: RestoreReport,
+  ) {
+    super('ERESTORE', message);
+  }
+}
+
+interface Target {
+  readonly dev: MigrationDevice;
+  idstr: string | null;
+  dataFd: DataFd | null;
+  bytes: number;
+  chunks: number;
+  writes: Promise<void>;
+  error: Error | undefined;
+  recovery: string | undefined;
+  started: bigint;
+  finished: bigint;
+  counter: ProgressCounter | undefined;
+}
+
+const now = () => process.hrtime.bigint();
+
+export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
+  const io = opts.io ?? defaultEngine();
+  const maxInFlight = opts.maxInFlight ?? 64 << 20;
+  const t0 = now();
+  if (opts.devices.length === 0) throw new MigbridgeError('EUSAGE', 'restore needs at least one device');
+  const events = opts.events ?? (opts.source ? readStream(opts.source) : undefined);
+  if (!events) throw new MigbridgeError('EUSAGE', 'restore needs a stream (events or source)');
+  const targets: Target[] = opts.devices.map((dev) => ({
+    dev,
+    idstr: null,
+    dataFd: null,
+    bytes: 0,
+    chunks: 0,
+    writes: Promise.resolve(),
+    error: undefined,
+    recovery: undefined,
+    started: t0,
+    finished: t0,
+    counter: opts.progress?.counter(dev.id),
+  }));
+  const matcher = new SectionMatcher(
+    opts.devices.map((d, i) => ({ name: d.id, idstr: opts.idstrs?.[i] ?? null })),
+    opts.map ?? new Map(),
+  );
+
+  try {
+    await loadSetup(targets);
+    await loadState(targets, events, matcher, io, maxInFlight);
+    matcher.finish();
+  } catch (e) {
+    // The stream itself is bad (truncated, corrupt, unmatched): no device may keep half a state.
+    await Promise.all(targets.map(async (t) => {
+      await t.writes;
+      await t.dataFd?.close();
+      await recoverDevice(t.dev);
+    }));
+    throw e;
+  }
+  await loadCleanupAndStart(targets);
+  for (const t of targets.filter((x) => x.error)) {
+    const step = await recoverDevice(t.dev);
+    t.recovery = `${step.action}${step.ok ? '' : ` failed: ${step.error}`}`;
+  }
+  const report: RestoreReport = {
+    devices: targets.map((t) => ({
+      id: t.dev.id,
+      idstr: t.idstr,
+      bytes: t.bytes,
+      chunks: t.chunks,
+      ok: !t.error,
+      ...(t.error ? { error: t.error instanceof MigbridgeError ? t.error.toJSON() : { message: t.error.message } } : {}),
+      ...(t.recovery ? { recovery: t.recovery } : {}),
+      seconds: Number(t.finished - t.started) / 1e9,
+    })),
+    totalBytes: targets.reduce((s, t) => s + t.bytes, 0),
+    seconds: Number(now() - t0) / 1e9,
+    ok: targets.every((t) => !t.error),
+  };
+  opts.progress?.stop();
+  if (!report.ok) {
+    const failed = targets.filter((t) => t.error);
+    throw new RestoreFailedError(
+      `${failed.length} of ${targets.length} devices failed to restore: ${failed.map((t) => t.error!.message).join('; ')}`,
+      report,
+    );
+  }
+  return report;
+}
+
+/** load_setup: every device to RESUMING in parallel (a new data_fd each). */
+async function loadSetup(targets: Target[]): Promise<void> {
+  const results = await setStates(
+    targets.map((t) => t.dev),
+    MigState.RESUMING,
+  );
+  results.forEach((r, i) => {
+    const t = targets[i]!;
+    if (r.ok) {
+      t.dataFd = r.dataFd;
+      if (!t.dataFd) t.error = new VfioDeviceError(t.dev.id, 'RESUMING', 9, { message: 'device entered RESUMING without a data_fd (was it already RESUMING?)' });
+    } else t.error = r.error;
+  });
+  const failed = targets.find((t) => t.error);
+  if (failed) throw failed.error;
+  const t = now();
+  for (const x of targets) x.started = t;
+}
+
+/** load_state: route each DATA_STATE chunk to its device's data_fd without waiting for other devices. */
+async function loadState(targets: Target[], events: AsyncIterable<StreamEvent>, matcher: SectionMatcher, io: IoEngine, maxInFlight: number): Promise<void> {
+  let inFlight = 0;
+  const waiters: (() => void)[] = [];
+  const bySection = new Map<number, Target>();
+  for await (const ev of events) {
+    if (ev.type === 'section' && ev.section.handler === 'vfio' && !bySection.has(ev.section.sectionId)) {
+      const index = matcher.assign(ev.section.idstr);
+      const t = targets[index]!;
+      t.idstr = ev.section.idstr;
+      bySection.set(ev.section.sectionId, t);
+      continue;
+    }
+    if (ev.type !== 'vfio-data-chunk') continue;
+    const t = bySection.get(ev.section.sectionId);
+    if (!t || t.error || ev.data.length === 0) continue;
+    const data = ev.data;
+    while (inFlight >= maxInFlight) await new Promise<void>((r) => waiters.push(r));
+    inFlight += data.length;
+    t.chunks++;
+    t.writes = t.writes.then(async () => {
+      try {
+        if (!t.error) {
+          await io.write(t.dataFd!.fd, data);
+          t.bytes += data.length;
+          if (t.counter) t.counter.bytes += data.length;
+        }
+      } catch (e) {
+        // Any write error is fatal for that device (mtty returns EFAULT on a bad header yet keeps the bytes).
+        t.error =
+          e instanceof MigbridgeError
+            ? new VfioDeviceError(t.dev.id, 'write resume data', e.errno ?? 5, { message: `after ${t.bytes} bytes of ${t.idstr}`, cause: e })
+            : (e as Error);
+      } finally {
+        inFlight -= data.length;
+        waiters.shift()?.();
+      }
+    });
+  }
+  await Promise.all(targets.map((t) => t.writes));
+}
+
+/**
+ * load_cleanup + VM start: close the resume fds (QEMU does so while still RESUMING), then
+ * RUNNING_P2P (when every device has P2P) and RUNNING; the exit from RESUMING is where the
+ * device validates what it was given.
+ */
+async function loadCleanupAndStart(targets: Target[]): Promise<void> {
+  await Promise.all(targets.map((t) => t.dataFd?.close()));
+  const live = targets.filter((t) => !t.error);
+  if (live.length === 0) return;
+  const flags = await Promise.all(live.map((t) => t.dev.migrationFlags().catch(() => 0)));
+  const steps = flags.every((f) => f & MigFlag.P2P) ? [MigState.RUNNING_P2P, MigState.RUNNING] : [MigState.RUNNING];
+  let current = live;
+  for (const step of steps) {
+    const results = await setStates(
+      current.map((t) => t.dev),
+      step,
+    );
+    results.forEach((r, i) => {
+      if (!r.ok) current[i]!.error = r.error;
+    });
+    current = current.filter((t) => !t.error);
+  }
+  const t = now();
+  for (const x of targets) x.finished = t;
+}

@@ -1,0 +1,432 @@
+// Parallel multi-device save: every device's data_fd is read concurrently through the
+// io engine and framed into `<idstr>` VFIO sections as QEMU 10.0 writes them without
+// multifd (START: SETUP_STATE; PART: precopy DATA_STATE chunks; END: stop-copy
+// DATA_STATE chunks; END_OF_STATE closing each). One function per QEMU phase
+// (hw/vfio/migration.c), so the two can be read side by side.
+import { MigbridgeError } from '../errors.js';
+import { MigFlag, MigState, stateName } from '../fsm/index.js';
+import { defaultEngine, type IoEngine } from '../native/index.js';
+import { StreamWriter, buildVmDesc } from '../qemu/index.js';
+import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
+import { ChunkReader } from './chunks.js';
+import type { Progress, ProgressCounter } from './progress.js';
+import { recoverSources } from './recover.js';
+import type { ByteSink } from './sink.js';
+
+export const DEFAULT_MACHINE_TYPE = 'pc-i440fx-10.0';
+/** QEMU's VFIO_MIG_DEFAULT_DATA_BUFFER_SIZE. */
+export const DEFAULT_CHUNK = 1 << 20;
+/** Precopy bytes needed before their throughput is trusted for the downtime estimate. */
+const MIN_RATE_SAMPLE = 4 << 20;
+
+export interface SaveOptions {
+  readonly devices: readonly MigrationDevice[];
+  /** Section idstr per device (default `0000:00:<04+i>.0/vfio`, as QEMU names vfio-pci at that slot). */
+  readonly idstrs?: readonly string[];
+  readonly sink: ByteSink;
+  /** Run a PRE_COPY phase on devices that support it. */
+  readonly precopy?: boolean;
+  /** Refuse to stop the devices when the estimated downtime exceeds this. */
+  readonly maxDowntimeMs?: number;
+  /** Leave the sources RUNNING afterwards instead of STOP. */
+  readonly resumeSource?: boolean;
+  readonly machineType?: string;
+  /** Emit INIT_DATA_SENT when a device's initial precopy bytes are drained (QEMU 8.1+ with switchover-ack). Default true. */
+  readonly initDataSent?: boolean;
+  readonly io?: IoEngine;
+  readonly progress?: Progress;
+  /** Bytes per data_fd read (default 1 MiB). */
+  readonly chunkSize?: number;
+  /** Read-ahead chunks buffered per device while another device's END section is written (default 4). */
+  readonly readAhead?: number;
+  /** PRE_COPY rounds at most (default 32). */
+  readonly maxPrecopyRounds?: number;
+}
+
+export interface DeviceSaveReport {
+  readonly id: string;
+  readonly idstr: string;
+  readonly flags: number;
+  readonly precopyBytes: number;
+  readonly stopCopyBytes: number;
+  readonly bytes: number;
+  /** MIG_DATA_SIZE just before the stop. */
+  readonly stopCopyEstimate: number;
+  readonly seconds: number;
+}
+
+export interface SaveReport {
+  readonly devices: DeviceSaveReport[];
+  readonly totalBytes: number;
+  readonly streamBytes: number;
+  readonly seconds: number;
+  readonly precopyRounds: number;
+  readonly downtime: { readonly estimateMs: number; readonly actualMs: number; readonly rateBasis: string };
+  readonly p2p: boolean;
+}
+
+/** A save refused before any device was stopped (e.g. --max-downtime). */
+export class SaveRefusedError extends MigbridgeError {}
+
+interface DeviceCtx {
+  readonly dev: MigrationDevice;
+  readonly idstr: string;
+  readonly sectionId: number;
+  flags: number;
+  dataFd: DataFd | null;
+  precopyBytes: number;
+  stopCopyBytes: number;
+  stopCopyEstimate: number;
+  initialDrained: boolean;
+  started: bigint;
+  finished: bigint;
+  counter: ProgressCounter | undefined;
+}
+
+export function defaultIdstr(index: number): string {
+  return `0000:00:${(4 + index).toString(16).padStart(2, '0')}.0/vfio`;
+}
+
+const now = () => process.hrtime.bigint();
+const msBetween = (a: bigint, b: bigint) => Number(b - a) / 1e6;
+
+function wrapDeviceError(ctx: DeviceCtx, op: string, e: unknown): Error {
+  if (e instanceof VfioDeviceError) return e;
+  if (e instanceof MigbridgeError) {
+    return new VfioDeviceError(ctx.dev.id, op, e.errno ?? 5, { message: e.message, cause: e });
+  }
+  return e instanceof Error ? e : new Error(String(e));
+}
+
+/** Throws the first failed result of a setStates() call, after all settled. */
+function firstFailure(results: Awaited<ReturnType<typeof setStates>>): Error | undefined {
+  for (const r of results) if (!r.ok) return r.error;
+  return undefined;
+}
+
+export async function save(opts: SaveOptions): Promise<SaveReport> {
+  const io = opts.io ?? defaultEngine();
+  const chunk = opts.chunkSize ?? DEFAULT_CHUNK;
+  const t0 = now();
+  if (opts.devices.length === 0) throw new MigbridgeError('EUSAGE', 'save needs at least one device');
+  const ctxs: DeviceCtx[] = opts.devices.map((dev, i) => ({
+    dev,
+    idstr: opts.idstrs?.[i] ?? defaultIdstr(i),
+    sectionId: i,
+    flags: 0,
+    dataFd: null,
+    precopyBytes: 0,
+    stopCopyBytes: 0,
+    stopCopyEstimate: 0,
+    initialDrained: false,
+    started: t0,
+    finished: t0,
+    counter: undefined,
+  }));
+  const w = new StreamWriter(opts.sink);
+  let precopyRounds = 0;
+  let precopyRate = 0;
+  try {
+    await saveSetup(ctxs, w, opts);
+    if (opts.precopy) {
+      const r = await savePrecopy(ctxs, w, io, chunk, opts);
+      precopyRounds = r.rounds;
+      precopyRate = r.rate;
+    }
+    const estimate = await estimateDowntime(ctxs, precopyRate);
+    if (opts.maxDowntimeMs !== undefined && estimate.ms > opts.maxDowntimeMs) {
+      throw new SaveRefusedError(
+        'EDOWNTIME',
+        `refusing to stop: estimated downtime ${estimate.ms.toFixed(1)} ms for ${estimate.bytes} stop-copy bytes at ${estimate.basis} exceeds --max-downtime ${opts.maxDowntimeMs} ms; devices left RUNNING`,
+      );
+    }
+    const stopAt = now();
+    const p2p = await saveStop(ctxs);
+    await saveCompletePrecopy(ctxs, w, io, chunk, opts);
+    const stopEnd = now();
+    await w.eof();
+    await w.vmdesc(buildVmDesc([]));
+    await w.flush();
+    // Every byte is read and verified: make the output visible, then settle the sources.
+    await opts.sink.commit();
+    await saveCleanup(ctxs, opts.resumeSource ?? false);
+    const seconds = msBetween(t0, now()) / 1000;
+    const devices = ctxs.map((c) => ({
+      id: c.dev.id,
+      idstr: c.idstr,
+      flags: c.flags,
+      precopyBytes: c.precopyBytes,
+      stopCopyBytes: c.stopCopyBytes,
+      bytes: c.precopyBytes + c.stopCopyBytes,
+      stopCopyEstimate: c.stopCopyEstimate,
+      seconds: msBetween(c.started, c.finished) / 1000,
+    }));
+    return {
+      devices,
+      totalBytes: devices.reduce((s, d) => s + d.bytes, 0),
+      streamBytes: w.offset,
+      seconds,
+      precopyRounds,
+      downtime: { estimateMs: estimate.ms, actualMs: msBetween(stopAt, stopEnd), rateBasis: estimate.basis },
+      p2p,
+    };
+  } catch (e) {
+    await Promise.all(ctxs.map((c) => c.dataFd?.close()));
+    await opts.sink.abort().catch(() => {});
+    // Sources must never stay stopped because of us: back to RUNNING (reset out of ERROR).
+    const recovery = await recoverSources(ctxs.map((c) => c.dev));
+    if (e instanceof MigbridgeError && recovery.length) {
+      (e as MigbridgeError & { recovery?: unknown }).recovery = recovery;
+    }
+    throw e;
+  } finally {
+    opts.progress?.stop();
+  }
+}
+
+/** save_setup: capabilities, MIG_DATA_SIZE, header, configuration, START sections. */
+async function saveSetup(ctxs: DeviceCtx[], w: StreamWriter, opts: SaveOptions): Promise<void> {
+  await Promise.all(
+    ctxs.map(async (c) => {
+      try {
+        c.flags = await c.dev.migrationFlags();
+        c.stopCopyEstimate = Number(await c.dev.stopCopySize());
+      } catch (e) {
+        throw wrapDeviceError(c, 'query migration capabilities', e);
+      }
+      if (!(c.flags & MigFlag.STOP_COPY)) {
+        throw new VfioDeviceError(c.dev.id, 'migration flags', 22, { message: `flags 0x${c.flags.toString(16)} lack STOP_COPY` });
+      }
+      c.counter = opts.progress?.counter(c.dev.id, c.stopCopyEstimate);
+    }),
+  );
+  await w.header();
+  await w.configuration(opts.machineType ?? DEFAULT_MACHINE_TYPE);
+  for (const c of ctxs) await w.vfioStartSection(c.sectionId, c.idstr);
+}
+
+/**
+ * save_live_iterate: devices with PRE_COPY go to PRE_COPY and their precopy data is read
+ * in rounds while they run, guided by PRECOPY_INFO, until every device's initial bytes
+ * are drained and the dirty bytes stop shrinking (or the round limit).
+ */
+async function savePrecopy(
+  ctxs: DeviceCtx[],
+  w: StreamWriter,
+  io: IoEngine,
+  chunk: number,
+  opts: SaveOptions,
+): Promise<{ rounds: number; rate: number }> {
+  const pre = ctxs.filter((c) => c.flags & MigFlag.PRE_COPY);
+  if (pre.length === 0) return { rounds: 0, rate: 0 };
+  const results = await setStates(
+    pre.map((c) => c.dev),
+    MigState.PRE_COPY,
+  );
+  results.forEach((r, i) => {
+    if (r.ok) pre[i]!.dataFd = r.dataFd;
+  });
+  const failed = firstFailure(results);
+  if (failed) throw failed;
+  const maxRounds = opts.maxPrecopyRounds ?? 32;
+  const sendInit = opts.initDataSent ?? true;
+  const t0 = now();
+  let moved = 0;
+  let lastDirty = Number.POSITIVE_INFINITY;
+  let rounds = 0;
+  while (rounds < maxRounds) {
+    rounds++;
+    // Read each device's pending precopy data concurrently, then frame it in device order.
+    const pending = await Promise.all(
+      pre.map(async (c) => {
+        try {
+          const info = await c.dev.precopyInfo();
+          const want = Number(info.initialBytes + info.dirtyBytes);
+          const chunks = want > 0 ? await readPrecopy(io, c, want, chunk) : [];
+          const after = await c.dev.precopyInfo();
+          return { c, chunks, initial: Number(after.initialBytes), dirty: Number(after.dirtyBytes) };
+        } catch (e) {
+          throw wrapDeviceError(c, 'precopy read', e);
+        }
+      }),
+    );
+    let dirtyTotal = 0;
+    let initialTotal = 0;
+    for (const p of pending) {
+      const bytes = p.chunks.reduce((s, b) => s + b.length, 0);
+      const drainedNow = p.initial === 0 && !p.c.initialDrained;
+      if (bytes === 0 && !drainedNow) {
+        dirtyTotal += p.dirty;
+        initialTotal += p.initial;
+        continue;
+      }
+      await w.sectionPart(p.c.sectionId);
+      for (const b of p.chunks) await w.vfioData(b);
+      if (drainedNow && sendInit) {
+        await w.vfioMarker('DEV_INIT_DATA_SENT');
+      } else {
+        await w.vfioMarker('END_OF_STATE');
+      }
+      if (drainedNow) p.c.initialDrained = true;
+      await w.endSection();
+      p.c.precopyBytes += bytes;
+      moved += bytes;
+      if (p.c.counter) p.c.counter.bytes += bytes;
+      dirtyTotal += p.dirty;
+      initialTotal += p.initial;
+    }
+    // Converged: nothing initial left, and dirty data no longer shrinks (or is gone).
+    if (initialTotal === 0 && (dirtyTotal === 0 || dirtyTotal >= lastDirty)) break;
+    lastDirty = dirtyTotal;
+  }
+  const secs = msBetween(t0, now()) / 1000;
+  // A few header bytes say nothing about throughput: measure only on a real amount of data.
+  return { rounds, rate: secs > 0 && moved >= MIN_RATE_SAMPLE ? moved / secs : 0 };
+}
+
+/** Reads up to `want` precopy bytes; a 0 read (or ENOMSG) is the temporary end of data. */
+async function readPrecopy(io: IoEngine, c: DeviceCtx, want: number, chunk: number): Promise<Buffer[]> {
+  const out: Buffer[] = [];
+  let got = 0;
+  while (got < want) {
+    const buf = Buffer.allocUnsafe(Math.min(chunk, want - got));
+    let n: number;
+    try {
+      n = await io.readInto(c.dataFd!.fd, buf);
+    } catch (e) {
+      if (e instanceof MigbridgeError && e.code === 'ENOMSG') break;
+      throw e;
+    }
+    if (n === 0) break;
+    out.push(n === buf.length ? buf : buf.subarray(0, n));
+    got += n;
+  }
+  return out;
+}
+
+async function estimateDowntime(ctxs: DeviceCtx[], measuredRate: number): Promise<{ ms: number; bytes: number; basis: string }> {
+  const sizes = await Promise.all(
+    ctxs.map(async (c) => {
+      try {
+        c.stopCopyEstimate = Number(await c.dev.stopCopySize());
+      } catch (e) {
+        throw wrapDeviceError(c, 'MIG_DATA_SIZE', e);
+      }
+      return c.stopCopyEstimate;
+    }),
+  );
+  const bytes = sizes.reduce((s, n) => s + n, 0);
+  // Devices are read in parallel: the largest one bounds the time when the rate is per device.
+  const largest = Math.max(...sizes);
+  if (measuredRate > 0) {
+    return { ms: (largest / measuredRate) * 1000, bytes, basis: `${(measuredRate / 2 ** 20).toFixed(0)} MiB/s measured in PRE_COPY` };
+  }
+  // No measurement yet: assume QEMU's anchor of ~1 GiB/s per device read (docs/context.md).
+  const assumed = 2 ** 30;
+  return { ms: (largest / assumed) * 1000, bytes, basis: '1024 MiB/s assumed (no PRE_COPY measurement)' };
+}
+
+/**
+ * VM stop: with P2P on every device, all go to RUNNING_P2P / PRE_COPY_P2P before any goes
+ * further (QEMU's prepare callback, for multi-device consistency); then all to STOP_COPY
+ * in parallel. Returns whether the P2P step ran.
+ */
+async function saveStop(ctxs: DeviceCtx[]): Promise<boolean> {
+  const p2p = ctxs.every((c) => c.flags & MigFlag.P2P);
+  if (p2p) {
+    const r = await setStates(
+      ctxs.map((c) => c.dev),
+      (d) => (ctxs.find((c) => c.dev === d)!.dataFd ? MigState.PRE_COPY_P2P : MigState.RUNNING_P2P),
+    );
+    const failed = firstFailure(r);
+    if (failed) throw failed;
+  }
+  const r = await setStates(
+    ctxs.map((c) => c.dev),
+    MigState.STOP_COPY,
+  );
+  r.forEach((res, i) => {
+    const c = ctxs[i]!;
+    if (res.ok && res.dataFd) {
+      if (c.dataFd) {
+        // A new session while one is open: QEMU calls this "data_fd out of sync".
+        void res.dataFd.close();
+      } else c.dataFd = res.dataFd;
+    }
+  });
+  const failed = firstFailure(r);
+  if (failed) throw failed;
+  for (const c of ctxs) {
+    if (!c.dataFd) throw new VfioDeviceError(c.dev.id, 'STOP_COPY', 9, { message: 'device entered STOP_COPY without a data_fd' });
+    c.started = now();
+  }
+  return p2p;
+}
+
+/**
+ * save_live_complete_precopy: every device's data_fd is read concurrently (a few chunks
+ * of read-ahead each, so memory stays bounded); each device's END section is written
+ * whole, the device with the most data ready first.
+ */
+async function saveCompletePrecopy(ctxs: DeviceCtx[], w: StreamWriter, io: IoEngine, chunk: number, opts: SaveOptions): Promise<void> {
+  const readers = ctxs.map(
+    (c) =>
+      new ChunkReader(io, c.dataFd!.fd, {
+        chunkSize: chunk,
+        readAhead: opts.readAhead ?? 4,
+        onError: (e) => wrapDeviceError(c, `read stop-copy data (state ${stateName(MigState.STOP_COPY)})`, e),
+      }),
+  );
+  readers.forEach((r) => r.start());
+  try {
+    const remaining = new Set(ctxs.map((_, i) => i));
+    while (remaining.size) {
+      // Pick the device that is done (or has the most buffered) so the sink never idles on a slow one.
+      let pick = -1;
+      for (const i of remaining) {
+        if (pick < 0 || readers[i]!.score() > readers[pick]!.score()) pick = i;
+      }
+      if (readers[pick]!.score() === 0) {
+        await Promise.race([...remaining].map((i) => readers[i]!.ready()));
+        continue;
+      }
+      remaining.delete(pick);
+      const c = ctxs[pick]!;
+      const reader = readers[pick]!;
+      await w.sectionEnd(c.sectionId);
+      for (;;) {
+        const piece = await reader.next();
+        if (!piece) break;
+        try {
+          await w.vfioData(piece.data);
+        } finally {
+          piece.release();
+        }
+        c.stopCopyBytes += piece.data.length;
+        if (c.counter) c.counter.bytes += piece.data.length;
+      }
+      try {
+        await c.dataFd!.verifyEnd();
+      } catch (e) {
+        throw wrapDeviceError(c, 'end of stop-copy data', e);
+      }
+      c.finished = now();
+      if (c.counter) c.counter.done = true;
+      await w.vfioMarker('END_OF_STATE');
+      await w.endSection();
+    }
+  } finally {
+    readers.forEach((r) => r.stop());
+  }
+}
+
+/** save_cleanup: STOP_COPY -> STOP (or RUNNING with --resume-source), data_fds closed. */
+async function saveCleanup(ctxs: DeviceCtx[], resumeSource: boolean): Promise<void> {
+  await Promise.all(ctxs.map((c) => c.dataFd?.close()));
+  const r = await setStates(
+    ctxs.map((c) => c.dev),
+    resumeSource ? MigState.RUNNING : MigState.STOP,
+  );
+  const failed = firstFailure(r);
+  if (failed) throw failed;
+}
