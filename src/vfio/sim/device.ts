@@ -50,6 +50,7 @@ import {
   CTRL_CANCELLED,
   CTRL_FINISH_REQ,
   CTRL_SIGNAL,
+  CTRL_WRITING,
   type JobDoneMsg,
   type ResumeStatusMsg,
   type SaveJobMsg,
@@ -261,14 +262,31 @@ export class SimDevice implements MigrationDevice {
       if (s.fault) throw new VfioDeviceError(this.id, 'precopyInfo', s.fault.errno, { message: s.fault.message });
       this.#accrueDirty();
       if (s.dirty.size > 0) this.#queueDirtyRound(s);
-      const written = Number(Atomics.load(s.counter, 0));
-      const unread = Buffer.alloc(4);
-      ioctlSync(s.privR, FIONREAD, unread);
-      s.consumed = Math.max(s.consumed, written - unread.readInt32LE(0));
+      s.consumed = Math.max(s.consumed, this.#consumed(s));
       const initial = Math.max(0, s.initialEnd - s.consumed);
       const dirty = Math.max(0, s.queuedTotal - Math.max(s.consumed, s.initialEnd));
       return { initialBytes: BigInt(initial), dirtyBytes: BigInt(dirty) };
     });
+  }
+
+  /**
+   * Bytes of the session stream the reader has taken: written - unread (FIONREAD on the
+   * private read end). The producer's counter lags while it is inside write(); if the
+   * pipe is empty then, the write is about to land or just landed, so wait for it briefly
+   * (an empty pipe never blocks a writer for long) to report an exact figure.
+   */
+  #consumed(s: SaveSession): number {
+    const unread = Buffer.alloc(4);
+    const deadline = performance.now() + 50;
+    for (;;) {
+      const writing = Atomics.load(s.ctrl, CTRL_WRITING);
+      const written = Atomics.load(s.counter, 0);
+      ioctlSync(s.privR, FIONREAD, unread);
+      const pending = unread.readInt32LE(0);
+      const stable = writing === 0 && Atomics.load(s.ctrl, CTRL_WRITING) === 0 && Atomics.load(s.counter, 0) === written;
+      if (stable || pending > 0 || performance.now() > deadline) return Number(written) - pending;
+      Atomics.wait(s.ctrl, CTRL_WRITING, 1, 0.1);
+    }
   }
 
   stopCopySize(): Promise<bigint> {

@@ -1,9 +1,11 @@
 // Messages and shared control words between a simulated device and its worker thread.
-// Control is a SharedArrayBuffer per session: [SIGNAL, CANCELLED, FINISH_REQ, 0] Int32 +
+// Control is a SharedArrayBuffer per session: [SIGNAL, CANCELLED, FINISH_REQ, WRITING] Int32 +
 // one BigInt64 byte counter at offset 16 (bytes written / consumed).
 export const CTRL_SIGNAL = 0;
 export const CTRL_CANCELLED = 1;
 export const CTRL_FINISH_REQ = 2;
+/** 1 while the producer is inside write() (its byte counter lags the pipe until it is 0 again). */
+export const CTRL_WRITING = 3;
 export const CTRL_BYTES_OFFSET = 16;
 export const CTRL_BYTES = 24;
 

@@ -169,7 +169,8 @@ export function parseSimSpec(spec: string): SimConfig {
         break;
       case 'flags':
         try {
-          cfg.flags = parseFlags(value);
+          // Commas separate spec keys, so flag names are joined with + or |.
+          cfg.flags = parseFlags(value.replace(/[+|]/g, ','));
         } catch (e) {
           throw new UsageError(`sim flags=${value}: ${(e as Error).message}`);
         }

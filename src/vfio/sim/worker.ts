@@ -28,6 +28,7 @@ import {
   CTRL_CANCELLED,
   CTRL_FINISH_REQ,
   CTRL_SIGNAL,
+  CTRL_WRITING,
   type JobDoneMsg,
   type JobStatus,
   type ResumeMsg,
@@ -105,9 +106,14 @@ function runSave(m: SaveJobMsg): void {
         fault = 'eio';
       }
       let off = 0;
-      while (off < n) off += writeSync(m.fd, buf, off, n - off);
-      st.written += n;
-      Atomics.store(counter, 0, BigInt(st.written));
+      Atomics.store(ctrl, CTRL_WRITING, 1);
+      try {
+        while (off < n) off += writeSync(m.fd, buf, off, n - off);
+      } finally {
+        st.written += off;
+        Atomics.store(counter, 0, BigInt(st.written));
+        Atomics.store(ctrl, CTRL_WRITING, 0);
+      }
       fill = 0;
       if (fault === 'eio') {
         st.failed = { errno: 5, message: `injected EIO at stream offset ${st.written} (fail=eio@${m.eioAt})` };
