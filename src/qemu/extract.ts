@@ -174,12 +174,12 @@ export async function extractStreamFile(path: string, opts: ExtractOptions): Pro
     for (const b of blocks.values()) await b.fh.close();
     for (const d of devs.values()) await d.fh.close();
   }
-  const report = insp.finish(info.size);
+  const report = insp.finish(info.size ?? undefined);
   let manifest: ExtractManifest | null = null;
   if (opts.outDir) {
     manifest = {
       stream: path,
-      streamBytes: info.size,
+      streamBytes: report.size,
       machineType: report.configuration?.machineType ?? null,
       devices: report.vfio.map((v) => {
         const d = devs.get(v.sectionId)!;

@@ -65,7 +65,7 @@ export async function injectDeviceData(inPath: string, outPath: string, replacem
   // Pass 1: each target device's section id and DATA_STATE sizes.
   const insp = new Inspector();
   for await (const ev of readStreamFile(inPath, readOpts)) insp.add(ev);
-  const report = insp.finish(info.size);
+  const report = insp.finish(info.size ?? undefined);
   const plans = new Map<number, { rep: DeviceDataReplacement; sizes: number[]; result: InjectedDevice; fh?: FileHandle; reader?: ChunkedFileReader }>();
   for (const rep of replacements) {
     const dev = report.vfio.find((d) => d.idstr === rep.idstr);

@@ -32,15 +32,17 @@ export interface FileReadOptions extends DecoderOptions {
 
 /** What `openStreamFile` found before streaming: the vmdesc read from the file's tail. */
 export interface StreamFileInfo {
-  size: number;
+  /** Size of a regular file; undefined for pipes, FIFOs and character devices. */
+  size: number | undefined;
   vmdesc: VmDesc | undefined;
 }
 
-/** Stats a stream file and reads its vmdesc from the tail (unless the caller supplied one). */
+/** Stats a stream file and, when it is a regular (seekable) file, reads its vmdesc from the tail. */
 export async function probeStreamFile(path: string, opts: FileReadOptions = {}): Promise<StreamFileInfo> {
-  const size = (await stat(path)).size;
+  const st = await stat(path);
+  if (!st.isFile()) return { size: undefined, vmdesc: opts.vmdesc };
   const vmdesc = opts.vmdesc ?? (await readTailVmDesc(path, opts.vmdescSearchBytes))?.desc;
-  return { size, vmdesc };
+  return { size: st.size, vmdesc };
 }
 
 /**
@@ -53,7 +55,7 @@ export async function* readStreamFile(path: string, opts: FileReadOptions = {}):
   try {
     yield* readStream(source, {
       ...opts,
-      totalSize: info.size,
+      ...(info.size !== undefined ? { totalSize: info.size } : {}),
       ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}),
     });
   } finally {

@@ -90,6 +90,8 @@ export class Inspector {
   private currentKind = new Map<number, SectionKind>();
   private pendingChunk: VfioChunkSummary | undefined;
   private machineVersion: number | undefined;
+  /** End of the stream: after EOF, or after the vmdesc. */
+  private end = 0;
 
   private readonly pageSize: number;
 
@@ -181,9 +183,11 @@ export class Inspector {
         this.record(ev.offset, 'COMMAND', undefined, ev.name);
         return;
       case 'eof':
+        this.end = ev.offset + 1;
         this.record(ev.offset, 'EOF');
         return;
       case 'vmdesc':
+        this.end = ev.offset + 5 + ev.json.length;
         this.record(ev.offset, 'VMDESCRIPTION');
         this.report.vmdesc = { offset: ev.offset, bytes: ev.json.length, devices: ev.desc.devices.length, pageSize: ev.desc.page_size ?? null };
         return;
@@ -252,7 +256,8 @@ export class Inspector {
     }
   }
 
-  finish(totalBytes: number): InspectReport {
+  /** The report; `totalBytes` defaults to the end of the decoded stream. */
+  finish(totalBytes: number = this.end): InspectReport {
     const recs = this.report.records;
     for (let i = 0; i < recs.length; i++) recs[i]!.length = (i + 1 < recs.length ? recs[i + 1]!.offset : totalBytes) - recs[i]!.offset;
     this.report.size = totalBytes;
@@ -306,5 +311,5 @@ export async function inspectStreamFile(path: string, opts: FileReadOptions & { 
   const pageSize = opts.pageSize ?? info.vmdesc?.page_size;
   const insp = new Inspector({ ...(opts.dumpState ? { dumpState: true } : {}), ...(pageSize ? { pageSize } : {}) });
   for await (const ev of readStreamFile(path, { ...opts, ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}) })) insp.add(ev);
-  return insp.finish(info.size);
+  return insp.finish(info.size ?? undefined);
 }
