@@ -28,6 +28,7 @@ export MIGBRIDGE_MTTY1_UUIDS MIGBRIDGE_MTTY2_UUIDS
 export FORCE_COLOR=0 NO_COLOR=1
 
 cd "$project" || fail "cd $project"
+echo "kernel-lane guest: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource), available: $(cat /sys/devices/system/clocksource/clocksource0/available_clocksource)"
 echo "kernel-lane guest: $(uname -r), mdevs ready after $(cut -d' ' -f1 /proc/uptime) s; running ava"
 start=$EPOCHREALTIME
 args=()

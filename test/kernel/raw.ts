@@ -23,6 +23,7 @@ export const FEATURE_GET = 1 << 16;
 export const FEATURE_SET = 1 << 17;
 export const FEATURE_MIGRATION = 1;
 export const FEATURE_MIG_DEVICE_STATE = 2;
+export const FEATURE_MIG_DATA_SIZE = 9;
 
 export const State = { ERROR: 0, STOP: 1, RUNNING: 2, STOP_COPY: 3, RESUMING: 4, RUNNING_P2P: 5, PRE_COPY: 6, PRE_COPY_P2P: 7 } as const;
 
@@ -142,4 +143,31 @@ export function barRead1(device: number, region: number, off: number): number {
   const b = Buffer.alloc(1);
   fs.readSync(device, b, 0, 1, region * 2 ** 40 + off);
   return b[0]!;
+}
+
+/** GET MIG_DATA_SIZE: the driver's STOP_COPY size estimate. */
+export function migDataSize(device: number): bigint {
+  const b = Buffer.alloc(16);
+  b.writeUInt32LE(16, 0);
+  b.writeUInt32LE(FEATURE_GET | FEATURE_MIG_DATA_SIZE, 4);
+  ioctlSync(device, VFIO_DEVICE_FEATURE, b);
+  return b.readBigUInt64LE(8);
+}
+
+/** VFIO_MIG_GET_PRECOPY_INFO on a saving data_fd. */
+export function precopyInfo(dataFd: number): { initial: bigint; dirty: bigint } {
+  const b = Buffer.alloc(24);
+  b.writeUInt32LE(24, 0);
+  ioctlSync(dataFd, VFIO_MIG_GET_PRECOPY_INFO, b);
+  return { initial: b.readBigUInt64LE(8), dirty: b.readBigUInt64LE(16) };
+}
+
+/** errno name of a failed call (fs.* throws code strings; ioctlSync throws SysError), or 'ok'. */
+export function errnoOf(fn: () => unknown): string {
+  try {
+    fn();
+    return 'ok';
+  } catch (e) {
+    return (e as { code?: string }).code ?? String(e);
+  }
 }
