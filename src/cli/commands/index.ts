@@ -9,6 +9,7 @@ import { injectCommand } from './inject.js';
 import { saveCommand } from './save.js';
 import { restoreCommand } from './restore.js';
 import { demoCommand } from './demo.js';
+import { devicesCommand } from './devices.js';
 
 export const commands: readonly Command[] = [
   fsmPathCommand,
@@ -21,4 +22,5 @@ export const commands: readonly Command[] = [
   saveCommand,
   restoreCommand,
   demoCommand,
+  devicesCommand,
 ];
