@@ -86,7 +86,8 @@ export class QemuVm {
       if (this.stderrText.length < STDERR_CAP) this.stderrText += s.slice(0, STDERR_CAP - this.stderrText.length);
     });
     proc.stdout?.resume();
-    proc.on('exit', (code, signal) => {
+    // 'close' (not 'exit'): fires once stderr is drained too, so failures carry QEMU's last words.
+    proc.on('close', (code, signal) => {
       this.exited = { code, signal };
       for (const w of this.exitWaiters.splice(0)) w();
       this.cleanup();
@@ -191,7 +192,8 @@ export class QemuVm {
       try {
         last = await this.status();
       } catch (err) {
-        if (this.exited) throw this.failure(`exited while waiting for ${what} (last status ${last || 'none'})`);
+        // A QEMU that fails a load exits; the QMP error may come first: give the exit a moment.
+        if (this.exited || (await this.waitExit(3_000))) throw this.failure(`exited while waiting for ${what} (last status ${last || 'none'})`);
         throw err;
       }
       if (done(last)) return last;

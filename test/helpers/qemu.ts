@@ -10,18 +10,18 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { qemuBinary, type QemuVersion } from './qemu-binary.js';
 import { QemuVm, type MigrationInfo, type Teardown } from './qemu-vm.js';
 import { SCENARIOS, type Scenario, type ScenarioName } from './qemu-scenarios.js';
-import { bootSector, imageHash, imagePath, COUNTER_GPA } from './qemu-guest.js';
+import { bootSector, imageHash, imagePath, COUNTER_GPA, DIRTY_GPA, DIRTY_PAGES } from './qemu-guest.js';
 import { acquireLock } from './qemu-lock.js';
 
 export { qemuBinary, QEMU_VERSIONS, QemuMissingError, repoRoot, type QemuVersion, type QemuBinary } from './qemu-binary.js';
 export { QemuVm, type QemuVmOptions, type MigrateOptions, type MigrationInfo, type Teardown } from './qemu-vm.js';
 export { SCENARIOS, SCENARIO_NAMES, scenarioMatrix, type Scenario, type ScenarioName, type Preparation } from './qemu-scenarios.js';
-export { bootSector, BOOT_SECTOR_GPA, COUNTER_GPA } from './qemu-guest.js';
+export { bootSector, BOOT_SECTOR_GPA, COUNTER_GPA, DIRTY_GPA, DIRTY_PAGES } from './qemu-guest.js';
 
 /** Override with MIGBRIDGE_STREAM_CACHE (e.g. to time a cold run without losing the cache). */
 export const STREAM_CACHE = process.env.MIGBRIDGE_STREAM_CACHE ?? '/var/cache/migbridge/streams';
 /** Bump when the generation procedure changes in a way that changes the streams. */
-const GENERATOR_REV = 2;
+const GENERATOR_REV = 3;
 
 function scenarioFor(name: ScenarioName, version: QemuVersion): Scenario {
   const s = SCENARIOS[name];
@@ -107,6 +107,49 @@ export class GenerationMissedError extends Error {
   override name = 'GenerationMissedError';
 }
 
+/** Guest-physical ranges where the pc machine maps guest RAM directly (below the VGA hole, and from 1 MiB). */
+export function directRamRanges(ramMiB: number): { start: number; end: number }[] {
+  return [{ start: 0, end: 0xa0000 }, { start: 0x100000, end: ramMiB * 1024 * 1024 }];
+}
+
+/** Pages a running test guest keeps writing: the counter's page and the 16 at DIRTY_GPA. */
+export function hotPages(s: Scenario): number[] {
+  if (s.prepare !== 'run') return [];
+  return [COUNTER_GPA >> 12, ...Array.from({ length: DIRTY_PAGES }, (_, i) => (DIRTY_GPA >> 12) + i)];
+}
+
+/** sha256 of RAM bytes in `ranges`, with the hot pages zeroed (same function for the source and the extract). */
+export function hashRam(read: (start: number, end: number) => Buffer, s: Scenario): string {
+  const h = createHash('sha256');
+  const hot = hotPages(s);
+  for (const { start, end } of directRamRanges(s.ramMiB)) {
+    const buf = Buffer.from(read(start, end));
+    for (const page of hot) {
+      const a = page * 4096;
+      if (a >= start && a < end) buf.fill(0, a - start, Math.min(a - start + 4096, buf.length));
+    }
+    h.update(buf);
+  }
+  return h.digest('hex');
+}
+
+/**
+ * The source's guest RAM after the migration completed (vCPUs stopped), read by QEMU itself
+ * (pmemsave) where the pc machine maps RAM directly, hashed with hashRam. A running guest's
+ * hot pages are left out: under TCG, QEMU 7.2 sometimes sends a stale last copy of a page
+ * the guest wrote just before the stop (seen: the counter 6589 counts behind), 10.0 never did.
+ */
+async function hashSourceRam(vm: QemuVm, s: Scenario): Promise<string> {
+  const parts = new Map<number, Buffer>();
+  for (const { start, end } of directRamRanges(s.ramMiB)) {
+    const f = join(vm.dir, `ram-${start}.bin`);
+    await vm.qmp('pmemsave', { val: start, size: end - start, filename: f });
+    parts.set(start, await readFile(f));
+    await rm(f);
+  }
+  return hashRam((start) => parts.get(start)!, s);
+}
+
 export interface GeneratedStream {
   path: string;
   /** query-migrate on the source at completion. */
@@ -172,12 +215,13 @@ export async function generateStream(name: ScenarioName, version: QemuVersion, o
     const why = s.accept?.(migration);
     if (why) throw new GenerationMissedError(`${name} on QEMU ${version}: ${why}`);
     await waitNoChildren(vm, vm.pid, 10_000);
+    const sourceRam = await hashSourceRam(vm, s);
     await vm.quit();
     if (!(await hasCompleteTrailer(tmp))) throw vm.failure(`the stream ${tmp} has no complete EOF + VMDESCRIPTION trailer`);
     const seconds = (Date.now() - t0) / 1000;
     await writeFile(`${out}.json`, `${JSON.stringify({
       scenario: name, summary: s.summary, qemu: vm.binary.versionLine, args: s.args, capabilities: s.capabilities,
-      prepare: s.prepare, sourceStatus: status, counterBefore, migration, seconds, generatedAt: new Date().toISOString(),
+      prepare: s.prepare, sourceStatus: status, counterBefore, sourceRam, migration, seconds, generatedAt: new Date().toISOString(),
     }, null, 2)}\n`);
     await rename(tmp, out);
     return { path: out, migration, seconds };

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  BOOT_SECTOR_GPA, COUNTER_GPA, QEMU_VERSIONS, QemuVm, bootSector, loadStream, readCounter, repoRoot, scenarioMatrix,
+  BOOT_SECTOR_GPA, COUNTER_GPA, QEMU_VERSIONS, QemuVm, bootSector, hashRam, loadStream, readCounter, repoRoot, scenarioMatrix,
   startDestination, streamFor, type MigrationInfo, type QemuVersion, type Scenario,
 } from '../helpers/qemu.js';
 
@@ -71,6 +71,7 @@ interface InspectJson {
 
 interface StreamMeta {
   counterBefore?: number;
+  sourceRam?: string;
   migration: { ram?: Record<string, number>; compression?: { pages?: number }; 'xbzrle-cache'?: { pages?: number } };
 }
 
@@ -196,6 +197,11 @@ for (const { scenario: s, version: v } of scenarioMatrix()) {
     if (!ramFile) return;
     const ram = await readFile(ramFile);
     t.is(ram.length, s.ramMiB * 1024 * 1024);
+    // Byte for byte what the source QEMU had in guest RAM once the migration completed
+    // (QEMU's own pmemsave; a running guest's hot pages excepted, see hashSourceRam).
+    const { sourceRam } = await meta(file);
+    t.truthy(sourceRam, 'the generator recorded no source RAM hash');
+    t.is(hashRam((start, end) => ram.subarray(start, end), s), sourceRam ?? '');
     if (s.prepare !== 'paused') {
       t.true(ram.subarray(BOOT_SECTOR_GPA, BOOT_SECTOR_GPA + 512).equals(bootSector()), 'the boot sector is not at 0x7c00 in the extracted RAM');
       const { counterBefore } = await meta(file);
