@@ -59,6 +59,9 @@ export interface RawAddon {
 }
 
 function findAddon(): string {
+  // An instrumented build (ASan, see README Development) can be swapped in.
+  const override = process.env.MIGBRIDGE_ADDON;
+  if (override) return override;
   // dist/src/native/addon.js -> repo root is three levels up; src/ for ts runners.
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 5; i++) {

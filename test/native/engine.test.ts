@@ -285,7 +285,7 @@ for (const io of backends) {
       const err = await rejectsSys(t, e.read(r, { timeoutMs: 80 }), 'ETIMEDOUT');
       const took = performance.now() - t0;
       t.is(err.op, 'read');
-      t.true(took >= 70 && took < 2000, `read timed out after ${took} ms`);
+      t.true(took >= 70 && took < 10_000, `read timed out after ${took} ms`);
       t0 = performance.now();
       t.is(await e.poll(r, POLLIN, { timeoutMs: 60 }), 0);
       t.true(performance.now() - t0 >= 50);
