@@ -13,7 +13,7 @@ fail() { echo "kernel-lane guest: FAILED: $*"; exit 91; }
 # Fixed UUIDs, so a failing test names the same device every run.
 mtty1=() mtty2=()
 for i in 1 2 3 4 5 6; do mtty1+=("6d747479-0001-4000-8000-00000000000$i"); done
-for i in 1 2; do mtty2+=("6d747479-0002-4000-8000-00000000000$i"); done
+for i in 1 2 3 4; do mtty2+=("6d747479-0002-4000-8000-00000000000$i"); done
 for u in "${mtty1[@]}"; do echo "$u" > "$types/mtty-1/create" || fail "create mtty-1 $u"; done
 for u in "${mtty2[@]}"; do echo "$u" > "$types/mtty-2/create" || fail "create mtty-2 $u"; done
 for u in "${mtty1[@]}" "${mtty2[@]}"; do
