@@ -102,11 +102,12 @@ export class QemuVm {
     const release = await acquireSlot(SLOT_DIR, SLOTS, 10 * 60_000, name);
     // tmpfs when there is one: images, shared-memory RAM and logs stay off the disk.
     const base = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
-    let dir: string;
+    let dir = '';
     try {
       dir = mkdtempSync(join(base, 'migbridge-qemu-'));
       if (opts.beforeStart) await opts.beforeStart(dir);
     } catch (err) {
+      if (dir) rmSync(dir, { recursive: true, force: true });
       release();
       throw err;
     }
