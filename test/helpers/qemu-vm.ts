@@ -16,8 +16,12 @@ const SLOTS = Math.max(1, Number(process.env.MIGBRIDGE_QEMU_SLOTS ?? 2) || 2);
 const STDERR_CAP = 64 * 1024;
 
 const live = new Set<QemuVm>();
+// On any exit of node (even an uncaught exception) no QEMU and no VM dir is left behind.
 process.once('exit', () => {
-  for (const vm of live) vm.killNow();
+  for (const vm of live) {
+    vm.killNow();
+    rmSync(vm.dir, { recursive: true, force: true });
+  }
 });
 
 /** Something that runs a cleanup when the test ends (ava's `t.teardown` fits). */
