@@ -64,6 +64,11 @@ function takeOutputFlag(argv: string[]): { output: OutputMode; rest: string[] } 
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // A reader that goes away (`migbridge inspect F | head`) is not an error of ours.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw e;
+  });
   let io = makeIO('human');
   try {
     const { output, rest } = takeOutputFlag(argv);

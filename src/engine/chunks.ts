@@ -12,6 +12,8 @@ export interface Chunk {
 export interface ChunkReaderOptions {
   readonly chunkSize: number;
   readonly readAhead: number;
+  /** Per-read deadline. */
+  readonly timeoutMs: number;
   /** Turns a read failure into the error the consumer sees (adds device context). */
   readonly onError: (e: unknown) => Error;
 }
@@ -52,7 +54,7 @@ export class ChunkReader {
           await new Promise<void>((r) => (this.freeWake = r));
           continue;
         }
-        const n = await this.io.readInto(this.fd, buf);
+        const n = await this.io.readInto(this.fd, buf, { timeoutMs: this.opts.timeoutMs });
         if (n === 0) {
           this.free.push(buf);
           this.eof = true;

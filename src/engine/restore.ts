@@ -35,6 +35,8 @@ export interface DeviceRestoreReport {
   readonly error?: Record<string, unknown>;
   /** What was done to a failed device (reset back to RUNNING). */
   readonly recovery?: string;
+  /** Devices that check their own state on the exit from RESUMING (the simulator's digest) say whether it matched. */
+  readonly verified?: boolean;
   readonly seconds: number;
 }
 
@@ -123,6 +125,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
       ok: !t.error,
       ...(t.error ? { error: t.error instanceof MigbridgeError ? t.error.toJSON() : { message: t.error.message } } : {}),
       ...(t.recovery ? { recovery: t.recovery } : {}),
+      ...selfCheck(t.dev),
       seconds: Number(t.finished - t.started) / 1e9,
     })),
     totalBytes: targets.reduce((s, t) => s + t.bytes, 0),
@@ -138,6 +141,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
     );
   }
   return report;
+}
+
+/** The simulator verifies a digest when it leaves RESUMING; kernel devices validate inside the SET itself. */
+function selfCheck(dev: MigrationDevice): { verified?: boolean } {
+  const result = (dev as { resumeResult?: { verified: boolean } }).resumeResult;
+  return result ? { verified: result.verified } : {};
 }
 
 /** load_setup: every device to RESUMING in parallel (a new data_fd each). */

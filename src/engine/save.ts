@@ -18,6 +18,7 @@ export const DEFAULT_MACHINE_TYPE = 'pc-i440fx-10.0';
 export const DEFAULT_CHUNK = 1 << 20;
 /** Precopy bytes needed before their throughput is trusted for the downtime estimate. */
 const MIN_RATE_SAMPLE = 4 << 20;
+export const DEFAULT_READ_TIMEOUT_MS = 60_000;
 
 export interface SaveOptions {
   readonly devices: readonly MigrationDevice[];
@@ -39,6 +40,8 @@ export interface SaveOptions {
   readonly chunkSize?: number;
   /** Read-ahead chunks buffered per device while another device's END section is written (default 4). */
   readonly readAhead?: number;
+  /** A data_fd read that takes longer than this fails the save (default 60 s): a stalled device must not hang it. */
+  readonly readTimeoutMs?: number;
   /** PRE_COPY rounds at most (default 32). */
   readonly maxPrecopyRounds?: number;
 }
@@ -242,7 +245,7 @@ async function savePrecopy(
         try {
           const info = await c.dev.precopyInfo();
           const want = Number(info.initialBytes + info.dirtyBytes);
-          const chunks = want > 0 ? await readPrecopy(io, c, want, chunk) : [];
+          const chunks = want > 0 ? await readPrecopy(io, c, want, chunk, opts.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS) : [];
           const after = await c.dev.precopyInfo();
           return { c, chunks, initial: Number(after.initialBytes), dirty: Number(after.dirtyBytes) };
         } catch (e) {
@@ -285,14 +288,14 @@ async function savePrecopy(
 }
 
 /** Reads up to `want` precopy bytes; a 0 read (or ENOMSG) is the temporary end of data. */
-async function readPrecopy(io: IoEngine, c: DeviceCtx, want: number, chunk: number): Promise<Buffer[]> {
+async function readPrecopy(io: IoEngine, c: DeviceCtx, want: number, chunk: number, timeoutMs: number): Promise<Buffer[]> {
   const out: Buffer[] = [];
   let got = 0;
   while (got < want) {
     const buf = Buffer.allocUnsafe(Math.min(chunk, want - got));
     let n: number;
     try {
-      n = await io.readInto(c.dataFd!.fd, buf);
+      n = await io.readInto(c.dataFd!.fd, buf, { timeoutMs });
     } catch (e) {
       if (e instanceof MigbridgeError && e.code === 'ENOMSG') break;
       throw e;
@@ -374,6 +377,7 @@ async function saveCompletePrecopy(ctxs: DeviceCtx[], w: StreamWriter, io: IoEng
       new ChunkReader(io, c.dataFd!.fd, {
         chunkSize: chunk,
         readAhead: opts.readAhead ?? 4,
+        timeoutMs: opts.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS,
         onError: (e) => wrapDeviceError(c, `read stop-copy data (state ${stateName(MigState.STOP_COPY)})`, e),
       }),
   );

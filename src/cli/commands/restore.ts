@@ -10,7 +10,7 @@ import { sourceTarget, stringList } from './transfer-args.js';
 
 export function restoreHuman(r: RestoreReport): string {
   const lines = r.devices.map((d) => {
-    const status = d.ok ? 'ok' : `FAILED: ${String(d.error?.message ?? 'error')}${d.recovery ? ` (${d.recovery})` : ''}`;
+    const status = d.ok ? (d.verified ? 'ok, verified' : 'ok') : `FAILED: ${String(d.error?.message ?? 'error')}${d.recovery ? ` (${d.recovery})` : ''}`;
     return `  ${d.id.padEnd(12)} <- ${(d.idstr ?? '-').padEnd(20)} ${formatBytes(d.bytes).padStart(10)} in ${d.chunks} chunks  ${status}`;
   });
   lines.push(`restored ${r.devices.filter((d) => d.ok).length}/${r.devices.length} device(s), ${formatBytes(r.totalBytes)} in ${r.seconds.toFixed(2)} s (${formatRate(r.totalBytes / Math.max(r.seconds, 1e-6))})`);

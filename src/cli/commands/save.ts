@@ -23,7 +23,7 @@ export function saveHuman(r: SaveReport, where: string): string {
 export const saveCommand: Command = {
   name: ['save'],
   summary: 'Save the state of one or more devices, in parallel, into a QEMU migration stream.',
-  usage: 'save --device SPEC... (-o FILE | --fd N | --to unix:PATH) [--precopy] [--max-downtime MS] [--resume-source] [--machine TYPE] [--idstr IDSTR...]',
+  usage: 'save --device SPEC... (-o FILE | --fd N | --to unix:PATH) [--precopy] [--max-downtime MS] [--resume-source] [--machine TYPE] [--idstr IDSTR...] [--read-timeout MS] [--no-init-data-sent]',
   options: {
     device: { type: 'string', multiple: true },
     'output-file': { type: 'string', short: 'o' },
@@ -35,6 +35,7 @@ export const saveCommand: Command = {
     machine: { type: 'string' },
     idstr: { type: 'string', multiple: true },
     'no-init-data-sent': { type: 'boolean' },
+    'read-timeout': { type: 'string' },
   },
   async run(args, io) {
     const specs = stringList(args, 'device');
@@ -44,6 +45,7 @@ export const saveCommand: Command = {
     const target = sinkTarget(args);
     const maxDowntimeMs = optionalNumber(args, 'max-downtime');
     const machineType = optionalString(args, 'machine');
+    const readTimeoutMs = optionalNumber(args, 'read-timeout');
     const devices = await openDevices(specs);
     try {
       const sink = await openSink(target);
@@ -57,6 +59,7 @@ export const saveCommand: Command = {
         resumeSource: Boolean(args.values['resume-source']),
         ...(machineType ? { machineType } : {}),
         initDataSent: !args.values['no-init-data-sent'],
+        ...(readTimeoutMs !== undefined ? { readTimeoutMs } : {}),
         ...(progress ? { progress } : {}),
       });
       io.result({ ...report, stream: sink.description }, () => saveHuman(report, sink.description));
