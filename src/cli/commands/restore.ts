@@ -21,7 +21,7 @@ export function restoreHuman(r: RestoreReport): string {
 export function parseMap(entries: readonly string[], specs: readonly string[]): Map<string, number> {
   const map = new Map<string, number>();
   for (const e of entries) {
-    const eq = e.lastIndexOf('=');
+    const eq = e.indexOf('='); // idstrs have no '=', specs may (sim:size=...)
     if (eq <= 0) throw new UsageError(`--map takes IDSTR=SPEC, got ${JSON.stringify(e)}`);
     const idstr = e.slice(0, eq);
     const spec = e.slice(eq + 1);
