@@ -46,6 +46,7 @@ timeout -k 10 "$timeout_s" qemu-system-x86_64 \
   -kernel "$kernel" -initrd "$initrd" \
   -append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic clocksource=hpet" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+  -virtfs "local,path=$project,mount_tag=project,security_model=none,readonly=on,multidevs=remap" \
   -virtfs "local,path=$share,mount_tag=lane,security_model=none" \
   </dev/null 2>&1 | tee "$console"
 qemu_rc=${PIPESTATUS[0]}
