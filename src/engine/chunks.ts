@@ -112,6 +112,19 @@ export class ChunkReader {
     }
   }
 
+  /** Every chunk buffered now (possibly none); throws the read error once the data before it is taken. */
+  takeReady(): Chunk[] {
+    const out = this.filled.splice(0);
+    for (const c of out) this.bufferedBytes -= c.data.length;
+    if (!out.length && this.error) throw this.error;
+    return out;
+  }
+
+  /** EOF reached and every chunk taken. */
+  finished(): boolean {
+    return this.eof && this.filled.length === 0;
+  }
+
   stop(): void {
     this.stopped = true;
     const fw = this.freeWake;

@@ -38,8 +38,15 @@ export interface SaveOptions {
   readonly progress?: Progress;
   /** Bytes per data_fd read (default 1 MiB). */
   readonly chunkSize?: number;
-  /** Read-ahead chunks buffered per device while another device's END section is written (default 4). */
+  /** Read-ahead chunks buffered per device while another device's END section is written (default: 256 MiB shared by all devices, 2..64 each). */
   readonly readAhead?: number;
+  /**
+   * Frame stop-copy data as PART sections interleaved across devices as it arrives, each
+   * device's END then carrying only END_OF_STATE. QEMU loads this (its VFIO load handler
+   * treats PART and END chunks alike) though it never writes it; it lets slow devices
+   * proceed fully in parallel in bounded memory. Default false: QEMU 10.0's own framing.
+   */
+  readonly interleave?: boolean;
   /** A data_fd read that takes longer than this fails the save (default 60 s): a stalled device must not hang it. */
   readonly readTimeoutMs?: number;
   /** PRE_COPY rounds at most (default 32). */
@@ -376,13 +383,14 @@ async function saveCompletePrecopy(ctxs: DeviceCtx[], w: StreamWriter, io: IoEng
     (c) =>
       new ChunkReader(io, c.dataFd!.fd, {
         chunkSize: chunk,
-        readAhead: opts.readAhead ?? 4,
+        readAhead: opts.readAhead ?? defaultReadAhead(ctxs.length, chunk),
         timeoutMs: opts.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS,
         onError: (e) => wrapDeviceError(c, `read stop-copy data (state ${stateName(MigState.STOP_COPY)})`, e),
       }),
   );
   readers.forEach((r) => r.start());
   try {
+    if (opts.interleave) return await writeInterleaved(ctxs, readers, w);
     const remaining = new Set(ctxs.map((_, i) => i));
     while (remaining.size) {
       // Pick the device that is done (or has the most buffered) so the sink never idles on a slow one.
@@ -421,6 +429,54 @@ async function saveCompletePrecopy(ctxs: DeviceCtx[], w: StreamWriter, io: IoEng
     }
   } finally {
     readers.forEach((r) => r.stop());
+  }
+}
+
+/** Read-ahead chunks per device: a 256 MiB budget shared by all devices, 2 to 64 chunks each. */
+export function defaultReadAhead(devices: number, chunk: number): number {
+  return Math.max(2, Math.min(64, Math.floor((256 << 20) / Math.max(1, devices) / chunk)));
+}
+
+/** Interleaved framing: whatever any device has ready goes out as one PART section; END closes each. */
+async function writeInterleaved(ctxs: DeviceCtx[], readers: ChunkReader[], w: StreamWriter): Promise<void> {
+  const open = new Set(ctxs.map((_, i) => i));
+  while (open.size) {
+    let wrote = false;
+    for (const i of [...open]) {
+      const c = ctxs[i]!;
+      const reader = readers[i]!;
+      const ready = reader.takeReady();
+      if (ready.length) {
+        await w.sectionPart(c.sectionId);
+        for (const piece of ready) {
+          try {
+            await w.vfioData(piece.data);
+          } finally {
+            piece.release();
+          }
+          c.stopCopyBytes += piece.data.length;
+          if (c.counter) c.counter.bytes += piece.data.length;
+        }
+        await w.vfioMarker('END_OF_STATE');
+        await w.endSection();
+        wrote = true;
+      }
+      if (reader.finished()) {
+        try {
+          await c.dataFd!.verifyEnd();
+        } catch (e) {
+          throw wrapDeviceError(c, 'end of stop-copy data', e);
+        }
+        c.finished = now();
+        if (c.counter) c.counter.done = true;
+        await w.sectionEnd(c.sectionId);
+        await w.vfioMarker('END_OF_STATE');
+        await w.endSection();
+        open.delete(i);
+        wrote = true;
+      }
+    }
+    if (!wrote && open.size) await Promise.race([...open].map((i) => readers[i]!.ready()));
   }
 }
 

@@ -92,6 +92,11 @@ test.serial('round trip: STOP_COPY-only devices (flags 1) with --precopy asked',
   t.is(r.precopyRounds, 0);
 });
 
+test.serial('round trip: interleaved stop-copy framing (PART chunks across devices, bare END)', async (t) => {
+  const r = await roundTrip(t, 4, 'size=4MiB,rate=200MiB/s', { interleave: true });
+  t.is(r.devices.length, 4);
+});
+
 test.serial('stream layout: START per device, PART with INIT_DATA_SENT, END with stop-copy data, EOF', async (t) => {
   const file = streamPath('layout');
   const src = sims(2, 'size=1MiB,precopy=512KiB', 1);

@@ -23,7 +23,7 @@ export function saveHuman(r: SaveReport, where: string): string {
 export const saveCommand: Command = {
   name: ['save'],
   summary: 'Save the state of one or more devices, in parallel, into a QEMU migration stream.',
-  usage: 'save --device SPEC... (-o FILE | --fd N | --to unix:PATH) [--precopy] [--max-downtime MS] [--resume-source] [--machine TYPE] [--idstr IDSTR...] [--read-timeout MS] [--no-init-data-sent]',
+  usage: 'save --device SPEC... (-o FILE | --fd N | --to unix:PATH) [--precopy] [--max-downtime MS] [--resume-source] [--machine TYPE] [--idstr IDSTR...] [--read-timeout MS] [--no-init-data-sent] [--interleave]',
   options: {
     device: { type: 'string', multiple: true },
     'output-file': { type: 'string', short: 'o' },
@@ -36,6 +36,7 @@ export const saveCommand: Command = {
     idstr: { type: 'string', multiple: true },
     'no-init-data-sent': { type: 'boolean' },
     'read-timeout': { type: 'string' },
+    interleave: { type: 'boolean' },
   },
   async run(args, io) {
     const specs = stringList(args, 'device');
@@ -59,6 +60,7 @@ export const saveCommand: Command = {
         resumeSource: Boolean(args.values['resume-source']),
         ...(machineType ? { machineType } : {}),
         initDataSent: !args.values['no-init-data-sent'],
+        interleave: Boolean(args.values.interleave),
         ...(readTimeoutMs !== undefined ? { readTimeoutMs } : {}),
         ...(progress ? { progress } : {}),
       });
