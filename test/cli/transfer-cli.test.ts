@@ -68,3 +68,10 @@ test('usage errors exit 2', (t) => {
   t.is(run('demo', '--devices', '0').status, 2);
   t.is(run('save', '--device', 'sim:bogus=1', '-o', path.join(dir, 'y.mig')).status, 2);
 });
+
+test('the library example runs and restores both devices', (t) => {
+  const example = fileURLToPath(new URL('../../examples/save-restore.js', import.meta.url));
+  const r = spawnSync(process.execPath, [example, path.join(dir, 'example.mig')], { encoding: 'utf8', timeout: 120_000 });
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout.match(/state matches/g)?.length, 2, r.stdout);
+});
