@@ -8,7 +8,7 @@ import { MigFlag, MigState, stateName } from '../fsm/index.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
 import { StreamWriter, buildVmDesc } from '../qemu/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
-import { ChunkReader } from './chunks.js';
+import { type Chunk, ChunkReader } from './chunks.js';
 import type { Progress, ProgressCounter } from './progress.js';
 import { recoverSources } from './recover.js';
 import type { ByteSink } from './sink.js';
@@ -406,30 +406,36 @@ async function saveCompletePrecopy(ctxs: DeviceCtx[], w: StreamWriter, io: IoEng
       const c = ctxs[pick]!;
       const reader = readers[pick]!;
       await w.sectionEnd(c.sectionId);
-      for (;;) {
-        const piece = await reader.next();
-        if (!piece) break;
-        try {
-          await w.vfioData(piece.data);
-        } finally {
-          piece.release();
-        }
-        c.stopCopyBytes += piece.data.length;
-        if (c.counter) c.counter.bytes += piece.data.length;
-      }
-      try {
-        await c.dataFd!.verifyEnd();
-      } catch (e) {
-        throw wrapDeviceError(c, 'end of stop-copy data', e);
-      }
-      c.finished = now();
-      if (c.counter) c.counter.done = true;
+      for (let piece = await reader.next(); piece; piece = await reader.next()) await writeChunk(c, w, piece);
+      await deviceDone(c);
       await w.vfioMarker('END_OF_STATE');
       await w.endSection();
     }
   } finally {
     readers.forEach((r) => r.stop());
   }
+}
+
+/** One stop-copy chunk as a DATA_STATE record; its buffer goes back to the reader. */
+async function writeChunk(c: DeviceCtx, w: StreamWriter, piece: Chunk): Promise<void> {
+  try {
+    await w.vfioData(piece.data);
+  } finally {
+    piece.release();
+  }
+  c.stopCopyBytes += piece.data.length;
+  if (c.counter) c.counter.bytes += piece.data.length;
+}
+
+/** After read() returned 0: the device must confirm it delivered its whole state. */
+async function deviceDone(c: DeviceCtx): Promise<void> {
+  try {
+    await c.dataFd!.verifyEnd();
+  } catch (e) {
+    throw wrapDeviceError(c, 'end of stop-copy data', e);
+  }
+  c.finished = now();
+  if (c.counter) c.counter.done = true;
 }
 
 /** Read-ahead chunks per device: a 256 MiB budget shared by all devices, 2 to 64 chunks each. */
@@ -448,27 +454,13 @@ async function writeInterleaved(ctxs: DeviceCtx[], readers: ChunkReader[], w: St
       const ready = reader.takeReady();
       if (ready.length) {
         await w.sectionPart(c.sectionId);
-        for (const piece of ready) {
-          try {
-            await w.vfioData(piece.data);
-          } finally {
-            piece.release();
-          }
-          c.stopCopyBytes += piece.data.length;
-          if (c.counter) c.counter.bytes += piece.data.length;
-        }
+        for (const piece of ready) await writeChunk(c, w, piece);
         await w.vfioMarker('END_OF_STATE');
         await w.endSection();
         wrote = true;
       }
       if (reader.finished()) {
-        try {
-          await c.dataFd!.verifyEnd();
-        } catch (e) {
-          throw wrapDeviceError(c, 'end of stop-copy data', e);
-        }
-        c.finished = now();
-        if (c.counter) c.counter.done = true;
+        await deviceDone(c);
         await w.sectionEnd(c.sectionId);
         await w.vfioMarker('END_OF_STATE');
         await w.endSection();
