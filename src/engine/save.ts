@@ -326,14 +326,13 @@ async function estimateDowntime(ctxs: DeviceCtx[], measuredRate: number): Promis
     }),
   );
   const bytes = sizes.reduce((s, n) => s + n, 0);
-  // Devices are read in parallel: the largest one bounds the time when the rate is per device.
-  const largest = Math.max(...sizes);
+  // All devices drain into one stream: the aggregate rate bounds the stop-copy time.
   if (measuredRate > 0) {
-    return { ms: (largest / measuredRate) * 1000, bytes, basis: `${(measuredRate / 2 ** 20).toFixed(0)} MiB/s measured in PRE_COPY` };
+    return { ms: (bytes / measuredRate) * 1000, bytes, basis: `${(measuredRate / 2 ** 20).toFixed(0)} MiB/s measured in PRE_COPY` };
   }
-  // No measurement yet: assume QEMU's anchor of ~1 GiB/s per device read (docs/context.md).
+  // Nothing measured yet: assume QEMU's anchor of ~1 GiB/s (docs/context.md); a hint, reported as such.
   const assumed = 2 ** 30;
-  return { ms: (largest / assumed) * 1000, bytes, basis: '1024 MiB/s assumed (no PRE_COPY measurement)' };
+  return { ms: (bytes / assumed) * 1000, bytes, basis: '1024 MiB/s assumed (no PRE_COPY measurement)' };
 }
 
 /**
