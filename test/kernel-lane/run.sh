@@ -57,7 +57,7 @@ if compgen -G "$share/figures/*.txt" >/dev/null; then
   say "figures reported by the guest tests:"
   for f in "$share"/figures/*.txt; do sed 's/^/  /' "$f"; done
 fi
-summary=$(grep -aE '^ *[0-9]+ (tests? (passed|failed)|known failure|uncaught exception|unhandled rejection)' "$console" | tr -d '\r' | sed 's/^ *//' | paste -sd ';' - || true)
+summary=$(grep -aE '^ *[0-9]+ (tests? (passed|failed)|known failure|uncaught exception|unhandled rejection)' "$console" | tr -d '\r' | sed 's/^ *//' | paste -sd ',' - | sed 's/,/, /g' || true)
 
 if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
   die "guest did not finish within ${timeout_s} s (hang?); console log: $console"

@@ -75,6 +75,8 @@ test('STOP_COPY gives a data_fd with 60 bytes carrying mtty magic and UART state
     ioctlSync(src.device, VFIO_DEVICE_RESET, 0);
     ioctlSync(dst.device, VFIO_DEVICE_RESET, 0);
     t.is(getState(src.device), State.RUNNING);
+    // UART registers survive reset and reopen (other guest tests ran first): clear the FIFO.
+    barWrite1(src.device, 0, 2, 0x07); // FCR: enable + clear RX/TX
     barWrite1(src.device, 0, 3, 0x1b); // LCR, DLAB clear
     barWrite1(src.device, 0, 7, 0x5a); // SCR
     for (const ch of Buffer.from('hi')) barWrite1(src.device, 0, 0, ch); // THR -> RX FIFO
