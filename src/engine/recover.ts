@@ -43,3 +43,19 @@ export async function recoverSources(devices: readonly MigrationDevice[]): Promi
   const steps = await Promise.all(devices.map(recoverDevice));
   return steps.filter((s) => s.action !== 'none');
 }
+
+/** VFIO_DEVICE_RESET: the only safe way to abandon a RESUMING session (vfio-uapi.md §4). */
+export async function resetDevice(dev: MigrationDevice): Promise<RecoveryStep> {
+  let from = 'unknown';
+  try {
+    from = stateName(await dev.state());
+  } catch {
+    // unreadable state: reset anyway
+  }
+  try {
+    await dev.reset();
+    return { device: dev.id, from, action: 'reset', ok: true };
+  } catch (e) {
+    return { device: dev.id, from, action: 'reset', ok: false, error: (e as Error).message };
+  }
+}

@@ -9,7 +9,7 @@ import { type ByteSource, type StreamEvent, readStream } from '../qemu/index.js'
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
 import { SectionMatcher } from './match.js';
 import type { Progress, ProgressCounter } from './progress.js';
-import { recoverDevice } from './recover.js';
+import { resetDevice } from './recover.js';
 
 export interface RestoreOptions {
   /** Decoded stream events (e.g. readStreamFile(path)) or raw bytes to decode. */
@@ -98,22 +98,28 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
     opts.map ?? new Map(),
   );
 
+  const bySection = new Map<number, Target>();
   try {
     await loadSetup(targets);
-    await loadState(targets, events, matcher, io, maxInFlight);
+    await loadState(targets, events, matcher, io, maxInFlight, bySection);
     matcher.finish();
   } catch (e) {
-    // The stream itself is bad (truncated, corrupt, unmatched): no device may keep half a state.
-    await Promise.all(targets.map(async (t) => {
-      await t.writes;
-      await t.dataFd?.close();
-      await recoverDevice(t.dev);
-    }));
-    throw e;
+    // The stream itself is bad (truncated, corrupt, unmatched): no device may keep half a
+    // state, so every one is reset (a SET out of RESUMING would load what it was given).
+    await Promise.all(
+      targets.map(async (t) => {
+        await t.writes;
+        await t.dataFd?.close();
+        await resetDevice(t.dev);
+      }),
+    );
+    throw nameDevices(e, targets, bySection);
   }
   await loadCleanupAndStart(targets);
+  // A device whose write or validation failed is reset: a SET out of RESUMING could load
+  // bytes it reported as bad (mtty keeps a header it rejected with EFAULT).
   for (const t of targets.filter((x) => x.error)) {
-    const step = await recoverDevice(t.dev);
+    const step = await resetDevice(t.dev);
     t.recovery = `${step.action}${step.ok ? '' : ` failed: ${step.error}`}`;
   }
   const report: RestoreReport = {
@@ -143,6 +149,21 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
   return report;
 }
 
+/** A stream failure names the device whose section it hit (or every device), keeping offset and section. */
+function nameDevices(e: unknown, targets: Target[], bySection: Map<number, Target>): unknown {
+  if (!(e instanceof MigbridgeError) || e.device !== undefined) return e;
+  const sectionId = (e as MigbridgeError & { sectionId?: number }).sectionId;
+  const hit = sectionId !== undefined ? bySection.get(sectionId) : undefined;
+  const names = hit ? hit.dev.id : targets.map((t) => t.dev.id).join(', ');
+  return new MigbridgeError(e.code, `${e.message}; restoring device ${names}${hit ? ` from ${hit.idstr}` : ''}: every device was reset to RUNNING`, {
+    ...(e.offset !== undefined ? { offset: e.offset } : {}),
+    ...(e.section !== undefined ? { section: e.section } : hit?.idstr ? { section: hit.idstr } : {}),
+    ...(e.errno !== undefined ? { errno: e.errno } : {}),
+    device: names,
+    cause: e,
+  });
+}
+
 /** The simulator verifies a digest when it leaves RESUMING; kernel devices validate inside the SET itself. */
 function selfCheck(dev: MigrationDevice): { verified?: boolean } {
   const result = (dev as { resumeResult?: { verified: boolean } }).resumeResult;
@@ -169,10 +190,16 @@ async function loadSetup(targets: Target[]): Promise<void> {
 }
 
 /** load_state: route each DATA_STATE chunk to its device's data_fd without waiting for other devices. */
-async function loadState(targets: Target[], events: AsyncIterable<StreamEvent>, matcher: SectionMatcher, io: IoEngine, maxInFlight: number): Promise<void> {
+async function loadState(
+  targets: Target[],
+  events: AsyncIterable<StreamEvent>,
+  matcher: SectionMatcher,
+  io: IoEngine,
+  maxInFlight: number,
+  bySection: Map<number, Target>,
+): Promise<void> {
   let inFlight = 0;
   const waiters: (() => void)[] = [];
-  const bySection = new Map<number, Target>();
   for await (const ev of events) {
     if (ev.type === 'section' && ev.section.handler === 'vfio' && !bySection.has(ev.section.sectionId)) {
       const index = matcher.assign(ev.section.idstr);

@@ -236,8 +236,11 @@ test.serial('restore from a truncated stream: typed error with offset, every dev
     const cut = streamPath('trunc-cut');
     copyFileSync(file, cut);
     truncateSync(cut, Math.floor(statSync(file).size * 0.6));
-    const e = await t.throwsAsync(restore({ events: readStreamFile(cut), devices: dst }), { instanceOf: StreamError });
+    const e = await t.throwsAsync(restore({ events: readStreamFile(cut), devices: dst }), { instanceOf: MigbridgeError });
+    t.true(e?.cause instanceof StreamError, 'the decoder error is the cause');
     t.true(typeof e?.offset === 'number');
+    t.truthy(e?.section);
+    t.regex(e!.device!, new RegExp(dst.map((d) => d.id).join('|')), 'the error names the device being restored');
     for (const d of dst) t.is(await d.state(), MigState.RUNNING);
   } finally {
     await closeAll([...src, ...dst]);
