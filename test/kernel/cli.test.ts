@@ -116,17 +116,11 @@ test.serial('parallel save/restore of 5 mtty devices (3 mtty-1 + 2 mtty-2), each
   for (const p of pairs) t.deepEqual(readUart(p.dst, p.ports), { ...p.uart, state: State.RUNNING }, `${p.src} -> ${p.dst}`);
 });
 
-// KNOWN FAILURES (test.failing: ava reports them as "known failure"; once the engine is
-// fixed they start passing, ava then reports a failure, and the marker must go):
-// - corrupted: the restore's recovery (src/engine/recover.ts) does SET RUNNING on a device
-//   left in RESUMING. After mtty's EFAULT on the bad header the bytes were kept, so that
-//   exit from RESUMING LOADS the corrupted stream (measured: the destination ends up with
-//   the damaged stream's SCR). A write error on a resume fd needs VFIO_DEVICE_RESET, not
-//   SET RUNNING (mtty.md "What the real driver does with bad input").
-// - truncated: the device is left untouched and RUNNING, but the error is the decoder's
-//   StreamError (ESTREAM_LIMIT, section 0000:00:04.0/vfio); it does not name the device.
+// Found by this lane and fixed in the engine (10ddfba): recovery used SET RUNNING on a
+// device left in RESUMING, and after mtty's EFAULT on the bad header the kept bytes were
+// then LOADED; a truncated stream's error named the section but not the device.
 for (const damage of ['corrupted', 'truncated'] as const) {
-  test.serial.failing(`restore of a ${damage} stream fails naming the device; the device is reset and usable`, async (t) => {
+  test.serial(`restore of a ${damage} stream fails naming the device; the device is reset and usable`, async (t) => {
     const { mtty1 } = laneEnv();
     const [src, dst] = [mtty1[0]!, mtty1[1]!];
     loadUart(src, { scr: [0x42], lcr: 0x03, fifo: 'ok' });
