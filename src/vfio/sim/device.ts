@@ -20,6 +20,9 @@
 // Resume pipe. The caller gets the write end; the worker reads the other end, verifies
 // every record and reports when asked at the exit from RESUMING. A rejected stream
 // closes the read end, so later writes fail with EPIPE (mtty: EFAULT on a bad header).
+// fail=write-error@SIZE reproduces mtty's hazard instead: the worker stops reading at
+// SIZE (writes then fail with EPIPE) but the exit from RESUMING succeeds and loads the
+// bytes it took, so only a reset keeps the damaged data out (see #finishResume).
 import { constants as fsc, openSync, readSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { FsmError, MigState, isSavingState, path, stateName } from '../../fsm/index.js';
@@ -68,6 +71,8 @@ export interface SimResumeResult {
   /** State digest carried by the stream and recomputed from what arrived (when verified). */
   digest?: bigint;
   reason?: string;
+  /** The exit from RESUMING succeeded and the device's state is now what the stream carried (damaged when !verified). */
+  loaded: boolean;
 }
 
 class ArcFailure extends Error {
@@ -172,6 +177,7 @@ export class SimDevice implements MigrationDevice {
   #lock: Promise<unknown> = Promise.resolve();
   #closed = false;
   #lastResume: SimResumeResult | undefined;
+  #loads = 0;
 
   constructor(config: SimConfig) {
     const n = ordinal++;
@@ -200,6 +206,10 @@ export class SimDevice implements MigrationDevice {
   /** Result of the last exit from RESUMING (undefined if none yet). */
   get resumeResult(): SimResumeResult | undefined {
     return this.#lastResume;
+  }
+  /** Exits from RESUMING that replaced the device's state (verified or, with fail=write-error, damaged). */
+  get loads(): number {
+    return this.#loads;
   }
 
   // ------------------------------------------------------------------ MigrationDevice
@@ -641,8 +651,11 @@ export class SimDevice implements MigrationDevice {
 
   #openResume(): DataFd {
     const [r, w] = pipe();
+    const cutAt = this.config.faults.find((f) => f.kind === 'write-error')?.at ?? -1;
     try {
-      setPipeSize(w, PIPE_SIZE);
+      // fail=write-error: one page of pipe, so a writer can get at most 4 KiB past the
+      // point where the device stops reading before its writes fail.
+      setPipeSize(w, cutAt >= 0 ? 4096 : PIPE_SIZE);
       setNonBlocking(r, true);
     } catch (e) {
       closeSync(r);
@@ -660,6 +673,7 @@ export class SimDevice implements MigrationDevice {
       fd: r,
       size: this.#size,
       eioAt: this.config.faults.find((f) => f.kind === 'eio')?.at ?? -1,
+      cutAt,
     });
     this.#refWorker();
     return new SimDataFd(w, 'resume', this.id, async () => undefined);
@@ -676,7 +690,13 @@ export class SimDevice implements MigrationDevice {
       this.#seed = status.seed!;
       this.#gens.set(status.gens!);
       this.#regs.set(status.regs!);
-      this.#lastResume = { verified: true, bytes: status.bytes, digest: status.digest! };
+      this.#loads++;
+      this.#lastResume = { verified: true, bytes: status.bytes, digest: status.digest!, loaded: true };
+      await this.#endResume();
+      return;
+    }
+    if (status.cut && (status.phase === 'header' || status.phase === 'records')) {
+      this.#loadDamaged(status);
       await this.#endResume();
       return;
     }
@@ -686,8 +706,36 @@ export class SimDevice implements MigrationDevice {
         : status.phase === 'corrupt' || status.phase === 'failed'
           ? status.reason ?? status.phase
           : `stream incomplete: ${status.bytes} bytes received, ${status.phase === 'header' ? 'no header yet' : 'no END record yet'}`;
-    this.#lastResume = { verified: false, bytes: status.bytes, reason };
+    this.#lastResume = { verified: false, bytes: status.bytes, reason, loaded: false };
     throw new ArcFailure(status.phase === 'failed' ? status.errno ?? Errno.EIO : Errno.EINVAL, reason);
+  }
+
+  /**
+   * fail=write-error: the exit from RESUMING succeeds on an incomplete stream and the device
+   * takes it as its state, as mtty loads a header it failed with EFAULT: the stream's seed
+   * (once its header arrived), the blocks that arrived whole; every other block is lost
+   * (generation NOT_SENT: its content is garbage and a later save cannot be restored), and
+   * the registers are zero unless their record arrived.
+   */
+  #loadDamaged(status: ResumeStatusMsg): void {
+    const gens = status.gens;
+    if (status.seed !== undefined) this.#seed = status.seed;
+    this.#gens.fill(NOT_SENT);
+    if (gens && gens.length === this.#gens.length) this.#gens.set(gens);
+    this.#regs.fill(0);
+    if (status.regs) this.#regs.set(status.regs);
+    let whole = 0;
+    for (const g of this.#gens) if (g !== NOT_SENT) whole++;
+    this.#loads++;
+    const at = this.config.faults.find((f) => f.kind === 'write-error')!.at;
+    this.#lastResume = {
+      verified: false,
+      loaded: true,
+      bytes: status.bytes,
+      reason:
+        `loaded a damaged state (fail=write-error@${at}): writes failed after ${at} bytes, the exit from RESUMING took the ${status.bytes} bytes received ` +
+        `(${status.phase === 'header' ? 'no header' : `${whole} of ${this.#gens.length} blocks whole`}, registers ${status.regs ? 'received' : 'zeroed'}, no END record)`,
+    };
   }
 
   async #endResume(): Promise<void> {

@@ -37,6 +37,8 @@ export interface ResumeMsg {
   /** The device's state size: a stream for another size is rejected. */
   size: number;
   eioAt: number;
+  /** fail=write-error@SIZE: stream bytes the device takes before it stops reading (-1 = never). */
+  cutAt: number;
 }
 
 export type JobStatus = 'ok' | 'cancelled' | 'eio' | 'failed';
@@ -60,6 +62,12 @@ export interface ResumeStatusMsg {
   bytes: number;
   reason?: string;
   errno?: number;
+  /**
+   * fail=write-error tripped: the device stopped reading at cutAt (writes now fail) and
+   * reports what it parsed so far (seed/size once the header arrived, gens with NOT_SENT
+   * for blocks that did not arrive, regs if their record did), for a damaged load.
+   */
+  cut?: boolean;
   seed?: bigint;
   size?: number;
   gens?: Uint32Array;

@@ -8,7 +8,9 @@ export type SimFault =
   | { kind: 'error'; state: MigState }
   | { kind: 'stall'; at: number }
   | { kind: 'slow-stop'; ms: number }
-  | { kind: 'bad-resume' };
+  | { kind: 'bad-resume' }
+  /** Resuming: the device takes `at` bytes, then writes fail (EPIPE) and the exit from RESUMING loads what it took (mtty's EFAULT hazard). */
+  | { kind: 'write-error'; at: number };
 
 export interface SimConfig {
   id?: string;
@@ -109,11 +111,13 @@ function parseFault(text: string): SimFault {
       if (state === MigState.ERROR) throw new UsageError(`sim fail=${text}: the failing arc's target cannot be ERROR`);
       return { kind: 'error', state };
     }
+    case 'write-error':
+      return { kind: 'write-error', at: parseSize(need(), 'fail=write-error@') };
     case 'bad-resume':
       if (arg !== undefined) throw new UsageError(`sim fail=bad-resume takes no @VALUE`);
       return { kind: 'bad-resume' };
     default:
-      throw new UsageError(`sim fail=${text}: unknown fault ${JSON.stringify(kind)} (eio@SIZE, error@STATE, stall@SIZE, slow-stop@TIME, bad-resume)`);
+      throw new UsageError(`sim fail=${text}: unknown fault ${JSON.stringify(kind)} (eio@SIZE, error@STATE, stall@SIZE, slow-stop@TIME, bad-resume, write-error@SIZE)`);
   }
 }
 
@@ -198,7 +202,7 @@ export function formatSimSpec(c: SimConfig): string {
   if (c.dirtyRate) parts.push(`dirty=${c.dirtyRate}/s`);
   if (c.flags !== SIM_DEFAULTS.flags) parts.push(`flags=${c.flags}`);
   for (const f of c.faults) {
-    if (f.kind === 'eio' || f.kind === 'stall') parts.push(`fail=${f.kind}@${f.at}`);
+    if (f.kind === 'eio' || f.kind === 'stall' || f.kind === 'write-error') parts.push(`fail=${f.kind}@${f.at}`);
     else if (f.kind === 'error') parts.push(`fail=error@${stateName(f.state).toLowerCase().replace(/_/g, '-')}`);
     else if (f.kind === 'slow-stop') parts.push(`fail=slow-stop@${f.ms}ms`);
     else parts.push('fail=bad-resume');

@@ -305,6 +305,9 @@ function runResume(m: ResumeMsg): void {
   const buf = Buffer.allocUnsafeSlow(1 << 20);
   let fdOpen = true;
   let handled = 0;
+  // fail=write-error@SIZE: bytes taken from the pipe; at cutAt the device stops reading.
+  let taken = 0;
+  let cut = false;
   let backoff = 0.02;
   const closeFd = (): void => {
     if (!fdOpen) return;
@@ -326,16 +329,31 @@ function runResume(m: ResumeMsg): void {
       msg.gens = p.gens.slice();
       msg.regs = p.regs!.slice();
       msg.digest = p.digest!;
+    } else if (cut && p.phase === 'records') {
+      // What a damaged load takes: the header's seed, the blocks that arrived whole.
+      msg.seed = p.seed;
+      msg.size = p.size;
+      msg.gens = p.gens.slice();
+      if (p.regs) msg.regs = p.regs.slice();
     }
+    if (cut) msg.cut = true;
     post(msg);
   };
+  // Stops reading for good: bytes still in the pipe are dropped and every later write
+  // fails with EPIPE (the pipe has one page under this fault, so at most 4 KiB written
+  // past cutAt are accepted without an error).
+  const cutHere = (): void => {
+    cut = true;
+    closeFd();
+  };
+  if (m.cutAt === 0) cutHere();
   for (;;) {
     if (Atomics.load(ctrl, CTRL_CANCELLED)) break;
     const req = Atomics.load(ctrl, CTRL_FINISH_REQ);
     let n = 0;
     if (fdOpen) {
       try {
-        n = readSync(m.fd, buf, 0, buf.length, null);
+        n = readSync(m.fd, buf, 0, m.cutAt >= 0 ? Math.min(buf.length, m.cutAt - taken) : buf.length, null);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') {
           p.phase = 'failed';
@@ -359,6 +377,8 @@ function runResume(m: ResumeMsg): void {
       // A rejected stream: stop taking bytes, so the writer gets EPIPE at once (mtty
       // fails the write that carries a bad header with EFAULT).
       if (p.phase === 'corrupt' || p.phase === 'failed') closeFd();
+      taken += n;
+      if (fdOpen && m.cutAt >= 0 && taken >= m.cutAt) cutHere();
       backoff = 0.02;
       continue;
     }
