@@ -75,3 +75,43 @@ test('the library example runs and restores both devices', (t) => {
   t.is(r.status, 0, r.stderr);
   t.is(r.stdout.match(/state matches/g)?.length, 2, r.stdout);
 });
+
+test('save --to unix:PATH streams into restore --from unix:PATH (QEMU-style migrate/incoming pair)', async (t) => {
+  const sock = path.join(dir, 'mig.sock');
+  const { spawn } = await import('node:child_process');
+  const receiver = spawn(process.execPath, [bin, 'restore', '--from', `unix:${sock}`, '--device', 'sim:id=r0,size=2MiB', '--device', 'sim:id=r1,size=1MiB', '--output=json'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  receiver.stdout.on('data', (d) => (out += d));
+  receiver.stderr.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((resolve) => receiver.on('exit', resolve));
+  for (let i = 0; i < 100 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+  t.true(existsSync(sock), 'restore listens on the socket');
+  const s = run('save', '--device', 'sim:id=s0,seed=5,size=2MiB', '--device', 'sim:id=s1,seed=6,size=1MiB', '--to', `unix:${sock}`, '--output=json');
+  t.is(s.status, 0, s.stderr);
+  t.is(await exited, 0, err);
+  const restored = JSON.parse(out);
+  t.deepEqual(restored.devices.map((d: { verified: boolean }) => d.verified), [true, true]);
+});
+
+test('save --fd N writes to a descriptor handed in; restore --fd N reads one', async (t) => {
+  const { openSync, closeSync } = await import('node:fs');
+  const file = path.join(dir, 'fd.mig');
+  const wfd = openSync(file, 'w');
+  const s = spawnSync(process.execPath, [bin, 'save', '--device', 'sim:seed=8,size=1MiB', '--fd', '3', '--output=json'], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe', wfd],
+  });
+  closeSync(wfd);
+  t.is(s.status, 0, s.stderr);
+  const rfd = openSync(file, 'r');
+  const r = spawnSync(process.execPath, [bin, 'restore', '--fd', '3', '--device', 'sim:size=1MiB', '--output=json'], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe', rfd],
+  });
+  closeSync(rfd);
+  t.is(r.status, 0, r.stderr);
+  t.true(JSON.parse(r.stdout).devices[0].verified);
+});
