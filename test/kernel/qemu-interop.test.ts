@@ -36,7 +36,13 @@ const timings: string[] = [];
 
 interface CliResult { code: number; stdout: string; stderr: string }
 
+/** Wall time per CLI command in this file (guest clock), for the lane's figures. */
+const cliMs = new Map<string, number[]>();
+/** QEMU start to QMP ready, per VM. */
+const qemuStartMs: number[] = [];
+
 async function migbridge(...args: string[]): Promise<CliResult> {
+  const t0 = performance.now();
   try {
     const r = await run(process.execPath, [cli, ...args], { timeout: 60_000, maxBuffer: 16 << 20 });
     return { code: 0, stdout: r.stdout, stderr: r.stderr };
@@ -44,6 +50,10 @@ async function migbridge(...args: string[]): Promise<CliResult> {
     const x = e as { code?: number | string; stdout?: string; stderr?: string };
     if (typeof x.code !== 'number') throw e;
     return { code: x.code, stdout: x.stdout ?? '', stderr: x.stderr ?? '' };
+  } finally {
+    const list = cliMs.get(args[0]!) ?? [];
+    list.push(performance.now() - t0);
+    cliMs.set(args[0]!, list);
   }
 }
 
@@ -78,7 +88,9 @@ function scope(t: ExecutionContext, uuids: string[]) {
   });
   return {
     async vm(o: Parameters<typeof startMttyVm>[0]): Promise<QemuVm> {
+      const t0 = performance.now();
       const vm = await startMttyVm(o);
+      qemuStartMs.push(performance.now() - t0);
       vms.push(vm);
       return vm;
     },
@@ -94,11 +106,13 @@ function scope(t: ExecutionContext, uuids: string[]) {
   };
 }
 
-/** Scribbles over a device so that a load that does nothing cannot pass. */
+/** What scribble() leaves in a destination, so that a load that does nothing cannot pass. */
+const SCRIBBLE: Uart = { scr: 0xee, lcr: 0x00, fifo: 'zz' };
+
 async function scribble(uuid: string): Promise<void> {
   await withDevice(uuid, async (d) => {
     if ((await d.state()) !== MigState.RUNNING) await d.reset();
-    await writeUartDev(d, { scr: 0xee, lcr: 0x00, fifo: 'zz' });
+    await writeUartDev(d, SCRIBBLE);
   });
 }
 
@@ -116,7 +130,9 @@ function qemuStream(): Promise<SourceStream> {
   sourceStream ??= (async () => {
     const a = laneEnv().mtty1[0]!;
     const file = path.join(tmp, 'qemu.mig');
+    const ts = performance.now();
     const vm = await startMttyVm({ uuid: a, name: 'interop-source', paused: true });
+    qemuStartMs.push(performance.now() - ts);
     let info;
     const t0 = performance.now();
     try {
@@ -171,6 +187,7 @@ async function loadInQemu(t: ExecutionContext, vm: QemuVm, file: string): Promis
   // The config section restored BAR0 at 0xc000 with I/O enabled; before `cont` the mdev is
   // still RESUMING and shows its old contents (qemu-vfio-interop.md gotcha 1).
   const before = await readUartHmp(vm);
+  t.deepEqual(before, SCRIBBLE, 'before cont the destination mdev still shows its old contents');
   await vm.qmp('cont');
   await vm.waitStatus((s) => s === 'running', 10_000, 'running after cont');
   const after = await readUartHmp(vm);
@@ -283,6 +300,7 @@ test.serial('QEMU refuses a stream cut inside the VFIO data; the mdev left in RE
 });
 
 test.after.always('report timings', () => {
-  if (timings.length) reportFigure('qemu-interop', `QEMU 10 interop in the guest: ${timings.join('; ')}`);
+  const cmds = [...cliMs].map(([c, ms]) => `${c} ${ms.map((m) => (m / 1000).toFixed(1)).join('/')} s`);
+  if (timings.length) reportFigure('qemu-interop', `QEMU 10 interop in the guest: ${timings.join('; ')}\n  migbridge CLI runs (each): ${cmds.join(', ')}\n  QEMU start to QMP ready (each): ${qemuStartMs.map((m) => (m / 1000).toFixed(2)).join('/')} s`);
   fs.rmSync(tmp, { recursive: true, force: true });
 });
