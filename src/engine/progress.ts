@@ -64,7 +64,8 @@ export class Progress {
     for (const c of this.counters) {
       total += c.bytes;
       const state = c.failed ? `FAILED ${c.failed}` : c.done ? 'done' : '';
-      lines.push(`  ${c.id.padEnd(18).slice(0, 18)} [${this.bar(c, 24)}] ${formatBytes(c.bytes).padStart(10)}  ${state}`);
+      const rate = c.bytes > 0 ? formatRate(c.bytes / secs) : '';
+      lines.push(`  ${c.id.padEnd(18).slice(0, 18)} [${this.bar(c, 24)}] ${formatBytes(c.bytes).padStart(10)} ${rate.padStart(12)}  ${state}`);
     }
     lines.push(`  ${this.label}: ${formatBytes(total)} in ${secs.toFixed(1)} s, ${formatRate(total / secs)}`);
     const up = this.drawnLines ? `\x1b[${this.drawnLines}F` : '';
