@@ -10,6 +10,7 @@ import { saveCommand } from './save.js';
 import { restoreCommand } from './restore.js';
 import { demoCommand } from './demo.js';
 import { devicesCommand } from './devices.js';
+import { proxyCommand } from './proxy.js';
 
 export const commands: readonly Command[] = [
   fsmPathCommand,
@@ -23,4 +24,5 @@ export const commands: readonly Command[] = [
   restoreCommand,
   demoCommand,
   devicesCommand,
+  proxyCommand,
 ];

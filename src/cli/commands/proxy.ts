@@ -1,0 +1,122 @@
+// `migbridge proxy --listen unix:IN --to unix:OUT`: forwards a live QEMU migration (and
+// its return path) unchanged between a source and a destination QEMU, tees and decodes it
+// on the side. See src/engine/proxy.ts.
+import { readFile } from 'node:fs/promises';
+import { UsageError } from '../../errors.js';
+import { formatBytes, formatRate } from '../../engine/progress.js';
+import { type ProxyNote, type ProxyReport, type StreamTally, ProxyFailedError, proxy } from '../../engine/proxy.js';
+import { parseVmDesc } from '../../qemu/vmdesc.js';
+import type { Command, CommandIO } from '../command.js';
+import { optionalNumber, optionalString } from './transfer-args.js';
+
+function unixPath(v: string | undefined, name: string): string {
+  if (v === undefined) throw new UsageError(`--${name} unix:PATH is required`);
+  if (!v.startsWith('unix:') || v.length === 5) throw new UsageError(`--${name} takes unix:PATH, got ${JSON.stringify(v)}`);
+  return v.slice(5);
+}
+
+function tallyLines(t: StreamTally, indent: string): string[] {
+  const lines: string[] = [];
+  lines.push(`${indent}records: ${Object.entries(t.records).map(([k, n]) => `${n} ${k}`).join(', ') || 'none'}`);
+  if (t.ram) {
+    const p = t.ram.pages;
+    lines.push(`${indent}ram pages: ${p.PAGE} PAGE, ${p.ZERO} ZERO, ${p.XBZRLE} XBZRLE, ${p.COMPRESS_PAGE} COMPRESS_PAGE; ${t.ram.records.EOS} EOS, ${t.ram.records.MULTIFD_FLUSH} MULTIFD_FLUSH`);
+  }
+  for (const c of t.commands) lines.push(`${indent}COMMAND ${c.name} at ${c.offset}`);
+  for (const d of t.vfio) {
+    lines.push(`${indent}vfio ${d.idstr} (section ${d.sectionId}): ${d.dataBytes} data bytes in ${d.chunks} chunks (precopy ${d.precopyBytes}, stop-copy ${d.stopCopyBytes}), config ${d.configBytes ?? 'none'}; ${d.flavour}`);
+  }
+  if (t.eofOffset !== null) lines.push(`${indent}EOF at ${t.eofOffset}${t.vmdescOffset !== null ? `, VMDESCRIPTION at ${t.vmdescOffset}` : ''}`);
+  return lines;
+}
+
+export function proxyHuman(r: ProxyReport): string {
+  const lines: string[] = [];
+  lines.push(`${r.ok ? 'migration forwarded' : 'migration FAILED'}: ${formatBytes(r.forwardBytes)} source -> destination (${r.deliveredBytes} bytes delivered), ${r.returnPath.bytes} bytes return path, ${r.seconds.toFixed(2)} s (${formatRate(r.forwardBytes / Math.max(r.seconds, 1e-6))})`);
+  lines.push(`source: ${r.source.closed}${r.source.error ? ` (${r.source.error})` : ''} at ${r.source.offset}; destination: ${r.destination.closed}${r.destination.error ? ` (${r.destination.error})` : ''} at ${r.destination.offset}`);
+  if (r.failure) lines.push(`failure: ${r.failure.side} at offset ${r.failure.offset}: ${r.failure.message}`);
+  if (r.returnPath.bytes) {
+    lines.push(`return path: ${Object.entries(r.returnPath.messages).map(([k, n]) => `${n} ${k}`).join(', ') || 'no complete message'}${r.returnPath.error ? ` (${r.returnPath.error.message} at ${r.returnPath.error.offset})` : ''}`);
+  }
+  lines.push(`live decode: ${r.live.complete ? 'complete' : r.live.stopped ? `stopped at ${r.live.stopped.offset}: ${r.live.stopped.message}` : `incomplete, decoded to ${r.live.bytes}`}`);
+  lines.push(...tallyLines(r.live, '  '));
+  if (r.tee) {
+    lines.push(`tee ${r.tee.path}: ${r.tee.bytes} bytes, ${r.tee.kept ? 'kept' : 'removed'} (${r.tee.why})`);
+    if (r.tee.report) lines.push('  decoded after the migration:', ...tallyLines(r.tee.report, '    '));
+    if (r.tee.error) lines.push(`  tee error: ${r.tee.error.message}`);
+  }
+  if (r.eof) lines.push(`EOF at ${r.eof.offset} (${r.eof.via})`);
+  return lines.join('\n');
+}
+
+function noteLine(n: ProxyNote): string {
+  switch (n.type) {
+    case 'listening': return `listening on unix:${n.path}`;
+    case 'connected': return `${n.side} connected`;
+    case 'record': return `${String(n.offset).padStart(12)}  ${n.kind}${n.idstr !== undefined ? ` ${n.idstr} (${n.sectionId})` : ''}${n.command ? ` ${n.command}` : ''}`;
+    case 'vfio-section': return `${String(n.offset).padStart(12)}  vfio ${n.kind} ${n.idstr}: ${n.dataBytes} data bytes in ${n.chunks} chunks`;
+    case 'decode-stopped': return `decoding stopped at ${n.stop.offset} (${n.stop.code}): ${n.stop.message}; forwarding goes on`;
+    case 'closed': return `${n.side} ${n.how === 'fin' ? 'closed' : `failed (${n.error ?? 'closed'})`} at offset ${n.offset}`;
+    case 'progress': return `${formatBytes(n.forwardBytes)} forwarded, ${n.returnBytes} bytes back, ${n.decodedRecords} records, ${n.seconds.toFixed(1)} s (${formatRate(n.forwardBytes / Math.max(n.seconds, 1e-6))})`;
+  }
+}
+
+function liveNotes(io: CommandIO, force: boolean): ((n: ProxyNote) => void) | undefined {
+  if (!force && !process.stderr.isTTY) return undefined;
+  // RAM PART records come by the hundred: on a terminal only the other records are listed.
+  const quiet = (n: ProxyNote): boolean => !force && n.type === 'record' && (n.kind === 'PART' || n.kind === 'END') && n.idstr === 'ram';
+  return (n) => {
+    if (quiet(n)) return;
+    io.stderr(io.output === 'json' ? JSON.stringify({ note: n }) : `proxy: ${noteLine(n)}`);
+  };
+}
+
+export const proxyCommand: Command = {
+  name: ['proxy'],
+  summary: 'Forward a live QEMU migration between a source and a destination QEMU (both ways), tee and decode it on the side.',
+  usage: 'proxy --listen unix:IN --to unix:OUT [--tee FILE] [--vmdesc JSONFILE] [--progress] [--close-timeout MS]',
+  options: {
+    listen: { type: 'string' },
+    to: { type: 'string' },
+    tee: { type: 'string' },
+    vmdesc: { type: 'string' },
+    progress: { type: 'boolean' },
+    'close-timeout': { type: 'string' },
+  },
+  async run(args, io) {
+    if (args.positionals.length) throw new UsageError(`proxy takes no positional arguments, got ${JSON.stringify(args.positionals)}`);
+    const listen = unixPath(optionalString(args, 'listen'), 'listen');
+    const to = unixPath(optionalString(args, 'to'), 'to');
+    if (listen === to) throw new UsageError('--listen and --to name the same socket');
+    const tee = optionalString(args, 'tee');
+    const closeTimeoutMs = optionalNumber(args, 'close-timeout');
+    const vmdescFile = optionalString(args, 'vmdesc');
+    const vmdesc = vmdescFile !== undefined ? parseVmDesc(await readFile(vmdescFile)) : undefined;
+    const onNote = liveNotes(io, args.values.progress === true);
+    const abort = new AbortController();
+    const stop = (): void => abort.abort();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    try {
+      const report = await proxy({
+        listen, to, signal: abort.signal,
+        ...(tee !== undefined ? { tee } : {}),
+        ...(vmdesc ? { vmdesc } : {}),
+        ...(onNote ? { onNote } : {}),
+        ...(closeTimeoutMs !== undefined ? { closeTimeoutMs } : {}),
+      });
+      io.result(report, () => proxyHuman(report));
+      return 0;
+    } catch (e) {
+      if (e instanceof ProxyFailedError) {
+        io.result(e.report, () => proxyHuman(e.report));
+        io.stderr(io.output === 'json' ? JSON.stringify({ error: e.toJSON() }) : `migbridge: ${e.message}`);
+        return 1;
+      }
+      throw e;
+    } finally {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+    }
+  },
+};

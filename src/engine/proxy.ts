@@ -1,0 +1,497 @@
+// A helper beside QEMU: sits between a source QEMU (`migrate uri=unix:IN`) and a
+// destination QEMU (`-incoming unix:OUT`), forwards every byte unchanged both ways (the
+// migration stream, and QEMU's return path back), optionally tees the forward stream to a
+// file, and decodes it on the side for a report. The forwarding never waits for the
+// decoder, and a decoding problem never breaks the migration.
+//
+// Closing is mirrored so each QEMU sees what a direct connection would show it: the
+// source's FIN becomes the destination's, the destination's FIN the source's. One
+// exception protects the source: when the destination goes away before the EOF record
+// reached it, the source connection is closed at once, so the source's next write fails
+// (as it would with the destination's socket gone) and the source's migration fails
+// instead of completing into nothing.
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import * as net from 'node:net';
+import { basename, dirname, join } from 'node:path';
+import { MigbridgeError, errnoNumber } from '../errors.js';
+import { RecordType } from '../qemu/constants.js';
+import type { StreamEvent, VmDesc } from '../qemu/index.js';
+import { inspectStreamFile } from '../qemu/summary.js';
+import { parseVmDesc } from '../qemu/vmdesc.js';
+import { LiveDecoder, tallyOf, type DecodeStop, type StreamTally } from './proxy-decode.js';
+import { ReturnPathObserver, type ReturnPathSummary } from './proxy-return-path.js';
+
+export type { DecodeStop, StreamTally } from './proxy-decode.js';
+export type { ReturnPathSummary, ReturnPathMessage } from './proxy-return-path.js';
+
+export interface ProxyOptions {
+  /** Unix socket path to listen on (the source QEMU's `migrate uri=unix:PATH`). */
+  listen: string;
+  /** Unix socket path of the destination (a QEMU started with `-incoming unix:PATH`). */
+  to: string;
+  /** Also write the forward stream here (temp name, renamed once the stream completed). */
+  tee?: string;
+  /** The stream's vmdesc, so FULL sections can be decoded live (QEMU sends it last). */
+  vmdesc?: VmDesc;
+  /** Live notes (records, VFIO sections, decode stop, connection events, progress). */
+  onNote?: (note: ProxyNote) => void;
+  /** Interval of `progress` notes (default 1000 ms; 0 = none). */
+  progressIntervalMs?: number;
+  /** Once one side closed after EOF, how long the other may take to close (default 30 s). */
+  closeTimeoutMs?: number;
+  /** Decoder backlog beyond which live decoding gives up (default 64 MiB). */
+  maxDecodeBacklog?: number;
+  /** Called once the listening socket exists. */
+  onListening?: () => void;
+  /** Aborts waiting for the source, or the forwarding (both connections are closed). */
+  signal?: AbortSignal;
+}
+
+export type ProxyNote =
+  | { type: 'listening'; path: string }
+  | { type: 'connected'; side: 'source' | 'destination' }
+  | { type: 'record'; offset: number; kind: string; idstr?: string; sectionId?: number; command?: string }
+  | { type: 'vfio-section'; offset: number; kind: string; idstr: string; sectionId: number; dataBytes: number; chunks: number }
+  | { type: 'decode-stopped'; stop: DecodeStop }
+  | { type: 'closed'; side: 'source' | 'destination'; offset: number; how: SideResult['closed']; error?: string }
+  | { type: 'progress'; forwardBytes: number; returnBytes: number; seconds: number; decodedRecords: number };
+
+export interface SideResult {
+  /** 'fin': the peer closed its end; 'error': the connection failed (errno in `error`); 'closed-by-proxy': we closed it. */
+  closed: 'fin' | 'error' | 'closed-by-proxy' | 'open';
+  /** Forward-stream offset when it closed: bytes received from the source / handed to the destination. */
+  offset: number;
+  error: string | null;
+}
+
+export interface ProxyFailure {
+  side: 'source' | 'destination' | 'stream';
+  /** Forward-stream offset where it happened. */
+  offset: number;
+  message: string;
+}
+
+export interface ProxyReport {
+  ok: boolean;
+  listen: string;
+  to: string;
+  seconds: number;
+  /** Source -> destination: bytes received from the source. */
+  forwardBytes: number;
+  /** Of those, bytes handed to the destination's socket (less when it went away). */
+  deliveredBytes: number;
+  /** Destination -> source (QEMU's return path), with the messages seen in it. */
+  returnPath: ReturnPathSummary;
+  source: SideResult;
+  destination: SideResult;
+  /** Offset of the EOF record and how it was established (decoded live, from the tee, or the vmdesc trailer). */
+  eof: { offset: number; via: 'live' | 'tee' | 'trailer' } | null;
+  /** What was decoded while forwarding; `stopped` says where and why it ended early. */
+  live: StreamTally & { complete: boolean; stopped: DecodeStop | null };
+  /** The whole stream decoded from the tee file after the migration, when live decoding stopped early. */
+  tee: { path: string; bytes: number; kept: boolean; why: string; report: StreamTally | null; error: { code: string; message: string; offset: number | null } | null } | null;
+  failure: ProxyFailure | null;
+}
+
+export class ProxyError extends MigbridgeError {}
+
+/** The migration through the proxy failed; `report` says what happened on each side. */
+export class ProxyFailedError extends ProxyError {
+  constructor(readonly report: ProxyReport, failure: ProxyFailure) {
+    super(failure.side === 'source' ? 'EPROXY_SOURCE' : failure.side === 'destination' ? 'EPROXY_DESTINATION' : 'EPROXY_STREAM', failure.message, { offset: failure.offset });
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), side: this.report.failure?.side };
+  }
+}
+
+function errCode(e: unknown): string {
+  const c = (e as NodeJS.ErrnoException | undefined)?.code;
+  return typeof c === 'string' ? c : e instanceof Error ? e.message : String(e);
+}
+
+function sysError(op: string, e: unknown): ProxyError {
+  const code = errCode(e);
+  const errno = errnoNumber(code);
+  return new ProxyError(code.startsWith('E') ? code : 'EPROXY', `${op}: ${e instanceof Error ? e.message : String(e)}`, errno !== undefined ? { errno, cause: e } : { cause: e });
+}
+
+/** The last bytes of the forward stream, to find the EOF + vmdesc trailer when decoding could not. */
+class Tail {
+  private chunks: Buffer[] = [];
+  private bytes = 0;
+  constructor(private readonly max: number) {}
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.bytes += chunk.length;
+    while (this.chunks.length > 1 && this.bytes - this.chunks[0]!.length >= this.max) this.bytes -= this.chunks.shift()!.length;
+  }
+  /** Offset of the EOF byte when the stream so far ends with EOF + a complete, valid VMDESCRIPTION (§5). */
+  trailerEof(total: number): number | undefined {
+    const tail = Buffer.concat(this.chunks);
+    const base = total - tail.length;
+    for (let p = tail.length - 6; p >= 1; p--) {
+      if (tail[p] !== RecordType.VMDESCRIPTION || tail[p - 1] !== RecordType.EOF || tail[p + 5] !== 0x7b) continue;
+      if (tail.readUInt32BE(p + 1) !== tail.length - p - 5) continue;
+      try {
+        parseVmDesc(tail.subarray(p + 5));
+        return base + p - 1;
+      } catch {
+        return undefined;
+      }
+    }
+    return undefined;
+  }
+}
+
+function listen(path: string, signal?: AbortSignal): Promise<net.Server> {
+  return new Promise((resolve, reject) => {
+    // pauseOnConnect: nothing is read from the source before the destination is connected.
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
+    server.once('error', (e) => reject(sysError(`cannot listen on unix:${path}`, e)));
+    server.listen(path, () => resolve(server));
+    signal?.addEventListener('abort', () => { server.close(); reject(new ProxyError('EPROXY_ABORTED', 'aborted while starting')); }, { once: true });
+  });
+}
+
+function accept(server: net.Server, path: string, signal?: AbortSignal): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => {
+      server.close();
+      reject(new ProxyError('EPROXY_ABORTED', `aborted while waiting for the source on unix:${path}`));
+    };
+    if (signal?.aborted) return onAbort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    server.once('connection', (s: net.Socket) => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve(s);
+    });
+  });
+}
+
+function connect(path: string): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ path, allowHalfOpen: true });
+    s.once('error', (e) => reject(sysError(`cannot connect to the destination unix:${path}`, e)));
+    s.once('connect', () => {
+      s.removeAllListeners('error');
+      resolve(s);
+    });
+  });
+}
+
+/** Runs one migration through the proxy; resolves with the report, or rejects with ProxyFailedError (report attached). */
+export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
+  const note = opts.onNote ?? (() => undefined);
+  const server = await listen(opts.listen, opts.signal);
+  note({ type: 'listening', path: opts.listen });
+  opts.onListening?.();
+  let src: net.Socket;
+  try {
+    src = await accept(server, opts.listen, opts.signal);
+  } finally {
+    // One connection, like `-incoming unix:` (a multifd source's extra channels are refused).
+    server.close();
+    await rm(opts.listen, { force: true });
+  }
+  const t0 = Date.now();
+  // Watch the source from the start: it may fail while the destination is being connected.
+  const early: Early = { error: undefined, closed: false, closedP: new Promise((r) => src.once('close', () => { early.closed = true; r(); })) };
+  src.on('error', (e) => { early.error ??= e; });
+  note({ type: 'connected', side: 'source' });
+  let dst: net.Socket;
+  try {
+    dst = await connect(opts.to);
+  } catch (e) {
+    src.destroy();
+    throw e;
+  }
+  note({ type: 'connected', side: 'destination' });
+  return forward(opts, src, early, dst, t0, note);
+}
+
+interface Early {
+  error: unknown;
+  closed: boolean;
+  closedP: Promise<void>;
+}
+
+async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: net.Socket, t0: number, note: (n: ProxyNote) => void): Promise<ProxyReport> {
+  const rp = new ReturnPathObserver();
+  const tail = new Tail(16 << 20);
+  let records = 0;
+  let vfioSec: { offset: number; kind: string; idstr: string; sectionId: number; dataBytes: number; chunks: number } | undefined;
+  const endVfioSection = (): void => {
+    if (vfioSec) note({ type: 'vfio-section', ...vfioSec });
+    vfioSec = undefined;
+  };
+  const onEvent = (ev: StreamEvent): void => {
+    switch (ev.type) {
+      case 'configuration': records++; note({ type: 'record', offset: ev.offset, kind: 'CONFIGURATION' }); return;
+      case 'section':
+        records++;
+        endVfioSection();
+        if (ev.section.handler === 'vfio') vfioSec = { offset: ev.offset, kind: ev.kind, idstr: ev.section.idstr, sectionId: ev.section.sectionId, dataBytes: 0, chunks: 0 };
+        note({ type: 'record', offset: ev.offset, kind: ev.kind, idstr: ev.section.idstr, sectionId: ev.section.sectionId });
+        return;
+      case 'vfio-data':
+        if (vfioSec) { vfioSec.dataBytes += ev.size; vfioSec.chunks++; }
+        return;
+      case 'footer': endVfioSection(); return;
+      case 'command': records++; endVfioSection(); note({ type: 'record', offset: ev.offset, kind: 'COMMAND', command: ev.name }); return;
+      case 'eof': records++; endVfioSection(); note({ type: 'record', offset: ev.offset, kind: 'EOF' }); return;
+      case 'vmdesc': records++; note({ type: 'record', offset: ev.offset, kind: 'VMDESCRIPTION' }); return;
+      default:
+    }
+  };
+  const live = new LiveDecoder({
+    ...(opts.vmdesc ? { vmdesc: opts.vmdesc } : {}),
+    ...(opts.maxDecodeBacklog !== undefined ? { maxBacklog: opts.maxDecodeBacklog } : {}),
+    onEvent,
+    onStop: (stop) => note({ type: 'decode-stopped', stop }),
+  });
+
+  let teeOut: WriteStream | undefined;
+  let teeTmp: string | undefined;
+  let teeError: unknown;
+  if (opts.tee) {
+    teeTmp = join(dirname(opts.tee), `.${basename(opts.tee)}.partial-${process.pid}`);
+    teeOut = createWriteStream(teeTmp, { flags: 'wx' });
+    await new Promise<void>((resolve, reject) => {
+      teeOut!.once('open', () => resolve());
+      teeOut!.once('error', (e) => reject(sysError(`cannot create the tee file ${teeTmp}`, e)));
+    }).catch((e: unknown) => {
+      src.destroy();
+      dst.destroy();
+      throw e;
+    });
+    teeOut.on('error', (e) => {
+      // A tee that cannot be written is reported; the migration itself goes on.
+      teeError ??= e;
+      teeBlocked = false;
+      resumeSource();
+    });
+  }
+
+  let forwardBytes = 0;
+  let returnBytes = 0;
+  const source: SideResult = { closed: 'open', offset: 0, error: null };
+  const destination: SideResult = { closed: 'open', offset: 0, error: null };
+  let failure: ProxyFailure | null = null;
+  let dstGone = false;
+  let srcGone = false;
+  let dstBlocked = false;
+  let teeBlocked = false;
+  let srcBlocked = false;
+
+  const delivered = (): number => forwardBytes - (dstGone ? 0 : dst.writableLength);
+  let deliveredAtClose: number | undefined;
+  const resumeSource = (): void => {
+    if (!dstBlocked && !teeBlocked && !srcGone) src.resume();
+  };
+  const resumeDestination = (): void => {
+    if (!srcBlocked && !dstGone) dst.resume();
+  };
+
+  /** Did the EOF record reach the destination's socket? Brings the decoder up to date first. */
+  const eofDelivered = (upTo: number): boolean => {
+    live.flush();
+    const eof = live.eofOffset ?? tail.trailerEof(forwardBytes);
+    if (eof !== undefined) return eof < upTo;
+    // Live decoding stopped without a vmdesc: the destination's own word on the return path.
+    return rp.shutStatus === 0;
+  };
+
+  let closeTimer: NodeJS.Timeout | undefined;
+  const armCloseTimer = (): void => {
+    if (closeTimer || (srcGone && dstGone)) return;
+    const ms = opts.closeTimeoutMs ?? 30_000;
+    closeTimer = setTimeout(() => {
+      const side = srcGone ? 'destination' : 'source';
+      failure ??= { side, offset: forwardBytes, message: `the ${side} did not close its connection within ${ms} ms after the other side closed` };
+      if (!srcGone) src.destroy();
+      if (!dstGone) dst.destroy();
+    }, ms);
+  };
+
+  const done = Promise.all([early.closedP, new Promise<void>((resolve) => dst.once('close', () => resolve()))]);
+
+  // Source -> destination (and tee, and decoder).
+  src.on('data', (chunk: Buffer) => {
+    forwardBytes += chunk.length;
+    tail.push(chunk);
+    if (teeOut && !teeError && !teeOut.write(chunk)) {
+      teeBlocked = true;
+      src.pause();
+      teeOut.once('drain', () => { teeBlocked = false; resumeSource(); });
+    }
+    if (!dstGone && !dst.write(chunk)) {
+      dstBlocked = true;
+      src.pause();
+    }
+    live.feed(chunk);
+  });
+  dst.on('drain', () => { dstBlocked = false; resumeSource(); });
+
+  // Destination -> source: QEMU's return path.
+  dst.on('data', (chunk: Buffer) => {
+    returnBytes += chunk.length;
+    rp.push(chunk);
+    if (!srcGone && !src.write(chunk)) {
+      srcBlocked = true;
+      dst.pause();
+    }
+  });
+  src.on('drain', () => { srcBlocked = false; resumeDestination(); });
+
+  const sourceClosed = (how: 'fin' | 'error', e?: unknown): void => {
+    if (source.closed !== 'open') return;
+    source.closed = how;
+    source.offset = forwardBytes;
+    source.error = e === undefined ? null : errCode(e);
+    note({ type: 'closed', side: 'source', offset: forwardBytes, how, ...(source.error ? { error: source.error } : {}) });
+    live.flush();
+    const eof = live.eofOffset ?? tail.trailerEof(forwardBytes);
+    if (how === 'error') {
+      failure ??= { side: 'source', offset: forwardBytes, message: `the source connection failed (${source.error}) at forward offset ${forwardBytes}${eof === undefined ? ', before the EOF record' : ''}` };
+    } else if (eof === undefined && !live.stopped) {
+      // The decoder is up to date and saw no EOF (when it stopped early, the tee decides later).
+      failure ??= { side: 'source', offset: forwardBytes, message: `the source closed the connection at forward offset ${forwardBytes}, before the EOF record` };
+    }
+    // What the destination would see with the source gone: the end of its input.
+    if (!dstGone) dst.end();
+    armCloseTimer();
+  };
+  const destinationClosed = (how: 'fin' | 'error', e?: unknown): void => {
+    if (destination.closed !== 'open') return;
+    deliveredAtClose = delivered();
+    destination.closed = how;
+    destination.offset = deliveredAtClose;
+    destination.error = e === undefined ? null : errCode(e);
+    dstGone = true;
+    dstBlocked = false;
+    // Nothing more goes to a destination that closed: finish our side too (an error has destroyed it already).
+    if (how === 'fin') dst.end();
+    note({ type: 'closed', side: 'destination', offset: deliveredAtClose, how, ...(destination.error ? { error: destination.error } : {}) });
+    if (eofDelivered(deliveredAtClose)) {
+      // Normal end: the destination loaded the stream and closed. Keep reading the
+      // source to its end (the vmdesc trailer follows EOF) and pass the FIN back.
+      if (!srcGone) src.end();
+      resumeSource();
+    } else {
+      failure ??= {
+        side: 'destination', offset: deliveredAtClose,
+        message: `the destination ${how === 'fin' ? 'closed the connection' : `connection failed (${destination.error})`} at forward offset ${deliveredAtClose}, before the EOF record reached it`,
+      };
+      if (!srcGone) {
+        srcGone = true;
+        source.closed = 'closed-by-proxy';
+        source.offset = forwardBytes;
+        src.destroy();
+      }
+    }
+    armCloseTimer();
+  };
+
+  src.on('end', () => sourceClosed('fin'));
+  src.on('error', (e) => sourceClosed('error', e));
+  const onSourceGone = (): void => {
+    srcGone = true;
+    if (source.closed === 'open') sourceClosed('error', early.error ?? new Error('closed'));
+    if (!dstGone) dst.end();
+  };
+  if (early.error !== undefined) sourceClosed('error', early.error);
+  void early.closedP.then(onSourceGone);
+  dst.on('end', () => destinationClosed('fin'));
+  dst.on('error', (e) => destinationClosed('error', e));
+  dst.on('close', () => {
+    if (destination.closed === 'open') destinationClosed('error', new Error('closed'));
+    dstGone = true;
+  });
+
+  const onAbort = (): void => {
+    failure ??= { side: 'stream', offset: forwardBytes, message: `aborted at forward offset ${forwardBytes}` };
+    src.destroy();
+    dst.destroy();
+  };
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+
+  const interval = opts.progressIntervalMs ?? 1000;
+  const ticker = interval > 0
+    ? setInterval(() => note({ type: 'progress', forwardBytes, returnBytes, seconds: (Date.now() - t0) / 1000, decodedRecords: records }), interval)
+    : undefined;
+  ticker?.unref();
+
+  src.resume();
+  dst.resume();
+  await done;
+  if (ticker) clearInterval(ticker);
+  if (closeTimer) clearTimeout(closeTimer);
+  opts.signal?.removeEventListener('abort', onAbort);
+  endVfioSection();
+
+  const sourceClean = source.closed === 'fin';
+  const liveTally = live.finish(sourceClean && failure === null);
+  const liveReport = { ...liveTally, complete: live.complete, stopped: live.stopped ?? null };
+  let eof: ProxyReport['eof'] = live.eofOffset !== undefined ? { offset: live.eofOffset, via: 'live' } : null;
+
+  // The tee: closed, decoded in full when live decoding could not, kept only when complete.
+  let tee: ProxyReport['tee'] = null;
+  if (teeOut && teeTmp && opts.tee) {
+    await new Promise<void>((resolve) => {
+      if (teeOut!.closed) return resolve();
+      teeOut!.once('close', () => resolve());
+      teeOut!.end();
+    });
+    tee = { path: opts.tee, bytes: teeOut.bytesWritten, kept: false, why: '', report: null, error: null };
+    if (teeError) tee.error = { code: errCode(teeError), message: `writing the tee file failed: ${(teeError as Error).message ?? String(teeError)}`, offset: teeOut.bytesWritten };
+    else if (!live.complete && sourceClean && failure === null) {
+      try {
+        const full = tallyOf(await inspectStreamFile(teeTmp));
+        tee.report = full;
+        if (full.eofOffset !== null && !eof) eof = { offset: full.eofOffset, via: 'tee' };
+      } catch (e) {
+        tee.error = { code: e instanceof MigbridgeError ? e.code : errCode(e), message: e instanceof Error ? e.message : String(e), offset: e instanceof MigbridgeError ? (e.offset ?? null) : null };
+      }
+    }
+  }
+  if (!eof && sourceClean) {
+    const t = tail.trailerEof(forwardBytes);
+    if (t !== undefined) eof = { offset: t, via: 'trailer' };
+  }
+
+  if (!failure) {
+    if (!sourceClean) failure = { side: 'source', offset: source.offset, message: `the source connection ended with ${source.error ?? source.closed} at forward offset ${source.offset}` };
+    else if (!eof) failure = { side: 'stream', offset: forwardBytes, message: `the source closed cleanly at ${forwardBytes} but no EOF record was established (live decoding: ${live.stopped?.message ?? 'incomplete'}; give --vmdesc or --tee)` };
+    else if (destination.closed === 'open') failure = { side: 'destination', offset: delivered(), message: 'the destination did not close its connection' };
+  }
+  if (tee) {
+    if (teeError) tee.why = tee.error!.message;
+    else if (failure) tee.why = `not kept: ${failure.message}`;
+    else {
+      await rename(teeTmp!, tee.path);
+      tee.kept = true;
+      tee.why = `complete stream (EOF at ${eof!.offset}, source closed cleanly)`;
+    }
+    if (!tee.kept) await rm(teeTmp!, { force: true });
+  }
+
+  const report: ProxyReport = {
+    ok: failure === null,
+    listen: opts.listen,
+    to: opts.to,
+    seconds: (Date.now() - t0) / 1000,
+    forwardBytes,
+    deliveredBytes: deliveredAtClose ?? delivered(),
+    returnPath: { ...rp.result(), bytes: returnBytes },
+    source,
+    destination,
+    eof,
+    live: liveReport,
+    tee,
+    failure,
+  };
+  if (failure) throw new ProxyFailedError(report, failure);
+  return report;
+}
