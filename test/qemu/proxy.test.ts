@@ -1,0 +1,407 @@
+// `migbridge proxy` between two real QEMUs: the source migrates with `migrate unix:IN`, the
+// proxy forwards to a destination started with `-incoming` on unix:OUT, tees and decodes.
+// What is checked comes from QEMU itself (query-migrate, query-status, the guest's counter)
+// and from migbridge's file tools run on the tee afterwards (inspect, rewrite), never from
+// numbers written here. Plus two runs with a stand-in source/destination replaying a real
+// QEMU stream, for what real QEMU does not do on demand (a source dropping mid-stream, a
+// stream the decoder rejects).
+//
+// Serial: every test needs two QEMUs, and the harness allows two at once.
+import test, { type ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { copyFile, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import * as net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { QemuVm, SCENARIOS, readCounter, repoRoot, streamFor, type MigrationInfo, type QemuVersion, type ScenarioName } from '../helpers/qemu.js';
+import { imagePath } from '../helpers/qemu-guest.js';
+import { readTailVmDesc } from '../../src/qemu/vmdesc.js';
+
+const cli = join(repoRoot(), 'bin', 'migbridge.js');
+
+interface CliResult { code: number | null; stdout: string; stderr: string }
+
+/** Runs the CLI to its end (bounded). */
+function migbridge(args: string[], timeoutMs = 60_000): Promise<CliResult> {
+  return runningCli(args, timeoutMs).done;
+}
+
+/** Starts the CLI; `done` settles when it exits (killed after timeoutMs). */
+function runningCli(args: string[], timeoutMs: number, teardown?: (fn: () => void) => void): { done: Promise<CliResult>; kill: () => void } {
+  const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s; });
+  child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s; });
+  const kill = (): void => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); };
+  const timer = setTimeout(kill, timeoutMs);
+  teardown?.(kill);
+  const done = new Promise<CliResult>((resolve) => {
+    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
+  });
+  return { done, kill };
+}
+
+function describe(r: CliResult): string {
+  return `exit ${String(r.code)}\nstderr: ${r.stderr.slice(-4000)}\nstdout: ${r.stdout.slice(0, 2000)}`;
+}
+
+async function scratch(t: ExecutionContext): Promise<string> {
+  const dir = await mkdtemp(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'migbridge-proxy-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+async function waitFor(what: string, ok: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await ok())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+// --- the proxy's JSON report (the parts the tests read) ---
+
+interface Tally {
+  bytes: number;
+  records: Record<string, number>;
+  commands: { offset: number; name: string }[];
+  ram: { pages: Record<string, number>; records: Record<string, number> } | null;
+  eofOffset: number | null;
+  vmdescOffset: number | null;
+}
+interface Report {
+  ok: boolean;
+  seconds: number;
+  forwardBytes: number;
+  deliveredBytes: number;
+  returnPath: { bytes: number; messages: Record<string, number>; first: { offset: number; name: string; value?: number }[]; error: unknown };
+  source: { closed: string; offset: number; error: string | null };
+  destination: { closed: string; offset: number; error: string | null };
+  eof: { offset: number; via: string } | null;
+  live: Tally & { complete: boolean; stopped: { offset: number; code: string; message: string } | null };
+  tee: { path: string; bytes: number; kept: boolean; why: string; report: Tally | null } | null;
+  failure: { side: string; offset: number; message: string } | null;
+}
+interface Note { type: string; kind?: string; command?: string; offset?: number; side?: string }
+
+function notesOf(stderr: string): Note[] {
+  return stderr.split('\n').filter((l) => l.startsWith('{"note"')).map((l) => (JSON.parse(l) as { note: Note }).note);
+}
+
+// --- inspect's JSON, reduced to what the proxy reports ---
+
+interface InspectJson {
+  size: number;
+  records: { offset: number; kind: string; command?: string }[];
+  ram: { pages: Record<string, number>; records: Record<string, number> } | null;
+  vmdesc: { offset: number } | null;
+}
+
+async function inspect(file: string): Promise<InspectJson> {
+  const r = await migbridge(['inspect', file, '--output=json']);
+  if (r.code !== 0) throw new Error(`inspect ${file}: ${describe(r)}`);
+  return JSON.parse(r.stdout) as InspectJson;
+}
+
+function kindCounts(records: { kind: string }[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const r of records) out[r.kind] = (out[r.kind] ?? 0) + 1;
+  return out;
+}
+
+/** The tee is the stream the destination got: rewrite reproduces it, inspect frames it to EOF + vmdesc. */
+async function checkTee(t: ExecutionContext, dir: string, report: Report): Promise<InspectJson> {
+  const tee = join(dir, 'tee.mig');
+  t.truthy(report.tee?.kept, report.tee?.why);
+  const bytes = await readFile(tee);
+  t.is(bytes.length, report.forwardBytes, 'tee size = bytes received from the source');
+  t.is(report.deliveredBytes, report.forwardBytes, 'every byte reached the destination');
+  const rw = await migbridge(['rewrite', tee, join(dir, 'rewritten.mig')]);
+  t.is(rw.code, 0, describe(rw));
+  t.true(bytes.equals(await readFile(join(dir, 'rewritten.mig'))), 'rewrite of the tee is byte-identical');
+  const ins = await inspect(tee);
+  const kinds = ins.records.map((r) => r.kind);
+  t.is(kinds.at(-2), 'EOF');
+  t.is(kinds.at(-1), 'VMDESCRIPTION');
+  t.is(report.eof?.offset, ins.records.at(-2)!.offset);
+  t.deepEqual((await readdir(dir)).filter((f) => f.includes('partial')), [], 'no temp tee file left');
+  return ins;
+}
+
+/** The proxy's summary of the whole stream equals inspect's of the tee. */
+function sameTally(t: ExecutionContext, got: Tally, ins: InspectJson, what: string): void {
+  t.deepEqual(got.records, kindCounts(ins.records), `${what}: records per kind`);
+  t.deepEqual(got.commands, ins.records.filter((r) => r.kind === 'COMMAND').map((r) => ({ offset: r.offset, name: r.command })), `${what}: COMMAND records`);
+  t.deepEqual(got.ram?.pages, ins.ram?.pages, `${what}: RAM pages by flag`);
+  t.deepEqual(got.ram?.records, ins.ram?.records, `${what}: RAM records by flag`);
+  t.is(got.vmdescOffset, ins.vmdesc?.offset ?? null, `${what}: vmdesc offset`);
+}
+
+// --- QEMU on both ends ---
+
+/** A scenario's machine arguments, its disk images copied into the VM's dir. */
+function machine(name: ScenarioName): { args: string[]; beforeStart: (dir: string) => Promise<void> } {
+  const s = SCENARIOS[name];
+  return {
+    args: s.args.map((a) => a.replace(/\{img:(boot|data)\}/g, (_m, n: string) => `{dir}/${n}.img`)),
+    beforeStart: async (dir) => {
+      for (const img of s.images) await copyFile(imagePath(img), join(dir, `${img}.img`));
+    },
+  };
+}
+
+async function startSource(t: ExecutionContext, version: QemuVersion, name: ScenarioName, caps: string[]): Promise<{ vm: QemuVm; counter?: number }> {
+  const s = SCENARIOS[name];
+  const m = machine(name);
+  const vm = await QemuVm.start({ version, name: `${name} proxy source (${version})`, args: [...m.args, ...(s.prepare === 'paused' ? ['-S'] : [])], beforeStart: m.beforeStart, teardown: t.teardown.bind(t) });
+  await vm.setCapabilities(caps);
+  if (s.prepare !== 'run') return { vm };
+  // The guest runs: its counter moves.
+  let first = 0;
+  await waitFor('the test guest to start counting', async () => (first = await readCounter(vm)) > 0, 60_000);
+  return { vm, counter: first };
+}
+
+async function startDestination(t: ExecutionContext, version: QemuVersion, name: ScenarioName, caps: string[], sock: string): Promise<QemuVm> {
+  const m = machine(name);
+  const vm = await QemuVm.start({ version, name: `${name} proxy destination (${version})`, args: m.args, incomingDefer: true, beforeStart: m.beforeStart, teardown: t.teardown.bind(t) });
+  await vm.setCapabilities(caps);
+  await vm.qmp('migrate-incoming', { uri: `unix:${sock}` });
+  await waitFor(`the destination listening on ${sock}`, () => existsSync(sock), 10_000);
+  return vm;
+}
+
+function startProxy(t: ExecutionContext, dir: string, extra: string[] = []): { done: Promise<CliResult>; kill: () => void; listen: string; out: string } {
+  const listen = join(dir, 'in.sock');
+  const out = join(dir, 'out.sock');
+  const p = runningCli(['proxy', '--listen', `unix:${listen}`, '--to', `unix:${out}`, '--tee', join(dir, 'tee.mig'), '--progress', '--output=json', ...extra], 90_000, t.teardown.bind(t));
+  return { ...p, listen, out };
+}
+
+async function queryMigrate(vm: QemuVm): Promise<MigrationInfo> {
+  return (await vm.qmp('query-migrate')) as MigrationInfo;
+}
+
+/** Polls the source's query-migrate until it settles (completed/failed/cancelled). */
+async function migrationEnd(vm: QemuVm, timeoutMs: number): Promise<MigrationInfo> {
+  let info: MigrationInfo = { status: 'none' };
+  await waitFor('the source migration to finish', async () => ['completed', 'failed', 'cancelled'].includes((info = await queryMigrate(vm)).status), timeoutMs);
+  return info;
+}
+
+async function counterAdvances(vm: QemuVm, from: number): Promise<number> {
+  let now = from;
+  await waitFor(`the guest counter to advance past ${from}`, async () => (now = await readCounter(vm)) > from, 20_000);
+  return now;
+}
+
+test.serial('10.0: a running guest migrates live through the proxy; the tee is the stream, decoded live up to the first FULL section', async (t) => {
+  const dir = await scratch(t);
+  const t0 = Date.now();
+  const { vm: src, counter } = await startSource(t, '10.0', 'pc-live', []);
+  const proxy = startProxy(t, dir);
+  const dst = await startDestination(t, '10.0', 'pc-live', [], proxy.out);
+  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  const tMigrate = Date.now();
+  await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
+  const info = await migrationEnd(src, 60_000);
+  t.is(info.status, 'completed', JSON.stringify(info));
+  const r = await proxy.done;
+  const migrateSeconds = (Date.now() - tMigrate) / 1000;
+  t.is(r.code, 0, describe(r));
+  const report = JSON.parse(r.stdout) as Report;
+  t.true(report.ok);
+
+  // The guest goes on counting on the destination, from where it was.
+  await dst.waitStatus((s) => s === 'running', 20_000, 'running after the migration');
+  const first = await readCounter(dst);
+  t.true(first >= counter!, `counter ${first} on the destination, ${counter} on the source before migrating`);
+  await counterAdvances(dst, first);
+  t.is(await src.status(), 'postmigrate');
+
+  // Both sides closed after EOF; the tee is what the destination got.
+  t.is(report.source.closed, 'fin');
+  t.is(report.destination.closed, 'fin');
+  t.is(Number(info.ram?.transferred), report.forwardBytes, 'QEMU counted the bytes the proxy forwarded');
+  const ins = await checkTee(t, dir, report);
+
+  // Live: without a vmdesc, decoding stops at the first FULL section, with the typed error.
+  const firstFull = ins.records.find((x) => x.kind === 'FULL')!;
+  t.is(report.live.stopped?.code, 'ESTREAM_CANNOT_DELIMIT');
+  t.is(report.live.stopped?.offset, firstFull.offset);
+  t.false(report.live.complete);
+  const before = ins.records.filter((x) => x.offset < firstFull.offset);
+  t.deepEqual(report.live.records, kindCounts(before), 'live counts = the tee records before the stop');
+  t.deepEqual(kindCounts(notesOf(r.stderr).filter((n) => n.type === 'record') as { kind: string }[]), report.live.records, 'live notes = live summary');
+  t.true(notesOf(r.stderr).some((n) => n.type === 'decode-stopped'));
+  // After the migration the tee was decoded in full: its summary is inspect's.
+  sameTally(t, report.tee!.report!, ins, 'tee report');
+  t.is(report.eof?.via, 'tee');
+  t.log(`pc-live 10.0: ${report.forwardBytes} bytes, migrate ${migrateSeconds.toFixed(2)} s (proxy ${report.seconds.toFixed(2)} s), test ${((Date.now() - t0) / 1000).toFixed(1)} s; live decode stopped at ${report.live.stopped?.offset}`);
+  await dst.quit();
+  await src.quit();
+});
+
+test.serial('10.0: return-path + switchover-ack through the proxy, decoded live in full with --vmdesc', async (t) => {
+  const dir = await scratch(t);
+  // The vmdesc of the same machine, from a stream real QEMU wrote earlier (cached by the harness).
+  const cached = await readTailVmDesc(await streamFor('pc-paused', '10.0', t.teardown.bind(t)));
+  t.truthy(cached, 'the cached pc-paused stream has a vmdesc');
+  await writeFile(join(dir, 'vmdesc.json'), cached!.json);
+  const caps = ['return-path', 'switchover-ack'];
+  const { vm: src } = await startSource(t, '10.0', 'pc-paused', caps);
+  const proxy = startProxy(t, dir, ['--vmdesc', join(dir, 'vmdesc.json')]);
+  const dst = await startDestination(t, '10.0', 'pc-paused', caps, proxy.out);
+  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
+  const info = await migrationEnd(src, 60_000);
+  t.is(info.status, 'completed', JSON.stringify(info));
+  const r = await proxy.done;
+  t.is(r.code, 0, describe(r));
+  const report = JSON.parse(r.stdout) as Report;
+  t.is(await dst.waitStatus((s) => s !== 'inmigrate', 20_000), SCENARIOS['pc-paused'].expectedStatus);
+
+  // The return path went through: the destination's acks reached the source (it completed
+  // only after SWITCHOVER_ACK and SHUT), and the proxy saw them.
+  t.true(report.returnPath.bytes > 0);
+  t.is(report.returnPath.error, null);
+  t.is(report.returnPath.messages.SWITCHOVER_ACK, 1);
+  t.deepEqual(report.returnPath.first.filter((m) => m.name === 'SHUT').map((m) => m.value), [0], 'SHUT with status 0 (destination loaded cleanly)');
+  // PING ids come back as PONG values.
+  const pongs = report.returnPath.first.filter((m) => m.name === 'PONG').length;
+  t.is(pongs, report.live.commands.filter((c) => c.name === 'PING').length);
+
+  // With the vmdesc, live decoding went through every record; it equals inspect of the tee.
+  const ins = await checkTee(t, dir, report);
+  t.true(report.live.complete, JSON.stringify(report.live.stopped));
+  t.is(report.eof?.via, 'live');
+  sameTally(t, report.live, ins, 'live');
+  t.deepEqual(report.live.commands.map((c) => c.name).filter((n) => n === 'OPEN_RETURN_PATH'), ['OPEN_RETURN_PATH']);
+  t.log(`return path: ${report.returnPath.bytes} bytes, ${JSON.stringify(report.returnPath.messages)}; commands ${report.live.commands.map((c) => c.name).join(', ')}`);
+  await dst.quit();
+  await src.quit();
+});
+
+test.serial('10.0: the destination killed mid-migration: proxy exits 1 naming it, no tee, the source fails and keeps running', async (t) => {
+  const dir = await scratch(t);
+  const { vm: src } = await startSource(t, '10.0', 'pc-live', []);
+  // Slow (the stream is under 1 MiB) and unable to converge (128 KiB/s x 1 ms is less than
+  // the 17 pages the guest dirties per round): still active when the destination dies.
+  await src.qmp('migrate-set-parameters', { 'downtime-limit': 1, 'max-bandwidth': 128 << 10 });
+  const proxy = startProxy(t, dir);
+  const dst = await startDestination(t, '10.0', 'pc-live', [], proxy.out);
+  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
+  await waitFor('100 KiB on the way', async () => Number((await queryMigrate(src)).ram?.transferred ?? 0) >= 100 << 10, 30_000);
+  t.is((await queryMigrate(src)).status, 'active');
+  await dst.kill();
+  const r = await proxy.done;
+  t.is(r.code, 1, describe(r));
+  const report = JSON.parse(r.stdout) as Report;
+  const err = (JSON.parse(r.stderr.split('\n').find((l) => l.startsWith('{"error"'))!) as { error: { code: string; message: string; offset: number; side: string } }).error;
+  t.is(err.code, 'EPROXY_DESTINATION');
+  t.is(err.side, 'destination');
+  t.is(report.failure?.side, 'destination');
+  t.true(err.offset > 0 && err.offset <= report.forwardBytes, `offset ${err.offset} of ${report.forwardBytes}`);
+  t.regex(err.message, new RegExp(`destination .* at forward offset ${err.offset}, before the EOF record`));
+  t.is(report.source.closed, 'closed-by-proxy');
+  t.is(report.eof, null);
+  t.false(report.tee!.kept);
+  t.false(existsSync(join(dir, 'tee.mig')), 'tee not left under its final name');
+  t.deepEqual((await readdir(dir)).filter((f) => f.includes('tee')), [], 'nor under its temp name');
+
+  const info = await migrationEnd(src, 15_000);
+  t.is(info.status, 'failed', JSON.stringify(info));
+  t.is(await src.status(), 'running');
+  const c = await readCounter(src);
+  await counterAdvances(src, c);
+  t.log(`destination killed at ${report.destination.offset} bytes delivered (${report.forwardBytes} received); source: ${info['error-desc'] ?? ''}`);
+  await src.quit();
+});
+
+test.serial('7.2: a paused pc through the proxy', async (t) => {
+  const dir = await scratch(t);
+  const { vm: src } = await startSource(t, '7.2', 'pc-paused', []);
+  const proxy = startProxy(t, dir);
+  const dst = await startDestination(t, '7.2', 'pc-paused', [], proxy.out);
+  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
+  const info = await migrationEnd(src, 60_000);
+  t.is(info.status, 'completed', JSON.stringify(info));
+  const r = await proxy.done;
+  t.is(r.code, 0, describe(r));
+  const report = JSON.parse(r.stdout) as Report;
+  t.is(await dst.waitStatus((s) => s !== 'inmigrate', 20_000), SCENARIOS['pc-paused'].expectedStatus);
+  const ins = await checkTee(t, dir, report);
+  sameTally(t, report.tee!.report!, ins, 'tee report');
+  t.is(report.live.stopped?.code, 'ESTREAM_CANNOT_DELIMIT');
+  await dst.quit();
+  await src.quit();
+});
+
+// --- a real QEMU stream replayed by stand-ins at both ends ---
+
+/** A destination stand-in: collects what it receives, closes when the proxy does. */
+function fakeDestination(path: string): { received: Promise<Buffer>; close: () => void } {
+  const parts: Buffer[] = [];
+  let resolve!: (b: Buffer) => void;
+  const received = new Promise<Buffer>((r) => { resolve = r; });
+  const server = net.createServer((s) => {
+    s.on('data', (c: Buffer) => parts.push(c));
+    s.on('end', () => s.end());
+    s.on('error', () => undefined);
+    s.on('close', () => resolve(Buffer.concat(parts)));
+  });
+  server.listen(path);
+  return { received, close: () => server.close() };
+}
+
+async function replay(t: ExecutionContext, stream: Buffer, drop: boolean): Promise<{ r: CliResult; report: Report; received: Buffer; dir: string }> {
+  const dir = await scratch(t);
+  const dest = fakeDestination(join(dir, 'out.sock'));
+  t.teardown(dest.close);
+  const proxy = startProxy(t, dir);
+  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  const c = net.connect(proxy.listen);
+  c.on('error', () => undefined);
+  c.resume();
+  await new Promise<void>((res) => c.once('connect', () => res()));
+  await new Promise<void>((res) => c.write(stream, () => res()));
+  if (drop) c.destroy();
+  else c.end();
+  const r = await proxy.done;
+  const received = await dest.received;
+  return { r, report: JSON.parse(r.stdout) as Report, received, dir };
+}
+
+test.serial('source drops mid-stream: exit 1 naming the source and the offset, the destination got exactly those bytes, no tee', async (t) => {
+  const stream = await readFile(await streamFor('pc-paused', '10.0', t.teardown.bind(t)));
+  const cut = Math.floor(stream.length / 2);
+  const { r, report, received, dir } = await replay(t, stream.subarray(0, cut), true);
+  t.is(r.code, 1, describe(r));
+  t.is(report.failure?.side, 'source');
+  t.is(report.failure?.offset, cut);
+  t.regex(r.stderr, new RegExp(`"code":"EPROXY_SOURCE".*at forward offset ${cut}`));
+  t.true(received.equals(stream.subarray(0, cut)), 'the destination got the bytes unchanged');
+  t.false(report.tee!.kept);
+  t.deepEqual((await readdir(dir)).filter((f) => f.includes('tee')), []);
+});
+
+test.serial('a stream the decoder rejects is still forwarded unchanged: the error is reported, EOF found by the trailer', async (t) => {
+  const stream = Buffer.from(await readFile(await streamFor('pc-paused', '10.0', t.teardown.bind(t))));
+  const ins = await inspect(await streamFor('pc-paused', '10.0'));
+  const cmd = ins.records.find((x) => x.kind === 'COMMAND')!;
+  stream.writeUInt16BE(0x7777, cmd.offset + 1); // an unknown QEMU_VM_COMMAND
+  const { r, report, received } = await replay(t, stream, false);
+  t.is(r.code, 0, describe(r));
+  t.true(received.equals(stream), 'forwarded byte for byte');
+  t.is(report.live.stopped?.code, 'ESTREAM_FORMAT');
+  t.is(report.live.stopped?.offset, cmd.offset + 1);
+  t.is(report.eof?.via, 'trailer');
+  t.is(report.eof?.offset, ins.records.find((x) => x.kind === 'EOF')!.offset);
+  t.true(report.tee!.kept);
+  t.truthy((report.tee as { error?: { code: string } }).error, 'the tee decode reports the same error');
+});
