@@ -13,29 +13,23 @@ export interface RecoveryStep {
 }
 
 export async function recoverDevice(dev: MigrationDevice): Promise<RecoveryStep> {
-  let from = 'unknown';
+  let s: MigState | undefined;
   try {
-    const s = await dev.state();
-    from = stateName(s);
-    if (s === MigState.RUNNING) return { device: dev.id, from, action: 'none', ok: true };
-    if (s !== MigState.ERROR) {
-      try {
-        const fd = await dev.setState(MigState.RUNNING);
-        await fd?.close();
-        return { device: dev.id, from, action: 'set-running', ok: true };
-      } catch {
-        // fall through to reset
-      }
-    }
+    s = await dev.state();
   } catch {
     // state unreadable: reset
   }
-  try {
-    await dev.reset();
-    return { device: dev.id, from, action: 'reset', ok: true };
-  } catch (e) {
-    return { device: dev.id, from, action: 'reset', ok: false, error: (e as Error).message };
+  if (s === MigState.RUNNING) return { device: dev.id, from: stateName(s), action: 'none', ok: true };
+  if (s !== undefined && s !== MigState.ERROR) {
+    try {
+      const fd = await dev.setState(MigState.RUNNING);
+      await fd?.close();
+      return { device: dev.id, from: stateName(s), action: 'set-running', ok: true };
+    } catch {
+      // fall through to reset
+    }
   }
+  return resetDevice(dev, s);
 }
 
 /** Recovers every device in parallel; returns what was done to each that was not already RUNNING. */
@@ -45,12 +39,14 @@ export async function recoverSources(devices: readonly MigrationDevice[]): Promi
 }
 
 /** VFIO_DEVICE_RESET: the only safe way to abandon a RESUMING session (vfio-uapi.md §4). */
-export async function resetDevice(dev: MigrationDevice): Promise<RecoveryStep> {
-  let from = 'unknown';
-  try {
-    from = stateName(await dev.state());
-  } catch {
-    // unreadable state: reset anyway
+export async function resetDevice(dev: MigrationDevice, known?: MigState): Promise<RecoveryStep> {
+  let from = known === undefined ? 'unknown' : stateName(known);
+  if (known === undefined) {
+    try {
+      from = stateName(await dev.state());
+    } catch {
+      // unreadable state: reset anyway
+    }
   }
   try {
     await dev.reset();

@@ -5,10 +5,8 @@
 // back the file byte for byte. Longer data extends the last record; shorter data
 // drops trailing records. The output is written to a temporary name and renamed
 // only when complete.
-import { open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { createWriteStream } from 'node:fs';
-import { dirname, basename, join } from 'node:path';
-import { finished } from 'node:stream/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
+import { writeFileAtomically } from '../util/atomic-file.js';
 import { StreamError } from './errors.js';
 import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
 import { Inspector } from './summary.js';
@@ -86,58 +84,49 @@ export async function injectDeviceData(inPath: string, outPath: string, replacem
   }
 
   // Pass 2: copy every event, replacing the target devices' DATA_STATE records.
-  const tmp = join(dirname(outPath), `.${basename(outPath)}.tmp-${process.pid}-${Date.now()}`);
-  const out = createWriteStream(tmp, { flags: 'wx' });
-  const w = new StreamWriter(writableSink(out));
-  let ok = false;
   try {
-    for (const p of plans.values()) {
-      p.fh = await open(p.rep.file, 'r');
-      p.reader = new ChunkedFileReader(p.fh);
-    }
-    const chunkIndex = new Map<number, number>();
-    let skipping = false;
-    for await (const ev of readStreamFile(inPath, readOpts)) {
-      const plan = 'section' in ev && ev.type !== 'section' ? plans.get(ev.section.sectionId) : undefined;
-      if (!plan) {
+    await writeFileAtomically(outPath, async (out) => {
+      const w = new StreamWriter(writableSink(out));
+      for (const p of plans.values()) {
+        p.fh = await open(p.rep.file, 'r');
+        p.reader = new ChunkedFileReader(p.fh);
+      }
+      const chunkIndex = new Map<number, number>();
+      let skipping = false;
+      for await (const ev of readStreamFile(inPath, readOpts)) {
+        const plan = 'section' in ev && ev.type !== 'section' ? plans.get(ev.section.sectionId) : undefined;
+        if (!plan) {
+          await w.event(ev);
+          continue;
+        }
+        if (ev.type === 'vfio-data') {
+          const i = chunkIndex.get(ev.section.sectionId) ?? 0;
+          chunkIndex.set(ev.section.sectionId, i + 1);
+          const n = plan.sizes[i]!;
+          skipping = true;
+          if (n < 0) continue;
+          await w.vfioDataHeader(n);
+          await plan.reader!.read(n, (b) => w.payload(b));
+          continue;
+        }
+        if (ev.type === 'vfio-data-chunk') {
+          if (!skipping) throw new Error('internal: payload chunk outside a DATA_STATE record');
+          continue;
+        }
+        skipping = false;
+        // A device with no DATA_STATE records at all: its data goes into the END chunk.
+        if (ev.type === 'vfio-marker' && ev.marker === 'END_OF_STATE' && plan.result.oldChunks.length === 0 && w.openSection?.kind === 'END' && plan.sizes.length > 0) {
+          const n = plan.sizes[0]!;
+          await w.vfioDataHeader(n);
+          await plan.reader!.read(n, (b) => w.payload(b));
+          plan.sizes = [];
+        }
         await w.event(ev);
-        continue;
       }
-      if (ev.type === 'vfio-data') {
-        const i = chunkIndex.get(ev.section.sectionId) ?? 0;
-        chunkIndex.set(ev.section.sectionId, i + 1);
-        const n = plan.sizes[i]!;
-        skipping = true;
-        if (n < 0) continue;
-        await w.vfioDataHeader(n);
-        await plan.reader!.read(n, (b) => w.payload(b));
-        continue;
-      }
-      if (ev.type === 'vfio-data-chunk') {
-        if (!skipping) throw new Error('internal: payload chunk outside a DATA_STATE record');
-        continue;
-      }
-      skipping = false;
-      // A device with no DATA_STATE records at all: its data goes into the END chunk.
-      if (ev.type === 'vfio-marker' && ev.marker === 'END_OF_STATE' && plan.result.oldChunks.length === 0 && w.openSection?.kind === 'END' && plan.sizes.length > 0) {
-        const n = plan.sizes[0]!;
-        await w.vfioDataHeader(n);
-        await plan.reader!.read(n, (b) => w.payload(b));
-        plan.sizes = [];
-      }
-      await w.event(ev);
-    }
-    await w.flush();
-    out.end();
-    await finished(out);
-    await rename(tmp, outPath);
-    ok = true;
+      await w.flush();
+    });
   } finally {
     for (const p of plans.values()) await p.fh?.close();
-    if (!ok) {
-      out.destroy();
-      await unlink(tmp).catch(() => undefined);
-    }
   }
   return [...plans.values()].map((p) => p.result);
 }
