@@ -88,7 +88,6 @@ export class Inspector {
   private state: Record<string, DumpValue> | undefined;
   private hasSwitchover = false;
   private currentKind = new Map<number, SectionKind>();
-  private pendingChunk: VfioChunkSummary | undefined;
   private machineVersion: number | undefined;
   /** End of the stream: after EOF, or after the vmdesc. */
   private end = 0;

@@ -33,7 +33,6 @@ import { Errno } from '../uapi.js';
 import {
   BLOCK_SIZE,
   END_RECORD_BYTES,
-  HEADER_SIZE,
   NOT_SENT,
   REGS_RECORD_BYTES,
   REGS_SIZE,

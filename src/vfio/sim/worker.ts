@@ -29,7 +29,6 @@ import {
   CTRL_FINISH_REQ,
   CTRL_SIGNAL,
   CTRL_WRITING,
-  type JobDoneMsg,
   type JobStatus,
   type ResumeMsg,
   type ResumePhase,
