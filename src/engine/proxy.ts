@@ -181,34 +181,72 @@ function connect(path: string): Promise<net.Socket> {
   });
 }
 
+/** The tee's temp file, created before listening so a bad path fails before any QEMU connects. */
+interface TeeFile {
+  path: string;
+  tmp: string;
+  out: WriteStream;
+}
+
+async function openTee(path: string): Promise<TeeFile> {
+  const tmp = join(dirname(path), `.${basename(path)}.partial-${process.pid}`);
+  // A deep write queue: the tee pauses the source only when the disk really falls behind.
+  const out = createWriteStream(tmp, { flags: 'wx', highWaterMark: 8 << 20 });
+  await new Promise<void>((resolve, reject) => {
+    out.once('open', () => resolve());
+    out.once('error', (e) => reject(sysError(`cannot create the tee file ${tmp}`, e)));
+  });
+  return { path, tmp, out };
+}
+
+async function dropTee(tee: TeeFile | undefined): Promise<void> {
+  if (!tee) return;
+  await new Promise<void>((resolve) => {
+    if (tee.out.closed) return resolve();
+    tee.out.once('close', () => resolve());
+    tee.out.destroy();
+  });
+  await rm(tee.tmp, { force: true });
+}
+
 /** Runs one migration through the proxy; resolves with the report, or rejects with ProxyFailedError (report attached). */
 export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
   const note = opts.onNote ?? (() => undefined);
-  const server = await listen(opts.listen, opts.signal);
-  note({ type: 'listening', path: opts.listen });
-  opts.onListening?.();
+  const tee = opts.tee !== undefined ? await openTee(opts.tee) : undefined;
   let src: net.Socket;
-  try {
-    src = await accept(server, opts.listen, opts.signal);
-  } finally {
-    // One connection, like `-incoming unix:` (a multifd source's extra channels are refused).
-    server.close();
-    await rm(opts.listen, { force: true });
-  }
-  const t0 = Date.now();
-  // Watch the source from the start: it may fail while the destination is being connected.
-  const early: Early = { error: undefined, closed: false, closedP: new Promise((r) => src.once('close', () => { early.closed = true; r(); })) };
-  src.on('error', (e) => { early.error ??= e; });
-  note({ type: 'connected', side: 'source' });
   let dst: net.Socket;
+  let early: Early;
+  let t0: number;
   try {
-    dst = await connect(opts.to);
-  } catch (e) {
-    src.destroy();
-    throw e;
+    const server = await listen(opts.listen, opts.signal);
+    note({ type: 'listening', path: opts.listen });
+    opts.onListening?.();
+    try {
+      src = await accept(server, opts.listen, opts.signal);
+    } finally {
+      // One connection, like `-incoming unix:` (a multifd source's extra channels are refused).
+      server.close();
+      await rm(opts.listen, { force: true });
+    }
+    t0 = Date.now();
+    // Watch the source from the start: it may fail while the destination is being connected.
+    const e: Early = { error: undefined, closed: false, closedP: new Promise((r) => src.once('close', () => { e.closed = true; r(); })) };
+    early = e;
+    src.on('error', (err) => { e.error ??= err; });
+    note({ type: 'connected', side: 'source' });
+    try {
+      dst = await connect(opts.to);
+    } catch (err) {
+      // The source's connection goes too, so its migration fails rather than waits.
+      src.destroy();
+      throw err;
+    }
+  } catch (err) {
+    await dropTee(tee);
+    throw err;
   }
   note({ type: 'connected', side: 'destination' });
-  return forward(opts, src, early, dst, t0, note);
+  return forward(opts, src, early, dst, t0, note, tee);
 }
 
 interface Early {
@@ -217,7 +255,7 @@ interface Early {
   closedP: Promise<void>;
 }
 
-async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: net.Socket, t0: number, note: (n: ProxyNote) => void): Promise<ProxyReport> {
+async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: net.Socket, t0: number, note: (n: ProxyNote) => void, teeFile: TeeFile | undefined): Promise<ProxyReport> {
   const rp = new ReturnPathObserver();
   const tail = new Tail(16 << 20);
   let records = 0;
@@ -252,27 +290,15 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
     onStop: (stop) => note({ type: 'decode-stopped', stop }),
   });
 
-  let teeOut: WriteStream | undefined;
-  let teeTmp: string | undefined;
+  const teeOut = teeFile?.out;
+  const teeTmp = teeFile?.tmp;
   let teeError: unknown;
-  if (opts.tee) {
-    teeTmp = join(dirname(opts.tee), `.${basename(opts.tee)}.partial-${process.pid}`);
-    teeOut = createWriteStream(teeTmp, { flags: 'wx' });
-    await new Promise<void>((resolve, reject) => {
-      teeOut!.once('open', () => resolve());
-      teeOut!.once('error', (e) => reject(sysError(`cannot create the tee file ${teeTmp}`, e)));
-    }).catch((e: unknown) => {
-      src.destroy();
-      dst.destroy();
-      throw e;
-    });
-    teeOut.on('error', (e) => {
-      // A tee that cannot be written is reported; the migration itself goes on.
-      teeError ??= e;
-      teeBlocked = false;
-      resumeSource();
-    });
-  }
+  // A tee that cannot be written is reported; the migration itself goes on.
+  teeOut?.on('error', (e) => {
+    teeError ??= e;
+    teeBlocked = false;
+    resumeSource();
+  });
 
   let forwardBytes = 0;
   let returnBytes = 0;

@@ -29,7 +29,7 @@ function migbridge(args: string[], timeoutMs = 60_000): Promise<CliResult> {
 }
 
 /** Starts the CLI; `done` settles when it exits (killed after timeoutMs). */
-function runningCli(args: string[], timeoutMs: number, teardown?: (fn: () => void) => void): { done: Promise<CliResult>; kill: () => void } {
+function runningCli(args: string[], timeoutMs: number, teardown?: (fn: () => void) => void): { done: Promise<CliResult>; kill: () => void; stderr: () => string } {
   const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
@@ -41,7 +41,7 @@ function runningCli(args: string[], timeoutMs: number, teardown?: (fn: () => voi
   const done = new Promise<CliResult>((resolve) => {
     child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
   });
-  return { done, kill };
+  return { done, kill, stderr: () => stderr };
 }
 
 function describe(r: CliResult): string {
@@ -174,7 +174,7 @@ async function startDestination(t: ExecutionContext, version: QemuVersion, name:
   return vm;
 }
 
-function startProxy(t: ExecutionContext, dir: string, extra: string[] = []): { done: Promise<CliResult>; kill: () => void; listen: string; out: string } {
+function startProxy(t: ExecutionContext, dir: string, extra: string[] = []): ReturnType<typeof runningCli> & { listen: string; out: string } {
   const listen = join(dir, 'in.sock');
   const out = join(dir, 'out.sock');
   const p = runningCli(['proxy', '--listen', `unix:${listen}`, '--to', `unix:${out}`, '--tee', join(dir, 'tee.mig'), '--progress', '--output=json', ...extra], 90_000, t.teardown.bind(t));
@@ -404,4 +404,71 @@ test.serial('a stream the decoder rejects is still forwarded unchanged: the erro
   t.is(report.eof?.offset, ins.records.find((x) => x.kind === 'EOF')!.offset);
   t.true(report.tee!.kept);
   t.truthy((report.tee as { error?: { code: string } }).error, 'the tee decode reports the same error');
+});
+
+test.serial('backpressure: a destination that stops reading holds the source back; nothing is lost', async (t) => {
+  const one = await readFile(await streamFor('pc-paused', '10.0', t.teardown.bind(t)));
+  const stream = Buffer.concat(Array.from({ length: Math.ceil((48 << 20) / one.length) }, () => one));
+  const dir = await scratch(t);
+  const parts: Buffer[] = [];
+  let destSock: net.Socket | undefined;
+  const received = new Promise<Buffer>((resolve) => {
+    const server = net.createServer((s) => {
+      destSock = s;
+      s.pause(); // reads nothing until told
+      s.on('data', (c: Buffer) => parts.push(c));
+      s.on('end', () => s.end());
+      s.on('close', () => resolve(Buffer.concat(parts)));
+    });
+    server.listen(join(dir, 'out.sock'));
+    t.teardown(() => server.close());
+  });
+  const proxy = startProxy(t, dir);
+  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  const c = net.connect(proxy.listen);
+  c.resume();
+  await new Promise<void>((res) => c.once('connect', () => res()));
+  let written = false;
+  c.write(stream, () => { written = true; });
+  c.end();
+  await waitFor('the destination connected', () => destSock !== undefined, 10_000);
+  await sleep(2500);
+  // The proxy's own progress notes (one a second) say how much it took from the source:
+  // socket buffers (a few hundred KiB per hop) and a read chunk or two, no more.
+  const progress = notesOf(proxy.stderr()).filter((n) => n.type === 'progress') as unknown as { forwardBytes: number }[];
+  t.true(progress.length >= 2, proxy.stderr());
+  const inFlight = progress.at(-1)!.forwardBytes;
+  t.is(inFlight, progress.at(-2)!.forwardBytes, 'stalled');
+  t.false(written);
+  t.true(inFlight < 8 << 20, `${inFlight} bytes left the source while the destination read nothing`);
+  destSock!.resume();
+  const got = await received;
+  const r = await proxy.done;
+  t.true(got.equals(stream), 'the destination got every byte, in order');
+  const report = JSON.parse(r.stdout) as Report;
+  t.is(report.forwardBytes, stream.length);
+  t.log(`held back: ${inFlight} of ${stream.length} bytes in flight while the destination was paused; proxy exit ${String(r.code)}, ${report.seconds.toFixed(2)} s`);
+});
+
+test.serial('usage and setup errors: exit 2 for bad options; exit 1 naming the destination when nothing listens there; a bad --tee path fails before listening', async (t) => {
+  const dir = await scratch(t);
+  for (const args of [['--listen', join(dir, 'in.sock'), '--to', `unix:${join(dir, 'out.sock')}`], ['--listen', `unix:${join(dir, 'in.sock')}`], ['--listen', 'unix:/x', '--to', 'unix:/x']]) {
+    const r = await migbridge(['proxy', ...args]);
+    t.is(r.code, 2, describe(r));
+  }
+  const tee = await migbridge(['proxy', '--listen', `unix:${join(dir, 'in.sock')}`, '--to', `unix:${join(dir, 'out.sock')}`, '--tee', join(dir, 'no', 'such', 'dir', 'tee.mig'), '--output=json']);
+  t.is(tee.code, 1, describe(tee));
+  t.regex(tee.stderr, /"code":"ENOENT".*tee/);
+  t.false(existsSync(join(dir, 'in.sock')));
+
+  const p = runningCli(['proxy', '--listen', `unix:${join(dir, 'in.sock')}`, '--to', `unix:${join(dir, 'out.sock')}`, '--output=json'], 30_000, t.teardown.bind(t));
+  await waitFor('the proxy listening', () => existsSync(join(dir, 'in.sock')), 10_000);
+  const c = net.connect(join(dir, 'in.sock'));
+  c.on('error', () => undefined);
+  c.resume();
+  const closed = new Promise<void>((res) => c.once('close', () => res()));
+  const r = await p.done;
+  await closed; // the source's connection is closed: its migration fails instead of hanging
+  t.is(r.code, 1, describe(r));
+  t.regex(r.stderr, /"code":"ENOENT".*cannot connect to the destination unix:/);
 });
