@@ -2,32 +2,16 @@
 // kernel's mtty devices: UART state written through BAR0 before the save is read back
 // from other devices after the restore; several devices in one run; a corrupted and a
 // truncated stream fail with an error naming the device, which is reset and usable.
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import test, { type ExecutionContext } from 'ava';
-import { laneEnv } from './lane.js';
+import { laneEnv, migbridge } from './lane.js';
 import { MTTY_MAGIC, State, VFIO_DEVICE_RESET, barRead1, barWrite1, closeAll, getState, openViaGroup, readAll, setState } from './raw.js';
 import { ioctlSync } from '../../src/native/index.js';
 
-const run = promisify(execFile);
-const cli = path.resolve('bin/migbridge.js');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-kernel-cli-'));
 
-interface CliResult { code: number; stdout: string; stderr: string }
-
-async function migbridge(...args: string[]): Promise<CliResult> {
-  try {
-    const r = await run(process.execPath, [cli, ...args], { timeout: 60_000, maxBuffer: 16 << 20 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code?: number | string; stdout?: string; stderr?: string };
-    if (typeof x.code !== 'number') throw e;
-    return { code: x.code, stdout: x.stdout ?? '', stderr: x.stderr ?? '' };
-  }
-}
 
 /** UART contents for one device: scratch registers per port and RX FIFO text on port 0. */
 interface Uart { scr: number[]; lcr: number; fifo: string }

@@ -2,8 +2,10 @@
 // mdev UUIDs it created and a directory for figures the lane reports. Outside the guest
 // there are no mtty devices, so every guest test FAILS (never skips) with the command to
 // run instead.
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { promisify } from 'node:util';
 
 export interface LaneEnv {
   /** UUIDs of the mtty-1 instances (one UART port, 60-byte stream). */
@@ -36,4 +38,27 @@ export function reportFigure(name: string, text: string): string {
   const dir = process.env.MIGBRIDGE_LANE_OUT;
   if (dir) fs.writeFileSync(path.join(dir, 'figures', `${name}.txt`), text.endsWith('\n') ? text : `${text}\n`);
   return text;
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** Wall time of the call. */
+  ms: number;
+}
+
+const execFileAsync = promisify(execFile);
+
+/** Runs the project's CLI (bin/migbridge.js) to completion; a non-zero exit is a result, not an error. */
+export async function migbridge(...args: string[]): Promise<CliResult> {
+  const t0 = performance.now();
+  try {
+    const r = await execFileAsync(process.execPath, [path.resolve('bin/migbridge.js'), ...args], { timeout: 60_000, maxBuffer: 16 << 20 });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr, ms: performance.now() - t0 };
+  } catch (e) {
+    const x = e as { code?: number | string; stdout?: string; stderr?: string };
+    if (typeof x.code !== 'number') throw e;
+    return { code: x.code, stdout: x.stdout ?? '', stderr: x.stderr ?? '', ms: performance.now() - t0 };
+  }
 }

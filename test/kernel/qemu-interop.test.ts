@@ -13,28 +13,23 @@
 // [4], [5] QEMU destinations, [3] the migbridge save source. The lane runs one test file at
 // a time (test/kernel-lane/ava.config.mjs concurrency: 1) and these tests are serial, so no
 // other test touches them meanwhile; every test leaves its devices RUNNING with no QEMU.
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import test, { type ExecutionContext } from 'ava';
-import { laneEnv, reportFigure } from './lane.js';
+import { type CliResult, laneEnv, migbridge as runCli, reportFigure } from './lane.js';
 import type { QemuVm } from '../helpers/qemu-vm.js';
 import {
   type Uart, programUartHmp, readUartDev, readUartHmp, settleDevice, startMttyVm, withDevice, writeUartDev,
 } from './qemu-guest.js';
 import { MigState, stateName } from '../../src/fsm/index.js';
 
-const run = promisify(execFile);
-const cli = path.resolve('bin/migbridge.js');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-kernel-qemu-'));
 const IDSTR = '0000:00:04.0/vfio';
 /** Offset of port 0's SCR in mtty's 60-byte state: 24-byte header, then uart_reg[8]. */
 const SCR_AT = 24 + 7;
 const timings: string[] = [];
 
-interface CliResult { code: number; stdout: string; stderr: string }
 
 /** Wall time per CLI command in this file (guest clock), for the lane's figures. */
 const cliMs = new Map<string, number[]>();
@@ -42,19 +37,11 @@ const cliMs = new Map<string, number[]>();
 const qemuStartMs: number[] = [];
 
 async function migbridge(...args: string[]): Promise<CliResult> {
-  const t0 = performance.now();
-  try {
-    const r = await run(process.execPath, [cli, ...args], { timeout: 60_000, maxBuffer: 16 << 20 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const x = e as { code?: number | string; stdout?: string; stderr?: string };
-    if (typeof x.code !== 'number') throw e;
-    return { code: x.code, stdout: x.stdout ?? '', stderr: x.stderr ?? '' };
-  } finally {
-    const list = cliMs.get(args[0]!) ?? [];
-    list.push(performance.now() - t0);
-    cliMs.set(args[0]!, list);
-  }
+  const r = await runCli(...args);
+  const list = cliMs.get(args[0]!) ?? [];
+  list.push(r.ms);
+  cliMs.set(args[0]!, list);
+  return r;
 }
 
 /** Runs the CLI with --output=json and returns the parsed result; exit status 0 required. */
