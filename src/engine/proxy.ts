@@ -87,6 +87,12 @@ export interface ProxyReport {
   destination: SideResult;
   /** Offset of the EOF record and how it was established (decoded live, from the tee, or the vmdesc trailer). */
   eof: { offset: number; via: 'live' | 'tee' | 'trailer' } | null;
+  /**
+   * Status of the destination's return-path SHUT (0: it finished loading without error), or
+   * null. With EOF not established (postcopy streams carry no vmdesc trailer), a SHUT 0 and
+   * a clean close of the source count as a completed stream.
+   */
+  destinationShut: number | null;
   /** What was decoded while forwarding; `stopped` says where and why it ended early. */
   live: StreamTally & { complete: boolean; stopped: DecodeStop | null };
   /** The whole stream decoded from the tee file after the migration, when live decoding stopped early. */
@@ -489,7 +495,7 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
 
   if (!failure) {
     if (!sourceClean) failure = { side: 'source', offset: source.offset, message: `the source connection ended with ${source.error ?? source.closed} at forward offset ${source.offset}` };
-    else if (!eof) failure = { side: 'stream', offset: forwardBytes, message: `the source closed cleanly at ${forwardBytes} but no EOF record was established (live decoding: ${live.stopped?.message ?? 'incomplete'}; give --vmdesc or --tee)` };
+    else if (!eof && rp.shutStatus !== 0) failure = { side: 'stream', offset: forwardBytes, message: `the source closed cleanly at ${forwardBytes} but no EOF record was established (live decoding: ${live.stopped?.message ?? 'incomplete'}; give --vmdesc or --tee)` };
     else if (destination.closed === 'open') failure = { side: 'destination', offset: delivered(), message: 'the destination did not close its connection' };
   }
   if (tee) {
@@ -498,7 +504,7 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
     else {
       await rename(teeTmp!, tee.path);
       tee.kept = true;
-      tee.why = `complete stream (EOF at ${eof!.offset}, source closed cleanly)`;
+      tee.why = `complete stream (${eof ? `EOF at ${eof.offset}` : 'the destination sent SHUT 0'}, source closed cleanly)`;
     }
     if (!tee.kept) await rm(teeTmp!, { force: true });
   }
@@ -514,6 +520,7 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
     source,
     destination,
     eof,
+    destinationShut: rp.shutStatus ?? null,
     live: liveReport,
     tee,
     failure,

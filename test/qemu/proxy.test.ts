@@ -87,6 +87,15 @@ interface Report {
 }
 interface Note { type: string; kind?: string; command?: string; offset?: number; side?: string }
 
+/** The proxy's JSON report on stdout; a missing or broken one fails with the whole output. */
+function reportOf(r: CliResult): Report {
+  try {
+    return JSON.parse(r.stdout) as Report;
+  } catch {
+    throw new Error(`no JSON report from the proxy: ${describe(r)}`);
+  }
+}
+
 function notesOf(stderr: string): Note[] {
   return stderr.split('\n').filter((l) => l.startsWith('{"note"')).map((l) => (JSON.parse(l) as { note: Note }).note);
 }
@@ -212,7 +221,7 @@ test.serial('10.0: a running guest migrates live through the proxy; the tee is t
   const r = await proxy.done;
   const migrateSeconds = (Date.now() - tMigrate) / 1000;
   t.is(r.code, 0, describe(r));
-  const report = JSON.parse(r.stdout) as Report;
+  const report = reportOf(r);
   t.true(report.ok);
 
   // The guest goes on counting on the destination, from where it was.
@@ -261,7 +270,7 @@ test.serial('10.0: return-path + switchover-ack through the proxy, decoded live 
   t.is(info.status, 'completed', JSON.stringify(info));
   const r = await proxy.done;
   t.is(r.code, 0, describe(r));
-  const report = JSON.parse(r.stdout) as Report;
+  const report = reportOf(r);
   t.is(await dst.waitStatus((s) => s !== 'inmigrate', 20_000), SCENARIOS['pc-paused'].expectedStatus);
 
   // The return path went through: the destination's acks reached the source (it completed
@@ -300,12 +309,12 @@ test.serial('10.0: the destination killed mid-migration: proxy exits 1 naming it
   await dst.kill();
   const r = await proxy.done;
   t.is(r.code, 1, describe(r));
-  const report = JSON.parse(r.stdout) as Report;
+  const report = reportOf(r);
   const err = (JSON.parse(r.stderr.split('\n').find((l) => l.startsWith('{"error"'))!) as { error: { code: string; message: string; offset: number; side: string } }).error;
   t.is(err.code, 'EPROXY_DESTINATION');
   t.is(err.side, 'destination');
   t.is(report.failure?.side, 'destination');
-  t.true(err.offset > 0 && err.offset <= report.forwardBytes, `offset ${err.offset} of ${report.forwardBytes}`);
+  t.true(err.offset > 0 && err.offset <= report.forwardBytes, `offset ${err.offset} of ${report.forwardBytes}: ${describe(r)}`);
   t.regex(err.message, new RegExp(`destination .* at forward offset ${err.offset}, before the EOF record`));
   t.is(report.source.closed, 'closed-by-proxy');
   t.is(report.eof, null);
@@ -333,7 +342,7 @@ test.serial('7.2: a paused pc through the proxy', async (t) => {
   t.is(info.status, 'completed', JSON.stringify(info));
   const r = await proxy.done;
   t.is(r.code, 0, describe(r));
-  const report = JSON.parse(r.stdout) as Report;
+  const report = reportOf(r);
   t.is(await dst.waitStatus((s) => s !== 'inmigrate', 20_000), SCENARIOS['pc-paused'].expectedStatus);
   const ins = await checkTee(t, dir, report);
   sameTally(t, report.tee!.report!, ins, 'tee report');
@@ -374,7 +383,7 @@ async function replay(t: ExecutionContext, stream: Buffer, drop: boolean): Promi
   else c.end();
   const r = await proxy.done;
   const received = await dest.received;
-  return { r, report: JSON.parse(r.stdout) as Report, received, dir };
+  return { r, report: reportOf(r), received, dir };
 }
 
 test.serial('source drops mid-stream: exit 1 naming the source and the offset, the destination got exactly those bytes, no tee', async (t) => {
@@ -445,7 +454,7 @@ test.serial('backpressure: a destination that stops reading holds the source bac
   const got = await received;
   const r = await proxy.done;
   t.true(got.equals(stream), 'the destination got every byte, in order');
-  const report = JSON.parse(r.stdout) as Report;
+  const report = reportOf(r);
   t.is(report.forwardBytes, stream.length);
   t.log(`held back: ${inFlight} of ${stream.length} bytes in flight while the destination was paused; proxy exit ${String(r.code)}, ${report.seconds.toFixed(2)} s`);
 });
@@ -471,4 +480,44 @@ test.serial('usage and setup errors: exit 2 for bad options; exit 1 naming the d
   await closed; // the source's connection is closed: its migration fails instead of hanging
   t.is(r.code, 1, describe(r));
   t.regex(r.stderr, /"code":"ENOENT".*cannot connect to the destination unix:/);
+});
+
+test.serial('10.0: postcopy through the proxy: the destination runs while it pulls pages over the return path', async (t) => {
+  const dir = await scratch(t);
+  const caps = ['postcopy-ram'];
+  const { vm: src, counter } = await startSource(t, '10.0', 'pc-live', caps);
+  // Slow precopy, so the switch to postcopy comes with most pages still on the source.
+  await src.qmp('migrate-set-parameters', { 'downtime-limit': 1, 'max-bandwidth': 128 << 10 });
+  const proxy = startProxy(t, dir);
+  const dst = await startDestination(t, '10.0', 'pc-live', caps, proxy.out);
+  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
+  await waitFor('64 KiB on the way', async () => Number((await queryMigrate(src)).ram?.transferred ?? 0) >= 64 << 10, 30_000);
+  // Postcopy's background transfer stays slow too: the running guest faults on pages it
+  // needs and the destination requests them on the return path.
+  await src.qmp('migrate-set-parameters', { 'max-postcopy-bandwidth': 128 << 10 });
+  await src.qmp('migrate-start-postcopy');
+  const info = await migrationEnd(src, 60_000);
+  t.is(info.status, 'completed', JSON.stringify(info));
+  const r = await proxy.done;
+  t.is(r.code, 0, describe(r));
+  const report = reportOf(r) as Report & { destinationShut: number | null };
+  await dst.waitStatus((s) => s === 'running', 20_000, 'running after postcopy');
+  const first = await readCounter(dst);
+  t.true(first >= counter!, `counter ${first} on the destination, ${counter} on the source before migrating`);
+  await counterAdvances(dst, first);
+  // Every page the destination asked for went through the proxy; QEMU counted the same.
+  const requests = (report.returnPath.messages.REQ_PAGES ?? 0) + (report.returnPath.messages.REQ_PAGES_ID ?? 0);
+  t.true(requests > 0, JSON.stringify(report.returnPath));
+  t.is(requests, Number(info.ram?.['postcopy-requests']));
+  t.is(report.returnPath.error, null);
+  // No vmdesc in a postcopy stream: completion is the destination's SHUT 0 and the source's clean close.
+  t.is(report.destinationShut, 0);
+  t.is(report.source.closed, 'fin');
+  t.true(report.tee!.kept, report.tee!.why);
+  t.is((await readFile(join(dir, 'tee.mig'))).length, report.forwardBytes);
+  t.true(report.live.commands.some((c) => c.name === 'POSTCOPY_ADVISE'));
+  t.log(`postcopy: ${report.forwardBytes} bytes, return path ${report.returnPath.bytes} bytes ${JSON.stringify(report.returnPath.messages)}; commands ${[...new Set(report.live.commands.map((c) => c.name))].join(', ')}; live stopped ${JSON.stringify(report.live.stopped)}; query-migrate ram ${JSON.stringify(info.ram)}`);
+  await dst.quit();
+  await src.quit();
 });
