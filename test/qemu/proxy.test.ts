@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { QemuVm, SCENARIOS, readCounter, repoRoot, streamFor, type MigrationInfo, type QemuVersion, type ScenarioName } from '../helpers/qemu.js';
 import { imagePath } from '../helpers/qemu-guest.js';
+import { acquireLock } from '../helpers/qemu-lock.js';
 import { readTailVmDesc } from '../../src/qemu/vmdesc.js';
 
 const cli = join(repoRoot(), 'bin', 'migbridge.js');
@@ -151,6 +152,17 @@ function sameTally(t: ExecutionContext, got: Tally, ins: InspectJson, what: stri
 
 // --- QEMU on both ends ---
 
+/**
+ * Each of these tests holds one QEMU slot while it waits for its second. Two processes doing
+ * that at once (two checkouts' test runs on one machine) would wait on each other until the
+ * slot timeout; this lock lets only one test that needs a pair wait at a time. Tests that
+ * take one QEMU at a time always give theirs back, so the pair gets its second slot.
+ */
+async function pairLock(t: ExecutionContext): Promise<void> {
+  const release = await acquireLock('/tmp/migbridge-qemu-slots.pair.lock', 10 * 60_000);
+  t.teardown(release);
+}
+
 /** A scenario's machine arguments, its disk images copied into the VM's dir. */
 function machine(name: ScenarioName): { args: string[]; beforeStart: (dir: string) => Promise<void> } {
   const s = SCENARIOS[name];
@@ -163,6 +175,7 @@ function machine(name: ScenarioName): { args: string[]; beforeStart: (dir: strin
 }
 
 async function startSource(t: ExecutionContext, version: QemuVersion, name: ScenarioName, caps: string[]): Promise<{ vm: QemuVm; counter?: number }> {
+  await pairLock(t);
   const s = SCENARIOS[name];
   const m = machine(name);
   const vm = await QemuVm.start({ version, name: `${name} proxy source (${version})`, args: [...m.args, ...(s.prepare === 'paused' ? ['-S'] : [])], beforeStart: m.beforeStart, teardown: t.teardown.bind(t) });
@@ -306,8 +319,11 @@ test.serial('10.0: the destination killed mid-migration: proxy exits 1 naming it
   await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
   await waitFor('100 KiB on the way', async () => Number((await queryMigrate(src)).ram?.transferred ?? 0) >= 100 << 10, 30_000);
   t.is((await queryMigrate(src)).status, 'active');
+  const ss = await new Promise<string>((res) => { const c = spawn('ss', ['-xap']); let o = ''; c.stdout.on('data', (d: Buffer) => { o += d.toString(); }); c.on('close', () => res(o.split('\n').filter((l) => l.includes(dir)).join('\n'))); });
+  const dstBefore = `destination before the kill: exited ${String(dst.hasExited)}, status ${await dst.status().catch((e: Error) => e.message)}, migrate ${JSON.stringify(await queryMigrate(dst).catch((e: Error) => e.message))}, stderr ${dst.stderr}, dst pid ${dst.pid}, src pid ${src.pid}\nss:\n${ss}\nproxy stderr so far: ${proxy.stderr()}`;
   await dst.kill();
   const r = await proxy.done;
+  if (!r.stdout) t.log(dstBefore);
   t.is(r.code, 1, describe(r));
   const report = reportOf(r);
   const err = (JSON.parse(r.stderr.split('\n').find((l) => l.startsWith('{"error"'))!) as { error: { code: string; message: string; offset: number; side: string } }).error;
