@@ -25,6 +25,8 @@ import { ReturnPathObserver, type ReturnPathSummary } from './proxy-return-path.
 export type { DecodeStop, StreamTally } from './proxy-decode.js';
 export type { ReturnPathSummary, ReturnPathMessage } from './proxy-return-path.js';
 
+export const DEFAULT_CONNECT_WAIT_MS = 3000;
+
 export interface ProxyOptions {
   /** Unix socket path to listen on (the source QEMU's `migrate uri=unix:PATH`). */
   listen: string;
@@ -42,6 +44,8 @@ export interface ProxyOptions {
   closeTimeoutMs?: number;
   /** Decoder backlog beyond which live decoding gives up (default 64 MiB). */
   maxDecodeBacklog?: number;
+  /** How long to keep retrying a destination that is not listening yet (default 3000 ms). */
+  connectWaitMs?: number;
   /** Called once the listening socket exists. */
   onListening?: () => void;
   /** Aborts waiting for the source, or the forwarding (both connections are closed). */
@@ -176,15 +180,37 @@ function accept(server: net.Server, path: string, signal?: AbortSignal): Promise
   });
 }
 
-function connect(path: string): Promise<net.Socket> {
+function connectOnce(path: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const s = net.connect({ path, allowHalfOpen: true });
-    s.once('error', (e) => reject(sysError(`cannot connect to the destination unix:${path}`, e)));
+    s.once('error', reject);
     s.once('connect', () => {
       s.removeAllListeners('error');
       resolve(s);
     });
   });
+}
+
+/** Errors that mean "the destination is not listening yet" (no socket file, or bound but not yet listening). */
+const NOT_YET_LISTENING = new Set(['ENOENT', 'ECONNREFUSED', 'EAGAIN']);
+
+/**
+ * Connects to the destination, retrying for up to `waitMs` while it is not listening yet:
+ * a destination QEMU started together with the proxy may not have reached listen().
+ */
+async function connect(path: string, waitMs: number): Promise<net.Socket> {
+  const deadline = performance.now() + waitMs;
+  for (let delay = 20; ; delay = Math.min(delay * 2, 250)) {
+    try {
+      return await connectOnce(path);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? '';
+      if (!NOT_YET_LISTENING.has(code) || performance.now() + delay > deadline) {
+        throw sysError(`cannot connect to the destination unix:${path}`, e as Error);
+      }
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
 }
 
 /** The tee's temp file, created before listening so a bad path fails before any QEMU connects. */
@@ -241,7 +267,7 @@ export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
     src.on('error', (err) => { e.error ??= err; });
     note({ type: 'connected', side: 'source' });
     try {
-      dst = await connect(opts.to);
+      dst = await connect(opts.to, opts.connectWaitMs ?? DEFAULT_CONNECT_WAIT_MS);
     } catch (err) {
       // The source's connection goes too, so its migration fails rather than waits.
       src.destroy();
