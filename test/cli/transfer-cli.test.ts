@@ -1,7 +1,7 @@
 // save, inspect, restore and demo through the real CLI binary on simulated devices.
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 const bin = fileURLToPath(new URL('../../../bin/migbridge.js', import.meta.url));
 const run = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 120_000 });
 const dir = mkdtempSync(path.join(tmpdir(), 'migbridge-cli-'));
+test.after.always(() => rmSync(dir, { recursive: true, force: true }));
 
 test('demo --output=json: every device verified, stream file left for inspection', (t) => {
   const r = run('demo', '--devices', '3', '--size', '4MiB', '--dir', dir, '--output=json');

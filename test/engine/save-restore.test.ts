@@ -2,7 +2,7 @@
 // threads), the stream checked through the codec, and every simulator fault against
 // the failure policy: sources back to RUNNING, no complete-looking output, typed errors.
 import test from 'ava';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, truncateSync, copyFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { MigState } from '../../src/fsm/index.js';
@@ -16,6 +16,7 @@ import { createSimDevice, type SimDevice } from '../../src/vfio/sim/index.js';
 
 const MiB = 1 << 20;
 const work = mkdtempSync(path.join(tmpdir(), 'migbridge-engine-'));
+test.after.always(() => rmSync(work, { recursive: true, force: true }));
 let serial = 0;
 const streamPath = (name: string) => path.join(work, `${name}-${serial++}.mig`);
 

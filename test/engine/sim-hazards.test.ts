@@ -4,7 +4,7 @@
 // device keeps the bytes and a SET out of RESUMING would load them. The engine must
 // reset such a device (VFIO_DEVICE_RESET), never SET it RUNNING.
 import test from 'ava';
-import { copyFileSync, mkdtempSync, statSync, truncateSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync, statSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { restore, RestoreFailedError } from '../../src/engine/restore.js';
@@ -17,6 +17,7 @@ import { createSimDevice, type SimDevice } from '../../src/vfio/sim/index.js';
 
 const EPIPE = 32;
 const work = mkdtempSync(path.join(tmpdir(), 'migbridge-hazards-'));
+test.after.always(() => rmSync(work, { recursive: true, force: true }));
 
 /** VFIO sections of a (possibly truncated) stream in the order their data starts, with the bytes present. */
 async function sectionsInOrder(file: string): Promise<{ idstr: string; bytes: number }[]> {

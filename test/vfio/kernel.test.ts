@@ -2,7 +2,7 @@
 // by a fake kernel built on src/fsm), its error paths on real non-VFIO fds, and device
 // spec parsing / sysfs resolution on a fake sysfs tree. The real thing runs in the
 // kernel lane (conformance suite against mtty).
-import { mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -173,8 +173,12 @@ test('device spec parsing', (t) => {
   t.throws(() => parseDeviceSpec('pci:zz', o), { instanceOf: UsageError });
 });
 
+const fakeRoots: string[] = [];
+test.after.always(() => fakeRoots.forEach((r) => rmSync(r, { recursive: true, force: true })));
+
 function fakeSysfs(): { sys: string; dev: string; uuid: string } {
   const root = mkdtempSync(join(tmpdir(), 'migbridge-sysfs-'));
+  fakeRoots.push(root);
   const sys = join(root, 'sys');
   const uuid = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001';
   const real = join(sys, 'devices/virtual/mtty/mtty', uuid);
