@@ -317,7 +317,12 @@ test.serial('10.0: the destination killed mid-migration: proxy exits 1 naming it
   const dst = await startDestination(t, '10.0', 'pc-live', [], proxy.out);
   await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
   await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
-  await waitFor('100 KiB on the way', async () => Number((await queryMigrate(src)).ram?.transferred ?? 0) >= 100 << 10, 30_000);
+  try {
+    await waitFor('100 KiB on the way', async () => Number((await queryMigrate(src)).ram?.transferred ?? 0) >= 100 << 10, 60_000);
+  } catch (e) {
+    // Say where it stalled: the source's view and what the proxy printed so far.
+    throw new Error(`${(e as Error).message}; source query-migrate ${JSON.stringify(await queryMigrate(src).catch((x: Error) => x.message))}; proxy stderr: ${proxy.stderr().slice(-3000)}`);
+  }
   t.is((await queryMigrate(src)).status, 'active');
   // Diagnostics only (iproute2's ss may be absent on a minimal machine).
   const ss = await new Promise<string>((res) => {
