@@ -267,16 +267,14 @@ test.serial('10.0: a running guest migrates live through the proxy; the tee is t
   await src.quit();
 });
 
-test.serial('10.0: return-path + switchover-ack through the proxy, decoded live in full with --vmdesc', async (t) => {
-  const dir = await scratch(t);
-  // The vmdesc of the same machine, from a stream real QEMU wrote earlier (cached by the harness).
-  const cached = await readTailVmDesc(await streamFor('pc-paused', '10.0', t.teardown.bind(t)));
-  t.truthy(cached, 'the cached pc-paused stream has a vmdesc');
-  await writeFile(join(dir, 'vmdesc.json'), cached!.json);
-  const caps = ['return-path', 'switchover-ack'];
-  const { vm: src } = await startSource(t, '10.0', 'pc-paused', caps);
-  const proxy = startProxy(t, dir, ['--vmdesc', join(dir, 'vmdesc.json')]);
-  const dst = await startDestination(t, '10.0', 'pc-paused', caps, proxy.out);
+/**
+ * A paused pc migrated through the proxy to completion: the source's migration completed,
+ * the proxy exited 0, and the destination reached the scenario's run state.
+ */
+async function migratePausedPc(t: ExecutionContext, dir: string, version: QemuVersion, caps: string[], proxyArgs: string[]) {
+  const { vm: src } = await startSource(t, version, 'pc-paused', caps);
+  const proxy = startProxy(t, dir, proxyArgs);
+  const dst = await startDestination(t, version, 'pc-paused', caps, proxy.out);
   await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
   await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
   const info = await migrationEnd(src, 60_000);
@@ -285,6 +283,16 @@ test.serial('10.0: return-path + switchover-ack through the proxy, decoded live 
   t.is(r.code, 0, describe(r));
   const report = reportOf(r);
   t.is(await dst.waitStatus((s) => s !== 'inmigrate', 20_000), SCENARIOS['pc-paused'].expectedStatus);
+  return { src, dst, report };
+}
+
+test.serial('10.0: return-path + switchover-ack through the proxy, decoded live in full with --vmdesc', async (t) => {
+  const dir = await scratch(t);
+  // The vmdesc of the same machine, from a stream real QEMU wrote earlier (cached by the harness).
+  const cached = await readTailVmDesc(await streamFor('pc-paused', '10.0', t.teardown.bind(t)));
+  t.truthy(cached, 'the cached pc-paused stream has a vmdesc');
+  await writeFile(join(dir, 'vmdesc.json'), cached!.json);
+  const { src, dst, report } = await migratePausedPc(t, dir, '10.0', ['return-path', 'switchover-ack'], ['--vmdesc', join(dir, 'vmdesc.json')]);
 
   // The return path went through: the destination's acks reached the source (it completed
   // only after SWITCHOVER_ACK and SHUT), and the proxy saw them.
@@ -361,17 +369,7 @@ test.serial('10.0: the destination killed mid-migration: proxy exits 1 naming it
 
 test.serial('7.2: a paused pc through the proxy', async (t) => {
   const dir = await scratch(t);
-  const { vm: src } = await startSource(t, '7.2', 'pc-paused', []);
-  const proxy = startProxy(t, dir);
-  const dst = await startDestination(t, '7.2', 'pc-paused', [], proxy.out);
-  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
-  await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
-  const info = await migrationEnd(src, 60_000);
-  t.is(info.status, 'completed', JSON.stringify(info));
-  const r = await proxy.done;
-  t.is(r.code, 0, describe(r));
-  const report = reportOf(r);
-  t.is(await dst.waitStatus((s) => s !== 'inmigrate', 20_000), SCENARIOS['pc-paused'].expectedStatus);
+  const { src, dst, report } = await migratePausedPc(t, dir, '7.2', [], []);
   const ins = await checkTee(t, dir, report);
   sameTally(t, report.tee!.report!, ins, 'tee report');
   t.is(report.live.stopped?.code, 'ESTREAM_CANNOT_DELIMIT');
