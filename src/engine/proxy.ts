@@ -12,8 +12,8 @@
 // instead of completing into nothing.
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
+import { temporaryNameFor } from '../util/atomic-file.js';
 import * as net from 'node:net';
-import { basename, dirname, join } from 'node:path';
 import { MigbridgeError, errnoNumber } from '../errors.js';
 import { RecordType } from '../qemu/constants.js';
 import type { StreamEvent, VmDesc } from '../qemu/index.js';
@@ -221,7 +221,7 @@ interface TeeFile {
 }
 
 async function openTee(path: string): Promise<TeeFile> {
-  const tmp = join(dirname(path), `.${basename(path)}.partial-${process.pid}`);
+  const tmp = temporaryNameFor(path);
   // A deep write queue: the tee pauses the source only when the disk really falls behind.
   const out = createWriteStream(tmp, { flags: 'wx', highWaterMark: 8 << 20 });
   await new Promise<void>((resolve, reject) => {

@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { MigbridgeError } from '../errors.js';
+import { temporaryNameFor } from '../util/atomic-file.js';
 
 export interface ByteSink {
   readonly description: string;
@@ -74,7 +75,7 @@ class SocketSink implements ByteSink {
 export async function openSink(target: SinkTarget): Promise<ByteSink> {
   if ('file' in target) {
     const final = path.resolve(target.file);
-    const temp = path.join(path.dirname(final), `.${path.basename(final)}.partial-${process.pid}`);
+    const temp = temporaryNameFor(final);
     const fd = fs.openSync(temp, 'w', 0o644);
     let closed = false;
     const close = () => {

@@ -6,8 +6,9 @@ import { rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { finished } from 'node:stream/promises';
 
+/** `.NAME.partial-PID` beside NAME: the one temporary name every output of ours uses. */
 export function temporaryNameFor(path: string): string {
-  return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Date.now()}`);
+  return join(dirname(path), `.${basename(path)}.partial-${process.pid}`);
 }
 
 export async function writeFileAtomically<T>(path: string, fill: (out: WriteStream) => Promise<T>): Promise<T> {

@@ -143,7 +143,7 @@ for (const fx of FIXTURES) {
     const r = await cli(args);
     t.is(r.code, 0, r.stderr);
     t.true((await readFile(join(dir, 'out.mig'))).equals(await readFile(fx.path)));
-    t.deepEqual((await readdir(dir)).filter((f) => f.includes('.tmp-')), [], 'no temporary file left');
+    t.deepEqual((await readdir(dir)).filter((f) => f.includes('.partial-')), [], 'no temporary file left');
   });
 }
 
