@@ -13,6 +13,7 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { temporaryNameFor } from '../util/atomic-file.js';
+import { connectUnixWhenListening } from '../util/unix-connect.js';
 import * as net from 'node:net';
 import { MigbridgeError, errnoNumber } from '../errors.js';
 import { RecordType } from '../qemu/constants.js';
@@ -180,36 +181,12 @@ function accept(server: net.Server, path: string, signal?: AbortSignal): Promise
   });
 }
 
-function connectOnce(path: string): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ path, allowHalfOpen: true });
-    s.once('error', reject);
-    s.once('connect', () => {
-      s.removeAllListeners('error');
-      resolve(s);
-    });
-  });
-}
-
-/** Errors that mean "the destination is not listening yet" (no socket file, or bound but not yet listening). */
-const NOT_YET_LISTENING = new Set(['ENOENT', 'ECONNREFUSED', 'EAGAIN']);
-
-/**
- * Connects to the destination, retrying for up to `waitMs` while it is not listening yet:
- * a destination QEMU started together with the proxy may not have reached listen().
- */
 async function connect(path: string, waitMs: number): Promise<net.Socket> {
-  const deadline = performance.now() + waitMs;
-  for (let delay = 20; ; delay = Math.min(delay * 2, 250)) {
-    try {
-      return await connectOnce(path);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code ?? '';
-      if (!NOT_YET_LISTENING.has(code) || performance.now() + delay > deadline) {
-        throw sysError(`cannot connect to the destination unix:${path}`, e as Error);
-      }
-      await new Promise((r) => setTimeout(r, delay));
-    }
+  try {
+    // A destination QEMU started together with the proxy may not have reached listen() yet.
+    return await connectUnixWhenListening(path, { waitMs, allowHalfOpen: true });
+  } catch (e) {
+    throw sysError(`cannot connect to the destination unix:${path}`, e as Error);
   }
 }
 

@@ -7,6 +7,10 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { MigbridgeError } from '../errors.js';
 import { temporaryNameFor } from '../util/atomic-file.js';
+import { connectUnixWhenListening } from '../util/unix-connect.js';
+
+/** A QEMU started beside `save --to unix:` may not listen yet: wait this long for it. */
+const UNIX_CONNECT_WAIT_MS = 3000;
 
 export interface ByteSink {
   readonly description: string;
@@ -101,10 +105,11 @@ export async function openSink(target: SinkTarget): Promise<ByteSink> {
   if ('fd' in target) {
     return new FdSink(`fd ${target.fd}`, target.fd, async () => {}, async () => {});
   }
-  const socket = net.connect(target.unix);
-  await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve);
-    socket.once('error', (e) => reject(new SinkError('ECONNREFUSED', `cannot connect to unix:${target.unix}: ${e.message}`, { cause: e })));
-  });
+  let socket: net.Socket;
+  try {
+    socket = await connectUnixWhenListening(target.unix, { waitMs: UNIX_CONNECT_WAIT_MS });
+  } catch (e) {
+    throw new SinkError('ECONNREFUSED', `cannot connect to unix:${target.unix}: ${(e as Error).message}`, { cause: e });
+  }
   return new SocketSink(`unix:${target.unix}`, socket);
 }

@@ -1,6 +1,7 @@
 // A minimal QMP client over a unix socket, for driving real QEMU in tests. Every wait is
 // bounded: a command that gets no answer in time rejects instead of hanging the suite.
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { connectUnixWhenListening } from '../../src/util/unix-connect.js';
 
 export class QmpError extends Error {
   readonly errorClass: string;
@@ -42,11 +43,9 @@ export class QmpClient {
 
   /** Connects, reads the greeting and negotiates capabilities, all within `timeoutMs`. */
   static async connect(path: string, label: string, timeoutMs: number): Promise<QmpClient> {
-    const socket = await new Promise<Socket>((resolve, reject) => {
-      const s = connect(path);
-      const timer = setTimeout(() => { s.destroy(); reject(new Error(`${label}: QMP connect to ${path} timed out`)); }, timeoutMs);
-      s.once('connect', () => { clearTimeout(timer); resolve(s); });
-      s.once('error', (err) => { clearTimeout(timer); reject(err); });
+    // QEMU binds the socket before it listens: ECONNREFUSED at first is retried (seen in CI).
+    const socket = await connectUnixWhenListening(path, { waitMs: timeoutMs }).catch((e: Error) => {
+      throw new Error(`${label}: QMP connect to ${path}: ${e.message}`, { cause: e });
     });
     const client = new QmpClient(socket, label);
     await client.greeting(timeoutMs);
