@@ -6,6 +6,7 @@ import { inspectCommand } from './inspect.js';
 import { rewriteCommand } from './rewrite.js';
 import { extractCommand } from './extract.js';
 import { injectCommand } from './inject.js';
+import { reframeCommand } from './reframe.js';
 import { saveCommand } from './save.js';
 import { restoreCommand } from './restore.js';
 import { demoCommand } from './demo.js';
@@ -20,6 +21,7 @@ export const commands: readonly Command[] = [
   rewriteCommand,
   extractCommand,
   injectCommand,
+  reframeCommand,
   saveCommand,
   restoreCommand,
   demoCommand,

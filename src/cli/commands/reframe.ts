@@ -1,0 +1,39 @@
+// `migbridge reframe IN OUT [--to VERSION] [--vmdesc JSONFILE]`: make a stream loadable from a
+// file (and, with --to, by an older QEMU), changing only the records such a load rejects.
+import { readFile } from 'node:fs/promises';
+import { UsageError } from '../../errors.js';
+import { parseQemuRelease, reframeStreamFile, REFRAME_TARGETS, type ReframeOptions } from '../../qemu/reframe.js';
+import { parseVmDesc } from '../../qemu/vmdesc.js';
+import type { Command } from '../command.js';
+
+export const reframeCommand: Command = {
+  name: ['reframe'],
+  summary: 'Make a captured stream loadable from a file (and by an older QEMU with --to): drops return-path commands, turns switchover-ack markers into END_OF_STATE, refuses what a file cannot replay.',
+  usage: `reframe IN OUT [--to ${REFRAME_TARGETS[0]}..${REFRAME_TARGETS[REFRAME_TARGETS.length - 1]}] [--vmdesc JSONFILE]`,
+  options: {
+    to: { type: 'string' },
+    vmdesc: { type: 'string' },
+  },
+  async run(args, io) {
+    const [inPath, outPath, ...extra] = args.positionals;
+    if (!inPath || !outPath || extra.length) throw new UsageError('reframe takes IN and OUT');
+    const opts: ReframeOptions = {};
+    const to = args.values.to;
+    if (typeof to === 'string') {
+      const target = parseQemuRelease(to);
+      if (!target) throw new UsageError(`--to wants one of ${REFRAME_TARGETS.join(', ')}; got ${JSON.stringify(to)}`);
+      opts.target = target;
+    }
+    const vmdescFile = args.values.vmdesc;
+    if (typeof vmdescFile === 'string') opts.vmdesc = parseVmDesc(await readFile(vmdescFile));
+    const r = await reframeStreamFile(inPath, outPath, opts);
+    io.result({ in: inPath, out: outPath, to: typeof to === 'string' ? to : null, ...r }, () =>
+      [
+        ...r.changes.map((c) => `${c.offset}: ${c.what}${c.idstr ? ` (${c.idstr})` : ''} ${c.action}: ${c.why}`),
+        r.changes.length === 0 ? `nothing to change: ${outPath} is a byte-identical copy` : `${r.changes.length} change(s)`,
+        `wrote ${outPath}: ${r.bytesOut} bytes (in: ${r.bytesIn})`,
+      ].join('\n'),
+    );
+    return 0;
+  },
+};

@@ -1,0 +1,148 @@
+// Re-framing: turn a stream into one a file load (and, with a target version, an older
+// QEMU) accepts, changing only what the load side would reject and keeping every other
+// byte. Two sources of such records:
+//  - a capture of a live socket migration (a proxy tee) carries return-path traffic that a
+//    file load cannot answer: OPEN_RETURN_PATH and PING commands, and the VFIO
+//    DEV_INIT_DATA_SENT marker of switchover-ack (QEMU 10.0 refuses it unless switchover-ack
+//    is on, and that needs a return path);
+//  - SWITCHOVER_START is new in QEMU 10.0: older destinations reject the command.
+// Everything a file cannot stand in for is refused with a typed error naming the offset:
+// postcopy and COLO commands, VFIO sections whose stop-copy data went over multifd channels
+// (the capture of the main channel does not hold it), and mapped-ram streams (their page
+// offsets would move).
+import { stat } from 'node:fs/promises';
+import { StreamError } from './errors.js';
+import { CAP_MAPPED_RAM, VmCommand } from './constants.js';
+import { readStreamFile, type FileReadOptions } from './reader.js';
+import type { StreamEvent } from './records.js';
+import { StreamWriter, writableSink } from './writer.js';
+import { writeFileAtomically } from '../util/atomic-file.js';
+
+/** A QEMU version as major.minor. */
+export interface QemuRelease {
+  major: number;
+  minor: number;
+}
+
+/** Versions whose stream format the codec knows (qemu-stream.md covers 7.2 to 10.2). */
+export const REFRAME_TARGETS = ['7.2', '8.0', '8.1', '8.2', '9.0', '9.1', '9.2', '10.0', '10.1', '10.2'] as const;
+
+export function parseQemuRelease(text: string): QemuRelease | undefined {
+  if (!(REFRAME_TARGETS as readonly string[]).includes(text)) return undefined;
+  const [major, minor] = text.split('.').map(Number) as [number, number];
+  return { major, minor };
+}
+
+function atLeast(v: QemuRelease, major: number, minor: number): boolean {
+  return v.major > major || (v.major === major && v.minor >= minor);
+}
+
+export interface ReframeOptions extends FileReadOptions {
+  /** The destination's QEMU version; undefined keeps version-specific records. */
+  target?: QemuRelease;
+}
+
+export type ReframeAction = 'dropped' | 'replaced';
+
+export interface ReframeChange {
+  /** Offset of the changed record in the input. */
+  offset: number;
+  /** What was there, e.g. "command OPEN_RETURN_PATH" or "vfio DEV_INIT_DATA_SENT". */
+  what: string;
+  action: ReframeAction;
+  /** Why the destination needs the change. */
+  why: string;
+  sectionId?: number;
+  idstr?: string;
+}
+
+export interface ReframeResult {
+  bytesIn: number;
+  bytesOut: number;
+  changes: ReframeChange[];
+}
+
+const WHY_RETURN_PATH = 'a file load has no return path to answer it';
+const WHY_SWITCHOVER_ACK = 'switchover-ack needs a return path; END_OF_STATE ends the chunk the same way';
+
+/** Commands a file load cannot take, whatever the version (postcopy, COLO, recovery). */
+const REFUSED_COMMANDS = new Set<number>([
+  VmCommand.POSTCOPY_LISTEN, VmCommand.POSTCOPY_RUN, VmCommand.POSTCOPY_RAM_DISCARD,
+  VmCommand.PACKAGED, VmCommand.ENABLE_COLO, VmCommand.POSTCOPY_RESUME, VmCommand.RECV_BITMAP,
+]);
+
+/** What to do with one command record; null keeps it. */
+function commandChange(ev: Extract<StreamEvent, { type: 'command' }>, target: QemuRelease | undefined): ReframeChange | null {
+  const what = `command ${ev.name}`;
+  switch (ev.command) {
+    case VmCommand.OPEN_RETURN_PATH:
+    case VmCommand.PING:
+      return { offset: ev.offset, what, action: 'dropped', why: WHY_RETURN_PATH };
+    case VmCommand.POSTCOPY_ADVISE:
+      // Sent whenever postcopy-ram is on, even if postcopy never started; the refused
+      // commands below show when it did.
+      return { offset: ev.offset, what, action: 'dropped', why: 'postcopy never started in this stream; a file load does not do postcopy' };
+    case VmCommand.SWITCHOVER_START:
+      if (!target || atLeast(target, 10, 0)) return null;
+      return { offset: ev.offset, what, action: 'dropped', why: `new in QEMU 10.0; ${target.major}.${target.minor} rejects the command` };
+    default:
+      if (REFUSED_COMMANDS.has(ev.command)) {
+        throw new StreamError('ESTREAM_UNSUPPORTED', `${what}: the migration went on in a way a file cannot replay (postcopy, COLO or recovery)`, { offset: ev.offset, found: ev.name });
+      }
+      throw new StreamError('ESTREAM_UNSUPPORTED', `unknown command ${ev.command}: cannot tell whether a file load accepts it`, { offset: ev.offset });
+  }
+}
+
+/**
+ * Writes `outPath` from `inPath` with the changes above (atomically: a failure leaves no
+ * output). A stream that needs no change comes out byte-identical.
+ */
+export async function reframeStreamFile(inPath: string, outPath: string, opts: ReframeOptions = {}): Promise<ReframeResult> {
+  const changes: ReframeChange[] = [];
+  const bytesOut = await writeFileAtomically(outPath, async (out) => {
+    const w = new StreamWriter(writableSink(out));
+    let mappedRam = false;
+    // The VFIO FULL section being read, until its first marker says what it carries.
+    let vfioFullOpen: { sectionId: number; idstr: string } | null = null;
+    for await (const ev of readStreamFile(inPath, opts)) {
+      let change: ReframeChange | null = null;
+      switch (ev.type) {
+        case 'configuration':
+          mappedRam = ev.subsections.some((s) => s.capabilities?.includes(CAP_MAPPED_RAM));
+          if (mappedRam && opts.target && !atLeast(opts.target, 9, 0)) {
+            throw new StreamError('ESTREAM_UNSUPPORTED', `mapped-ram is new in QEMU 9.0; ${opts.target.major}.${opts.target.minor} cannot load this stream`, { offset: ev.offset });
+          }
+          break;
+        case 'section':
+          vfioFullOpen = ev.kind === 'FULL' && ev.section.handler === 'vfio' ? { sectionId: ev.section.sectionId, idstr: ev.section.idstr } : null;
+          break;
+        case 'command':
+          change = commandChange(ev, opts.target);
+          break;
+        case 'vfio-marker':
+          if (vfioFullOpen && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY')) {
+            throw new StreamError('ESTREAM_UNSUPPORTED', 'this VFIO device sent its stop-copy data and config over multifd channels (x-migration-multifd-transfer); a capture of the main channel does not hold them', { offset: ev.offset, sectionId: vfioFullOpen.sectionId, idstr: vfioFullOpen.idstr, expected: 'DEV_CONFIG_STATE', found: ev.marker });
+          }
+          if (ev.marker === 'DEV_INIT_DATA_SENT') {
+            change = { offset: ev.offset, what: 'vfio DEV_INIT_DATA_SENT', action: 'replaced', why: WHY_SWITCHOVER_ACK, sectionId: ev.section.sectionId, idstr: ev.section.idstr };
+          }
+          vfioFullOpen = null;
+          break;
+        default:
+          if (ev.type !== 'vfio-data-chunk') vfioFullOpen = null;
+      }
+      if (!change) {
+        await w.event(ev);
+        continue;
+      }
+      if (mappedRam) {
+        throw new StreamError('ESTREAM_UNSUPPORTED', `${change.what} would have to be ${change.action}, but mapped-ram records page offsets in the file that the change would move`, { offset: ev.offset });
+      }
+      changes.push(change);
+      if (change.action === 'replaced') await w.vfioMarker('END_OF_STATE');
+    }
+    await w.flush();
+    return w.offset;
+  });
+  return { bytesIn: (await stat(inPath)).size, bytesOut, changes };
+}
