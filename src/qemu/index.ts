@@ -20,3 +20,16 @@ export { parseVmDesc, readTailVmDesc, VmDescIndex, type VmDesc, type VmDescDevic
 export { decodeVmstate, fullBodyBytes, type DumpValue } from './vmstate.js';
 export { msixStateBytes, vfioConfigBodyBytes } from './vfio.js';
 export { compressBound } from './ram.js';
+export { extractStreamFile, type ExtractOptions, type ExtractResult, type ExtractManifest, type RamImage, type VfioExtractEntry } from './extract.js';
+export { injectDeviceData, type DeviceDataReplacement, type InjectedDevice } from './inject.js';
+export {
+  reframeStreamFile,
+  parseQemuRelease,
+  REFRAME_TARGETS,
+  type QemuRelease,
+  type ReframeOptions,
+  type ReframeChange,
+  type ReframeAction,
+  type ReframeResult,
+} from './reframe.js';
+export { Inspector, inspectStreamFile, type InspectReport } from './summary.js';

@@ -15,12 +15,25 @@ export async function* readStream(source: ByteSource, opts: DecoderOptions = {})
   const dec = new StreamDecoder(opts);
   for await (const chunk of source) {
     if (typeof chunk === 'string') throw new TypeError('readStream: the source must yield bytes, not strings (no encoding set)');
-    dec.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
-    const evs = dec.takeEvents();
-    for (const ev of evs) yield ev;
+    yield* decodeStep(dec, () => dec.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)));
   }
-  dec.end();
-  for (const ev of dec.takeEvents()) yield ev;
+  yield* decodeStep(dec, () => dec.end());
+}
+
+/**
+ * Runs one decoder step and yields what it decoded. When the step fails, the records
+ * decoded before the failure in the same input chunk are yielded first, so a consumer sees
+ * every good record in stream order before the error (reframe refuses at the first
+ * record it cannot carry, which may precede a later decoding error).
+ */
+function* decodeStep(dec: StreamDecoder, step: () => void): Generator<StreamEvent, void, undefined> {
+  try {
+    step();
+  } catch (e) {
+    yield* dec.takeEvents();
+    throw e;
+  }
+  yield* dec.takeEvents();
 }
 
 export interface FileReadOptions extends DecoderOptions {

@@ -1,15 +1,16 @@
-// Re-framing: turn a stream into one a file load (and, with a target version, an older
-// QEMU) accepts, changing only what the load side would reject and keeping every other
-// byte. Two sources of such records:
-//  - a capture of a live socket migration (a proxy tee) carries return-path traffic that a
-//    file load cannot answer: OPEN_RETURN_PATH and PING commands, and the VFIO
-//    DEV_INIT_DATA_SENT marker of switchover-ack (QEMU 10.0 refuses it unless switchover-ack
-//    is on, and that needs a return path);
-//  - SWITCHOVER_START is new in QEMU 10.0: older destinations reject the command.
+// Re-framing: turn a captured stream into the one QEMU itself would have written to a file
+// for the destination, changing only records and keeping every other byte. What changes:
+//  - a capture of a live socket migration (a proxy tee) carries return-path traffic:
+//    OPEN_RETURN_PATH and PING (QEMU 7.2 and 10.0 tolerate them on a file load, their
+//    replies go nowhere, but QEMU never writes them into a file stream), POSTCOPY_ADVISE
+//    whenever postcopy-ram was on (a destination without postcopy-ram fails the load with
+//    "RAM postcopy is disabled but have 16 byte advise", seen on 7.2 and 10.0), and the VFIO
+//    DEV_INIT_DATA_SENT marker of switchover-ack (which needs a return path);
+//  - SWITCHOVER_START is new in QEMU 10.0: 7.2 fails with "MIG_CMD 0xb unknown".
 // Everything a file cannot stand in for is refused with a typed error naming the offset:
-// postcopy and COLO commands, VFIO sections whose stop-copy data went over multifd channels
-// (the capture of the main channel does not hold it), and mapped-ram streams (their page
-// offsets would move).
+// postcopy that really started, COLO and recovery commands, VFIO sections whose stop-copy
+// data went over multifd channels (a capture of the main channel does not hold it), and
+// mapped-ram streams that would need a change (their page offsets would move).
 import { stat } from 'node:fs/promises';
 import { StreamError } from './errors.js';
 import { CAP_MAPPED_RAM, VmCommand } from './constants.js';
@@ -62,7 +63,7 @@ export interface ReframeResult {
   changes: ReframeChange[];
 }
 
-const WHY_RETURN_PATH = 'a file load has no return path to answer it';
+const WHY_RETURN_PATH = 'return-path traffic: QEMU writes none into a file stream, and a file load has no peer to answer';
 const WHY_SWITCHOVER_ACK = 'switchover-ack needs a return path; END_OF_STATE ends the chunk the same way';
 
 /** Commands a file load cannot take, whatever the version (postcopy, COLO, recovery). */
@@ -81,7 +82,7 @@ function commandChange(ev: Extract<StreamEvent, { type: 'command' }>, target: Qe
     case VmCommand.POSTCOPY_ADVISE:
       // Sent whenever postcopy-ram is on, even if postcopy never started; the refused
       // commands below show when it did.
-      return { offset: ev.offset, what, action: 'dropped', why: 'postcopy never started in this stream; a file load does not do postcopy' };
+      return { offset: ev.offset, what, action: 'dropped', why: 'postcopy-ram was on but postcopy never started; a destination without postcopy-ram rejects the advise' };
     case VmCommand.SWITCHOVER_START:
       if (!target || atLeast(target, 10, 0)) return null;
       return { offset: ev.offset, what, action: 'dropped', why: `new in QEMU 10.0; ${target.major}.${target.minor} rejects the command` };

@@ -105,7 +105,7 @@ function notesOf(stderr: string): Note[] {
 
 interface InspectJson {
   size: number;
-  records: { offset: number; kind: string; command?: string }[];
+  records: { offset: number; kind: string; command?: string; length: number }[];
   ram: { pages: Record<string, number>; records: Record<string, number> } | null;
   vmdesc: { offset: number } | null;
 }
@@ -543,7 +543,118 @@ test.serial('10.0: postcopy through the proxy: the destination runs while it pul
   t.true(report.tee!.kept, report.tee!.why);
   t.is((await readFile(join(dir, 'tee.mig'))).length, report.forwardBytes);
   t.true(report.live.commands.some((c) => c.name === 'POSTCOPY_ADVISE'));
+  // Once postcopy really started, the capture is no file stream: reframe refuses it at the
+  // first postcopy-only command, and leaves no output behind.
+  const refused = await migbridge(['reframe', join(dir, 'tee.mig'), join(dir, 'file.mig'), '--output=json']);
+  t.is(refused.code, 1, describe(refused));
+  const firstPostcopy = report.live.commands.find((c) => ['POSTCOPY_RAM_DISCARD', 'POSTCOPY_LISTEN', 'POSTCOPY_RUN', 'PACKAGED'].includes(c.name))!;
+  const err = (JSON.parse(refused.stderr) as { error: { code: string; offset: number; found: string } }).error;
+  t.like(err, { code: 'ESTREAM_UNSUPPORTED', offset: firstPostcopy.offset, found: firstPostcopy.name });
+  t.deepEqual((await readdir(dir)).filter((f) => f.startsWith('file.mig') || f.includes('partial')), [], 'no output left');
   t.log(`postcopy: ${report.forwardBytes} bytes, return path ${report.returnPath.bytes} bytes ${JSON.stringify(report.returnPath.messages)}; commands ${[...new Set(report.live.commands.map((c) => c.name))].join(', ')}; live stopped ${JSON.stringify(report.live.stopped)}; query-migrate ram ${JSON.stringify(info.ram)}`);
   await dst.quit();
   await src.quit();
+});
+
+// --- re-framing a tee for a file load, across QEMU versions ---
+
+interface ReframeJson {
+  bytesIn: number;
+  bytesOut: number;
+  changes: { offset: number; what: string; action: string; why: string }[];
+}
+
+async function reframe(t: ExecutionContext, from: string, to: string, extra: string[] = []): Promise<ReframeJson> {
+  const r = await migbridge(['reframe', from, to, '--output=json', ...extra]);
+  t.is(r.code, 0, describe(r));
+  return JSON.parse(r.stdout) as ReframeJson;
+}
+
+/** The tee without the records at the dropped offsets (each record's length from inspect). */
+function withoutRecords(tee: Buffer, ins: InspectJson, offsets: number[]): Buffer {
+  const parts: Buffer[] = [];
+  let at = 0;
+  for (const off of [...offsets].sort((a, b) => a - b)) {
+    const rec = ins.records.find((r) => r.offset === off);
+    if (!rec) throw new Error(`no record at offset ${off} in the tee`);
+    parts.push(tee.subarray(at, off));
+    at = off + rec.length;
+  }
+  parts.push(tee.subarray(at));
+  return Buffer.concat(parts);
+}
+
+/** A QEMU with `machineArgs` and -incoming defer that loads `file`; resolves to the runstate, or rejects with QEMU's stderr. */
+async function loadFile(t: ExecutionContext, version: QemuVersion, machineArgs: string[], file: string): Promise<string> {
+  const vm = await QemuVm.start({ version, name: `QEMU ${version} loading ${file}`, args: machineArgs, incomingDefer: true, teardown: t.teardown.bind(t) });
+  try {
+    return await vm.migrateIncomingFile(file, { timeoutMs: 60_000 });
+  } finally {
+    await vm.quit();
+  }
+}
+
+test.serial('reframe: a return-path + postcopy-ram migration from QEMU 10.0 (machine pc-i440fx-7.2), teed by the proxy, loads from a file into QEMU 10.0 once re-framed and into 7.2 once re-framed --to 7.2', async (t) => {
+  const dir = await scratch(t);
+  // The 7.2 machine type keeps the device sections loadable by 7.2; SWITCHOVER_START is
+  // switched on by hand (10.0 sends it by default only for 10.0+ machine types).
+  const m72 = ['-M', 'pc-i440fx-7.2', '-m', '32', '-global', 'migration.send-switchover-start=on'];
+  await pairLock(t);
+  const src = await QemuVm.start({ version: '10.0', name: 'pc-i440fx-7.2 source (10.0)', args: [...m72, '-S'], teardown: t.teardown.bind(t) });
+  await src.setCapabilities(['return-path', 'postcopy-ram']);
+  const proxy = startProxy(t, dir);
+  const dst = await QemuVm.start({ version: '10.0', name: 'pc-i440fx-7.2 destination (10.0)', args: m72, incomingDefer: true, teardown: t.teardown.bind(t) });
+  await dst.setCapabilities(['return-path', 'postcopy-ram']);
+  await dst.qmp('migrate-incoming', { uri: `unix:${proxy.out}` });
+  await waitFor('the destination listening', () => existsSync(proxy.out), 10_000);
+  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
+  const info = await migrationEnd(src, 60_000);
+  t.is(info.status, 'completed', JSON.stringify(info));
+  const r = await proxy.done;
+  t.is(r.code, 0, describe(r));
+  t.is(await dst.waitStatus((s) => s !== 'inmigrate', 20_000), 'prelaunch');
+  await dst.quit();
+  await src.quit();
+
+  const tee = join(dir, 'tee.mig');
+  const teeBytes = await readFile(tee);
+  const ins = await inspect(tee);
+  const commands = ins.records.filter((x) => x.kind === 'COMMAND');
+  const names = commands.map((c) => c.command);
+  t.true(names.includes('OPEN_RETURN_PATH') && names.includes('SWITCHOVER_START'), `commands in the tee: ${names.join(', ')}`);
+
+  // As captured (postcopy-ram was on, so the stream advises postcopy), neither QEMU loads the
+  // tee from a file into a destination without postcopy-ram.
+  const qemuSays = (e: Error | undefined): string => (e?.message ?? '').split('\n').filter((l) => l.startsWith('qemu-system')).join(' | ');
+  const raw10 = await t.throwsAsync(loadFile(t, '10.0', m72, tee));
+  t.regex(qemuSays(raw10), /postcopy is disabled but have 16 byte advise/, raw10?.message);
+  const raw72 = await t.throwsAsync(loadFile(t, '7.2', ['-M', 'pc', '-m', '32'], tee));
+  t.regex(qemuSays(raw72), /postcopy is disabled but have 16 byte advise/, raw72?.message);
+
+  // Re-framed for a file load: return-path commands and the advise go, SWITCHOVER_START stays.
+  const forFile = join(dir, 'file.mig');
+  const a = await reframe(t, tee, forFile);
+  const live = commands.filter((c) => ['OPEN_RETURN_PATH', 'PING', 'POSTCOPY_ADVISE'].includes(c.command!));
+  t.true(live.some((c) => c.command === 'POSTCOPY_ADVISE'), `commands in the tee: ${names.join(', ')}`);
+  t.deepEqual(a.changes.map((c) => [c.offset, c.what, c.action]), live.map((c) => [c.offset, `command ${c.command}`, 'dropped']));
+  t.true((await readFile(forFile)).equals(withoutRecords(teeBytes, ins, live.map((c) => c.offset))), 'only the dropped records are missing');
+  t.is(await loadFile(t, '10.0', m72, forFile), 'prelaunch', 'QEMU 10.0 loads it from a file');
+  const still = await t.throwsAsync(loadFile(t, '7.2', ['-M', 'pc', '-m', '32'], forFile));
+  t.regex(qemuSays(still), /MIG_CMD 0xb unknown/, 'QEMU 7.2 stops at SWITCHOVER_START');
+
+  // Re-framed --to 7.2: SWITCHOVER_START goes too, and 7.2 loads it.
+  const for72 = join(dir, 'for-7.2.mig');
+  const b = await reframe(t, tee, for72, ['--to', '7.2']);
+  const dropped = commands.filter((c) => ['OPEN_RETURN_PATH', 'PING', 'POSTCOPY_ADVISE', 'SWITCHOVER_START'].includes(c.command!));
+  t.deepEqual(b.changes.map((c) => c.offset), dropped.map((c) => c.offset));
+  t.is(b.bytesOut, teeBytes.length - dropped.reduce((n, c) => n + c.length, 0));
+  t.true((await readFile(for72)).equals(withoutRecords(teeBytes, ins, dropped.map((c) => c.offset))));
+  t.is(await loadFile(t, '7.2', ['-M', 'pc', '-m', '32'], for72), 'prelaunch', 'QEMU 7.2 loads the re-framed tee');
+
+  // Nothing left to change: a second pass is a byte-identical copy.
+  const again = await reframe(t, for72, join(dir, 'again.mig'), ['--to', '7.2']);
+  t.deepEqual(again.changes, []);
+  t.true((await readFile(join(dir, 'again.mig'))).equals(await readFile(for72)));
+  t.deepEqual((await readdir(dir)).filter((f) => f.includes('partial')), [], 'no temporary output left');
 });

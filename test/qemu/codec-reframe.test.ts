@@ -1,0 +1,184 @@
+// reframe at the codec level: on the real QEMU 10.0 mtty fixture (SWITCHOVER_START for an
+// older target) and on HAND-BUILT streams for what real QEMU does not write here without a
+// VFIO device on the host (switchover-ack INIT_DATA_SENT, multifd dummies; the kernel lane
+// covers INIT_DATA_SENT with real QEMU and mtty), built from docs/qemu-stream.md §9 with
+// the StreamWriter. Loads into real QEMU are in proxy.test.ts and the kernel lane.
+import test from 'ava';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseQemuRelease, reframeStreamFile } from '../../src/qemu/reframe.js';
+import { StreamError } from '../../src/qemu/errors.js';
+import { VmCommand } from '../../src/qemu/constants.js';
+import { StreamWriter, type ByteSink } from '../../src/qemu/writer.js';
+import { Inspector } from '../../src/qemu/summary.js';
+import { readStreamFile } from '../../src/qemu/reader.js';
+import { ONE_MTTY, cli, scratch } from './codec-helpers.js';
+
+class Collect implements ByteSink {
+  parts: Buffer[] = [];
+  write(b: Buffer): void {
+    this.parts.push(Buffer.from(b));
+  }
+}
+
+async function buildFile(path: string, fn: (w: StreamWriter) => Promise<void>): Promise<Buffer> {
+  const sink = new Collect();
+  const w = new StreamWriter(sink);
+  await fn(w);
+  await w.flush();
+  const bytes = Buffer.concat(sink.parts);
+  await writeFile(path, bytes);
+  return bytes;
+}
+
+const DEV = '0000:00:04.0/vfio';
+const END_OF_STATE = Buffer.from('ffffffffef100001', 'hex');
+const INIT_DATA_SENT = Buffer.from('ffffffffef100005', 'hex');
+/** The VFIOPCIDevice config vmstate of a 256-byte config space without MSI-X (§9.2). */
+const CONFIG = Buffer.concat([Buffer.from([0, 0, 0, 1]), Buffer.alloc(256), Buffer.alloc(16)]);
+
+async function inspectFile(path: string) {
+  const insp = new Inspector();
+  for await (const ev of readStreamFile(path)) insp.add(ev);
+  return insp.finish();
+}
+
+async function leftovers(dir: string): Promise<string[]> {
+  return (await readdir(dir)).filter((f) => f.includes('partial') || f === 'out.mig');
+}
+
+test('real QEMU 10.0 fixture: nothing to change without --to (byte-identical copy); --to 9.2 drops exactly the 5-byte SWITCHOVER_START', async (t) => {
+  const dir = await scratch(t);
+  const original = await readFile(ONE_MTTY);
+  const same = await reframeStreamFile(ONE_MTTY, join(dir, 'same.mig'));
+  t.deepEqual(same.changes, []);
+  t.true((await readFile(join(dir, 'same.mig'))).equals(original));
+  const keep = await reframeStreamFile(ONE_MTTY, join(dir, 'keep.mig'), { target: parseQemuRelease('10.0')! });
+  t.deepEqual(keep.changes, [], 'a 10.0 destination takes SWITCHOVER_START');
+
+  const r = await reframeStreamFile(ONE_MTTY, join(dir, 'old.mig'), { target: parseQemuRelease('9.2')! });
+  t.is(r.changes.length, 1);
+  const at = r.changes[0]!.offset;
+  t.like(r.changes[0], { what: 'command SWITCHOVER_START', action: 'dropped' });
+  t.true(original.subarray(at, at + 5).equals(Buffer.from('08000b0000', 'hex')), 'the change names where the command was');
+  const out = await readFile(join(dir, 'old.mig'));
+  t.true(out.equals(Buffer.concat([original.subarray(0, at), original.subarray(at + 5)])));
+  t.is(r.bytesOut, r.bytesIn - 5);
+  // The device data and config are untouched.
+  const [before, after] = [await inspectFile(ONE_MTTY), await inspectFile(join(dir, 'old.mig'))];
+  t.deepEqual(after.vfio.map((d) => [d.idstr, d.dataBytes, d.configBytes]), before.vfio.map((d) => [d.idstr, d.dataBytes, d.configBytes]));
+});
+
+test('HAND-BUILT switchover-ack capture: INIT_DATA_SENT becomes END_OF_STATE in place, return-path commands dropped, device data unchanged', async (t) => {
+  const dir = await scratch(t);
+  const init = Buffer.alloc(300, 0xa5);
+  const stop = Buffer.alloc(700, 0x5a);
+  const input = join(dir, 'in.mig');
+  const bytes = await buildFile(input, async (w) => {
+    await w.header();
+    await w.configuration('pc-q35-9.1');
+    await w.command(VmCommand.OPEN_RETURN_PATH);
+    await w.command(VmCommand.PING, Buffer.from([0, 0, 0, 1]));
+    await w.vfioStartSection(41, DEV);
+    await w.sectionPart(41);
+    await w.vfioData(init);
+    await w.vfioMarker('DEV_INIT_DATA_SENT');
+    await w.endSection();
+    await w.sectionEnd(41);
+    await w.vfioData(stop);
+    await w.vfioMarker('END_OF_STATE');
+    await w.endSection();
+    await w.vfioConfigSection(41, DEV, CONFIG);
+    await w.eof();
+  });
+  const r = await reframeStreamFile(input, join(dir, 'out.mig'));
+  t.deepEqual(r.changes.map((c) => [c.what, c.action]), [['command OPEN_RETURN_PATH', 'dropped'], ['command PING', 'dropped'], ['vfio DEV_INIT_DATA_SENT', 'replaced']]);
+  const marker = r.changes[2]!;
+  t.like(marker, { idstr: DEV, sectionId: 41 });
+  t.true(bytes.subarray(marker.offset, marker.offset + 8).equals(INIT_DATA_SENT));
+  // Expected bytes: the two commands (5 and 9 bytes) cut out, the marker overwritten.
+  const [open, ping] = [r.changes[0]!.offset, r.changes[1]!.offset];
+  t.is(ping, open + 5);
+  const expected = Buffer.concat([bytes.subarray(0, open), bytes.subarray(ping + 9)]);
+  END_OF_STATE.copy(expected, marker.offset - 14);
+  t.true((await readFile(join(dir, 'out.mig'))).equals(expected));
+  const d = (await inspectFile(join(dir, 'out.mig'))).vfio[0]!;
+  t.is(d.dataBytes, 1000);
+  t.is(d.markers.DEV_INIT_DATA_SENT ?? 0, 0);
+});
+
+test('HAND-BUILT multifd captures are refused at the VFIO FULL section: the stop-copy data is not in the main channel; no output is left', async (t) => {
+  const dir = await scratch(t);
+  for (const [name, marker] of [['10.0 dummy END_OF_STATE', 'END_OF_STATE'], ['10.1 CONFIG_LOAD_READY', 'DEV_CONFIG_LOAD_READY']] as const) {
+    const input = join(dir, 'in.mig');
+    await buildFile(input, async (w) => {
+      await w.header();
+      await w.configuration('pc-q35-10.0');
+      await w.vfioStartSection(42, DEV);
+      await w.switchoverStart();
+      await w.sectionEnd(42);
+      await w.vfioMarker('END_OF_STATE');
+      await w.endSection();
+      await w.sectionFull(42, DEV, 0, 1);
+      await w.vfioMarker(marker);
+      await w.endSection();
+      await w.eof();
+    });
+    const err = await t.throwsAsync(reframeStreamFile(input, join(dir, 'out.mig')), { instanceOf: StreamError }, name);
+    t.like(err, { code: 'ESTREAM_UNSUPPORTED', idstr: DEV, sectionId: 42, found: marker }, name);
+    t.regex(err!.message, /multifd/);
+    t.deepEqual(await leftovers(dir), [], name);
+  }
+});
+
+test('HAND-BUILT refusals: a postcopy command and an unknown command name their offset; mapped-ram refuses a change that would move its offsets', async (t) => {
+  const dir = await scratch(t);
+  const input = join(dir, 'in.mig');
+  const bytes = await buildFile(input, async (w) => {
+    await w.header();
+    await w.configuration('pc-q35-10.0');
+    await w.command(VmCommand.POSTCOPY_ADVISE, Buffer.alloc(16));
+    await w.command(VmCommand.POSTCOPY_LISTEN);
+    await w.eof();
+  });
+  const listenAt = bytes.indexOf(Buffer.from('0800040000', 'hex'));
+  await t.throwsAsync(reframeStreamFile(input, join(dir, 'out.mig')), { instanceOf: StreamError, code: 'ESTREAM_UNSUPPORTED', message: new RegExp(`POSTCOPY_LISTEN.*at offset ${listenAt} `) });
+  t.deepEqual(await leftovers(dir), []);
+
+  await buildFile(input, async (w) => {
+    await w.header();
+    await w.configuration('pc-q35-10.0');
+    await w.command(0x55 as VmCommand);
+    await w.eof();
+  });
+  // The decoder already refuses a command number QEMU does not define.
+  await t.throwsAsync(reframeStreamFile(input, join(dir, 'out.mig')), { code: 'ESTREAM_FORMAT', message: /unknown QEMU_VM_COMMAND.*found 85 at offset 25 / });
+
+  await buildFile(input, async (w) => {
+    await w.header();
+    await w.configuration('pc-q35-10.0', { capabilities: ['mapped-ram'] });
+    await w.switchoverStart();
+    await w.eof();
+  });
+  await t.throwsAsync(reframeStreamFile(input, join(dir, 'out.mig'), { target: parseQemuRelease('8.2')! }), { code: 'ESTREAM_UNSUPPORTED', message: /mapped-ram is new in QEMU 9.0/ });
+  await t.throwsAsync(reframeStreamFile(input, join(dir, 'out.mig'), { target: parseQemuRelease('9.2')! }), { code: 'ESTREAM_UNSUPPORTED', message: /mapped-ram records page offsets/ });
+  t.deepEqual((await reframeStreamFile(input, join(dir, 'out.mig'))).changes, [], 'no change needed: passes');
+});
+
+test('CLI: a truncated stream fails with the offset and leaves no output; usage errors exit 2', async (t) => {
+  const dir = await scratch(t);
+  const original = await readFile(ONE_MTTY);
+  const cut = join(dir, 'cut.mig');
+  await writeFile(cut, original.subarray(0, 200_000));
+  const r = await cli(['reframe', cut, join(dir, 'out.mig'), '--to', '9.2', '--output=json']);
+  t.is(r.code, 1);
+  const err = (JSON.parse(r.stderr) as { error: { code: string; offset: number } }).error;
+  t.is(err.code, 'ESTREAM_TRUNCATED');
+  t.true(err.offset > 0 && err.offset <= 200_000, JSON.stringify(err));
+  t.deepEqual(await leftovers(dir), []);
+  t.is((await cli(['reframe', ONE_MTTY, join(dir, 'out.mig'), '--to', '6.2'])).code, 2);
+  t.is((await cli(['reframe', ONE_MTTY])).code, 2);
+  const ok = await cli(['reframe', ONE_MTTY, join(dir, 'out.mig'), '--to', '9.2']);
+  t.is(ok.code, 0, ok.stderr);
+  t.regex(ok.stdout, /SWITCHOVER_START dropped/);
+});
