@@ -14,16 +14,15 @@
 // Devices: mtty-1 [0] source, [1] proxy destination, [2] the file loads (raw, then reframed
 // after a reset). The lane runs one test file at a time and these tests are serial; every
 // test leaves its devices RUNNING with no QEMU.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import test, { type ExecutionContext } from 'ava';
 import { laneEnv, migbridge, reportFigure } from './lane.js';
 import type { MigrationInfo, QemuVm } from '../helpers/qemu-vm.js';
 import { type Uart, programUartHmp, readUartHmp, settleDevice, startMttyVm, withDevice, writeUartDev } from './qemu-guest.js';
 import { MigState } from '../../src/fsm/index.js';
+import { proxyListening, runningCli, waitFor, type CliResult } from '../helpers/cli-run.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-kernel-reframe-'));
 const IDSTR = '0000:00:04.0/vfio';
@@ -82,31 +81,6 @@ function scope(t: ExecutionContext, uuids: string[]) {
   };
 }
 
-async function waitFor(what: string, ok: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await ok())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(25);
-  }
-}
-
-interface ProxyRun { code: number | null; stdout: string; stderr: string }
-
-/** `migbridge proxy` in the background (killed after timeoutMs or at teardown). */
-function startProxy(t: ExecutionContext, listen: string, to: string, tee: string, timeoutMs: number): Promise<ProxyRun> {
-  const child = spawn(process.execPath, [path.resolve('bin/migbridge.js'), 'proxy', '--listen', `unix:${listen}`, '--to', `unix:${to}`, '--tee', tee, '--output=json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s; });
-  child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s; });
-  const kill = (): void => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); };
-  const timer = setTimeout(kill, timeoutMs);
-  t.teardown(kill);
-  return new Promise((resolve) => {
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
-  });
-}
-
 interface ProxyReport {
   ok: boolean;
   forwardBytes: number;
@@ -135,7 +109,7 @@ async function cliJson<T>(t: ExecutionContext, ...args: string[]): Promise<{ jso
 interface Capture {
   tee: string;
   source: MigrationInfo;
-  proxy: ProxyRun;
+  proxy: CliResult;
   destStatus: string;
   destBefore: Uart;
   destAfter: Uart;
@@ -170,19 +144,19 @@ function migrateThroughProxy(t: ExecutionContext): Promise<Capture> {
     }
     // Reading popped the FIFO: fill it again, so the migrated state has the bytes.
     await programUartHmp(src, SOURCE_UART);
-    const proxy = startProxy(t, listen, out, tee, 90_000);
+    const proxy = runningCli(['proxy', '--listen', `unix:${listen}`, '--to', `unix:${out}`, '--tee', tee, '--output=json', '--progress'], 90_000, t.teardown.bind(t));
     const dst = await sc.vm({ uuid: b, name: 'reframe-destination', incoming: true });
     await dst.setCapabilities(CAPS);
     await dst.qmp('migrate-incoming', { uri: `unix:${out}` });
     await waitFor(`the destination listening on ${out}`, () => fs.existsSync(out), 10_000);
-    await waitFor('the proxy listening', () => fs.existsSync(listen), 20_000);
+    await proxyListening(proxy, 20_000);
     timings.push(`source + destination QEMU up, UART programmed, proxy listening: ${secs(performance.now() - t0)}`);
 
     t0 = performance.now();
     await src.qmp('migrate', { uri: `unix:${listen}` });
     let source: MigrationInfo = { status: 'none' };
     await waitFor('the source migration to finish', async () => ['completed', 'failed', 'cancelled'].includes((source = (await src.qmp('query-migrate')) as MigrationInfo).status), 60_000);
-    const p = await proxy;
+    const p = await proxy.done;
     const destStatus = await dst.waitStatus((s) => s !== 'inmigrate', 20_000, 'the destination to leave inmigrate');
     const migrateMs = performance.now() - t0;
     if (source.status !== 'completed') throw src.failure(`migration ${source.status}: ${JSON.stringify(source)}; proxy exit ${p.code}: ${p.stderr.slice(-2000)}`);

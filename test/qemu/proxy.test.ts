@@ -15,34 +15,15 @@ import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { QemuVm, SCENARIOS, readCounter, repoRoot, streamFor, type MigrationInfo, type QemuVersion, type ScenarioName } from '../helpers/qemu.js';
+import { QemuVm, SCENARIOS, readCounter, streamFor, type MigrationInfo, type QemuVersion, type ScenarioName } from '../helpers/qemu.js';
 import { imagePath } from '../helpers/qemu-guest.js';
 import { acquireLock } from '../helpers/qemu-lock.js';
 import { readTailVmDesc } from '../../src/qemu/vmdesc.js';
-
-const cli = join(repoRoot(), 'bin', 'migbridge.js');
-
-interface CliResult { code: number | null; stdout: string; stderr: string }
+import { proxyListening, proxyNotes, runningCli, waitFor, type CliResult } from '../helpers/cli-run.js';
 
 /** Runs the CLI to its end (bounded). */
 function migbridge(args: string[], timeoutMs = 60_000): Promise<CliResult> {
   return runningCli(args, timeoutMs).done;
-}
-
-/** Starts the CLI; `done` settles when it exits (killed after timeoutMs). */
-function runningCli(args: string[], timeoutMs: number, teardown?: (fn: () => void) => void): { done: Promise<CliResult>; kill: () => void; stderr: () => string } {
-  const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s; });
-  child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s; });
-  const kill = (): void => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); };
-  const timer = setTimeout(kill, timeoutMs);
-  teardown?.(kill);
-  const done = new Promise<CliResult>((resolve) => {
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
-  });
-  return { done, kill, stderr: () => stderr };
 }
 
 function describe(r: CliResult): string {
@@ -53,14 +34,6 @@ async function scratch(t: ExecutionContext): Promise<string> {
   const dir = await mkdtemp(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'migbridge-proxy-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   return dir;
-}
-
-async function waitFor(what: string, ok: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await ok())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(25);
-  }
 }
 
 // --- the proxy's JSON report (the parts the tests read) ---
@@ -86,7 +59,6 @@ interface Report {
   tee: { path: string; bytes: number; kept: boolean; why: string; report: Tally | null } | null;
   failure: { side: string; offset: number; message: string } | null;
 }
-interface Note { type: string; kind?: string; command?: string; offset?: number; side?: string }
 
 /** The proxy's JSON report on stdout; a missing or broken one fails with the whole output. */
 function reportOf(r: CliResult): Report {
@@ -97,9 +69,6 @@ function reportOf(r: CliResult): Report {
   }
 }
 
-function notesOf(stderr: string): Note[] {
-  return stderr.split('\n').filter((l) => l.startsWith('{"note"')).map((l) => (JSON.parse(l) as { note: Note }).note);
-}
 
 // --- inspect's JSON, reduced to what the proxy reports ---
 
@@ -226,7 +195,7 @@ test.serial('10.0: a running guest migrates live through the proxy; the tee is t
   const { vm: src, counter } = await startSource(t, '10.0', 'pc-live', []);
   const proxy = startProxy(t, dir);
   const dst = await startDestination(t, '10.0', 'pc-live', [], proxy.out);
-  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  await proxyListening(proxy);
   const tMigrate = Date.now();
   await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
   const info = await migrationEnd(src, 60_000);
@@ -257,8 +226,8 @@ test.serial('10.0: a running guest migrates live through the proxy; the tee is t
   t.false(report.live.complete);
   const before = ins.records.filter((x) => x.offset < firstFull.offset);
   t.deepEqual(report.live.records, kindCounts(before), 'live counts = the tee records before the stop');
-  t.deepEqual(kindCounts(notesOf(r.stderr).filter((n) => n.type === 'record') as { kind: string }[]), report.live.records, 'live notes = live summary');
-  t.true(notesOf(r.stderr).some((n) => n.type === 'decode-stopped'));
+  t.deepEqual(kindCounts(proxyNotes(r.stderr).filter((n) => n.type === 'record') as { kind: string }[]), report.live.records, 'live notes = live summary');
+  t.true(proxyNotes(r.stderr).some((n) => n.type === 'decode-stopped'));
   // After the migration the tee was decoded in full: its summary is inspect's.
   sameTally(t, report.tee!.report!, ins, 'tee report');
   t.is(report.eof?.via, 'tee');
@@ -275,7 +244,7 @@ async function migratePausedPc(t: ExecutionContext, dir: string, version: QemuVe
   const { vm: src } = await startSource(t, version, 'pc-paused', caps);
   const proxy = startProxy(t, dir, proxyArgs);
   const dst = await startDestination(t, version, 'pc-paused', caps, proxy.out);
-  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  await proxyListening(proxy);
   await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
   const info = await migrationEnd(src, 60_000);
   t.is(info.status, 'completed', JSON.stringify(info));
@@ -323,7 +292,7 @@ test.serial('10.0: the destination killed mid-migration: proxy exits 1 naming it
   await src.qmp('migrate-set-parameters', { 'downtime-limit': 1, 'max-bandwidth': 128 << 10 });
   const proxy = startProxy(t, dir);
   const dst = await startDestination(t, '10.0', 'pc-live', [], proxy.out);
-  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  await proxyListening(proxy);
   await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
   try {
     await waitFor('100 KiB on the way', async () => Number((await queryMigrate(src)).ram?.transferred ?? 0) >= 100 << 10, 60_000);
@@ -399,7 +368,7 @@ async function replay(t: ExecutionContext, stream: Buffer, drop: boolean): Promi
   const dest = fakeDestination(join(dir, 'out.sock'));
   t.teardown(dest.close);
   const proxy = startProxy(t, dir);
-  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  await proxyListening(proxy);
   const c = net.connect(proxy.listen);
   c.on('error', () => undefined);
   c.resume();
@@ -459,7 +428,7 @@ test.serial('backpressure: a destination that stops reading holds the source bac
     t.teardown(() => server.close());
   });
   const proxy = startProxy(t, dir);
-  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  await proxyListening(proxy);
   const c = net.connect(proxy.listen);
   c.resume();
   await new Promise<void>((res) => c.once('connect', () => res()));
@@ -470,7 +439,7 @@ test.serial('backpressure: a destination that stops reading holds the source bac
   await sleep(2500);
   // The proxy's own progress notes (one a second) say how much it took from the source:
   // socket buffers (a few hundred KiB per hop) and a read chunk or two, no more.
-  const progress = notesOf(proxy.stderr()).filter((n) => n.type === 'progress') as unknown as { forwardBytes: number }[];
+  const progress = proxyNotes(proxy.stderr()).filter((n) => n.type === 'progress') as unknown as { forwardBytes: number }[];
   t.true(progress.length >= 2, proxy.stderr());
   const inFlight = progress.at(-1)!.forwardBytes;
   t.is(inFlight, progress.at(-2)!.forwardBytes, 'stalled');
@@ -496,8 +465,8 @@ test.serial('usage and setup errors: exit 2 for bad options; exit 1 naming the d
   t.regex(tee.stderr, /"code":"ENOENT".*tee/);
   t.false(existsSync(join(dir, 'in.sock')));
 
-  const p = runningCli(['proxy', '--listen', `unix:${join(dir, 'in.sock')}`, '--to', `unix:${join(dir, 'out.sock')}`, '--output=json'], 30_000, t.teardown.bind(t));
-  await waitFor('the proxy listening', () => existsSync(join(dir, 'in.sock')), 10_000);
+  const p = runningCli(['proxy', '--listen', `unix:${join(dir, 'in.sock')}`, '--to', `unix:${join(dir, 'out.sock')}`, '--output=json', '--progress'], 30_000, t.teardown.bind(t));
+  await proxyListening(p);
   const c = net.connect(join(dir, 'in.sock'));
   c.on('error', () => undefined);
   c.resume();
@@ -516,7 +485,7 @@ test.serial('10.0: postcopy through the proxy: the destination runs while it pul
   await src.qmp('migrate-set-parameters', { 'downtime-limit': 1, 'max-bandwidth': 128 << 10 });
   const proxy = startProxy(t, dir);
   const dst = await startDestination(t, '10.0', 'pc-live', caps, proxy.out);
-  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  await proxyListening(proxy);
   await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
   await waitFor('64 KiB on the way', async () => Number((await queryMigrate(src)).ram?.transferred ?? 0) >= 64 << 10, 30_000);
   // Postcopy's background transfer stays slow too: the running guest faults on pages it
@@ -607,7 +576,7 @@ test.serial('reframe: a return-path + postcopy-ram migration from QEMU 10.0 (mac
   await dst.setCapabilities(['return-path', 'postcopy-ram']);
   await dst.qmp('migrate-incoming', { uri: `unix:${proxy.out}` });
   await waitFor('the destination listening', () => existsSync(proxy.out), 10_000);
-  await waitFor('the proxy listening', () => existsSync(proxy.listen), 10_000);
+  await proxyListening(proxy);
   await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
   const info = await migrationEnd(src, 60_000);
   t.is(info.status, 'completed', JSON.stringify(info));
