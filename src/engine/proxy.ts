@@ -10,6 +10,11 @@
 // reached it, the source connection is closed at once, so the source's next write fails
 // (as it would with the destination's socket gone) and the source's migration fails
 // instead of completing into nothing.
+//
+// Multifd: the listening socket stays open until the main channel has finished, so a
+// source with the `multifd` capability can open its extra channels; each connection is
+// routed by its first 4 bytes (proxy-multifd.ts). A multifd channel failing fails the
+// migration the same way, and the proxy's exit waits for every channel to close.
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { temporaryNameFor } from '../util/atomic-file.js';
@@ -21,10 +26,12 @@ import type { StreamEvent, VmDesc } from '../qemu/index.js';
 import { inspectStreamFile } from '../qemu/summary.js';
 import { parseVmDesc } from '../qemu/vmdesc.js';
 import { LiveDecoder, tallyOf, type DecodeStop, type StreamTally } from './proxy-decode.js';
+import { ConnectionRouter, MultifdChannels, type MultifdChannelReport, type RejectedConnection } from './proxy-multifd.js';
 import { ReturnPathObserver, type ReturnPathSummary } from './proxy-return-path.js';
 
 export type { DecodeStop, StreamTally } from './proxy-decode.js';
 export type { ReturnPathSummary, ReturnPathMessage } from './proxy-return-path.js';
+export type { MultifdChannelReport, RejectedConnection } from './proxy-multifd.js';
 
 export const DEFAULT_CONNECT_WAIT_MS = 3000;
 
@@ -33,7 +40,10 @@ export interface ProxyOptions {
   listen: string;
   /** Unix socket path of the destination (a QEMU started with `-incoming unix:PATH`). */
   to: string;
-  /** Also write the forward stream here (temp name, renamed once the stream completed). */
+  /**
+   * Also write the forward stream here (temp name, renamed once the stream completed), and
+   * each multifd channel to `TEE.multifd-<channel id>` (kept only when the whole migration succeeded).
+   */
   tee?: string;
   /** The stream's vmdesc, so FULL sections can be decoded live (QEMU sends it last). */
   vmdesc?: VmDesc;
@@ -60,7 +70,13 @@ export type ProxyNote =
   | { type: 'vfio-section'; offset: number; kind: string; idstr: string; sectionId: number; dataBytes: number; chunks: number }
   | { type: 'decode-stopped'; stop: DecodeStop }
   | { type: 'closed'; side: 'source' | 'destination'; offset: number; how: SideResult['closed']; error?: string }
-  | { type: 'progress'; forwardBytes: number; returnBytes: number; seconds: number; decodedRecords: number };
+  | { type: 'progress'; forwardBytes: number; returnBytes: number; seconds: number; decodedRecords: number; multifdBytes: number }
+  | { type: 'multifd-accepted'; connection: number }
+  | { type: 'multifd-connected'; connection: number }
+  | { type: 'multifd-channel'; connection: number; channel: number; uuid: string }
+  | { type: 'multifd-closed'; connection: number; channel: number | null; side: 'source' | 'destination'; offset: number; how: SideResult['closed']; error?: string }
+  | { type: 'multifd-decode-stopped'; connection: number; channel: number | null; stop: DecodeStop }
+  | { type: 'rejected'; connection: number; firstBytes: string; reason: string };
 
 export interface SideResult {
   /** 'fin': the peer closed its end; 'error': the connection failed (errno in `error`); 'closed-by-proxy': we closed it. */
@@ -72,9 +88,13 @@ export interface SideResult {
 
 export interface ProxyFailure {
   side: 'source' | 'destination' | 'stream';
-  /** Forward-stream offset where it happened. */
+  /** Forward-stream offset where it happened (on a multifd channel: that channel's offset). */
   offset: number;
   message: string;
+  /** Set when it happened on a multifd channel: its id (null when its init packet was not seen). */
+  channel?: number | null;
+  /** With `channel`: the connection's accept order. */
+  connection?: number;
 }
 
 export interface ProxyReport {
@@ -102,6 +122,12 @@ export interface ProxyReport {
   live: StreamTally & { complete: boolean; stopped: DecodeStop | null };
   /** The whole stream decoded from the tee file after the migration, when live decoding stopped early. */
   tee: { path: string; bytes: number; kept: boolean; why: string; report: StreamTally | null; error: { code: string; message: string; offset: number | null } | null } | null;
+  /** The multifd channels (empty without the multifd capability), by channel id. */
+  multifd: MultifdChannelReport[];
+  /** Bytes received on all multifd channels together. */
+  multifdBytes: number;
+  /** Connections that were neither the main channel nor a multifd channel (closed unforwarded). */
+  rejected: RejectedConnection[];
   failure: ProxyFailure | null;
 }
 
@@ -113,7 +139,8 @@ export class ProxyFailedError extends ProxyError {
     super(failure.side === 'source' ? 'EPROXY_SOURCE' : failure.side === 'destination' ? 'EPROXY_DESTINATION' : 'EPROXY_STREAM', failure.message, { offset: failure.offset });
   }
   override toJSON(): Record<string, unknown> {
-    return { ...super.toJSON(), side: this.report.failure?.side };
+    const f = this.report.failure;
+    return { ...super.toJSON(), side: f?.side, ...(f && f.channel !== undefined ? { channel: f.channel, connection: f.connection } : {}) };
   }
 }
 
@@ -166,15 +193,14 @@ function listen(path: string, signal?: AbortSignal): Promise<net.Server> {
   });
 }
 
-function accept(server: net.Server, path: string, signal?: AbortSignal): Promise<net.Socket> {
+/** Resolves with the main channel's socket; rejects on abort, or when a multifd channel failed first. */
+function mainChannel(arrived: Promise<net.Socket>, link: MainLink, path: string, signal?: AbortSignal): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const onAbort = (): void => {
-      server.close();
-      reject(new ProxyError('EPROXY_ABORTED', `aborted while waiting for the source on unix:${path}`));
-    };
+    const onAbort = (): void => reject(new ProxyError('EPROXY_ABORTED', `aborted while waiting for the source on unix:${path}`));
     if (signal?.aborted) return onAbort();
     signal?.addEventListener('abort', onAbort, { once: true });
-    server.once('connection', (s: net.Socket) => {
+    link.onFail = (f) => reject(new ProxyError(f.side === 'source' ? 'EPROXY_SOURCE' : 'EPROXY_DESTINATION', `${f.message} (before the main channel arrived)`, { offset: f.offset }));
+    void arrived.then((s) => {
       signal?.removeEventListener('abort', onAbort);
       resolve(s);
     });
@@ -219,24 +245,62 @@ async function dropTee(tee: TeeFile | undefined): Promise<void> {
 }
 
 /** Runs one migration through the proxy; resolves with the report, or rejects with ProxyFailedError (report attached). */
+/**
+ * How the multifd channels and the main channel's forwarding reach each other: the first
+ * failure of either, what a channel failure does to the main channel, and whether the
+ * main stream's EOF reached the destination.
+ */
+interface MainLink {
+  failure: ProxyFailure | null;
+  onFail: (f: ProxyFailure) => void;
+  mainLoaded: () => boolean;
+}
+
+/** Runs one migration through the proxy; resolves with the report, or rejects with ProxyFailedError (report attached). */
 export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
   const note = opts.onNote ?? (() => undefined);
   const tee = opts.tee !== undefined ? await openTee(opts.tee) : undefined;
+  const link: MainLink = { failure: null, onFail: () => undefined, mainLoaded: () => false };
+  const channels: MultifdChannels = new MultifdChannels({
+    to: opts.to,
+    connectWaitMs: opts.connectWaitMs ?? DEFAULT_CONNECT_WAIT_MS,
+    ...(opts.vmdesc?.page_size ? { pageSize: opts.vmdesc.page_size } : {}),
+    note,
+    // Any failure closes every source connection: the source's migration fails as a whole.
+    fail: (f) => {
+      link.failure ??= f;
+      channels.closeSources();
+      link.onFail(f);
+    },
+    mainLoaded: () => link.mainLoaded(),
+  }, opts.tee);
+  let server: net.Server;
+  try {
+    server = await listen(opts.listen, opts.signal);
+  } catch (err) {
+    await dropTee(tee);
+    throw err;
+  }
+  let arrived!: (s: net.Socket) => void;
+  const mainArrived = new Promise<net.Socket>((r) => { arrived = r; });
+  const router = new ConnectionRouter(server, { main: (s) => arrived(s), multifd: (s, k) => channels.add(s, k), note });
+  let listenerClosed = false;
+  // The listening socket stays until the main channel finished: multifd channels may come at any time before.
+  const closeListener = async (): Promise<void> => {
+    if (listenerClosed) return;
+    listenerClosed = true;
+    server.close();
+    router.closePending('still without its first 4 bytes when the main channel finished');
+    await rm(opts.listen, { force: true });
+  };
+  note({ type: 'listening', path: opts.listen });
+  opts.onListening?.();
   let src: net.Socket;
   let dst: net.Socket;
   let early: Early;
   let t0: number;
   try {
-    const server = await listen(opts.listen, opts.signal);
-    note({ type: 'listening', path: opts.listen });
-    opts.onListening?.();
-    try {
-      src = await accept(server, opts.listen, opts.signal);
-    } finally {
-      // One connection, like `-incoming unix:` (a multifd source's extra channels are refused).
-      server.close();
-      await rm(opts.listen, { force: true });
-    }
+    src = await mainChannel(mainArrived, link, opts.listen, opts.signal);
     t0 = Date.now();
     // Watch the source from the start: it may fail while the destination is being connected.
     const e: Early = { error: undefined, closed: false, closedP: new Promise((r) => src.once('close', () => { e.closed = true; r(); })) };
@@ -251,11 +315,15 @@ export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
       throw err;
     }
   } catch (err) {
+    channels.destroyAll();
+    await closeListener();
+    await channels.settle(0);
+    await channels.finishTees(false);
     await dropTee(tee);
     throw err;
   }
   note({ type: 'connected', side: 'destination' });
-  return forward(opts, src, early, dst, t0, note, tee);
+  return forward(opts, src, early, dst, t0, note, tee, { link, channels, router, closeListener });
 }
 
 interface Early {
@@ -264,7 +332,15 @@ interface Early {
   closedP: Promise<void>;
 }
 
-async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: net.Socket, t0: number, note: (n: ProxyNote) => void, teeFile: TeeFile | undefined): Promise<ProxyReport> {
+interface Around {
+  link: MainLink;
+  channels: MultifdChannels;
+  router: ConnectionRouter;
+  closeListener: () => Promise<void>;
+}
+
+async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: net.Socket, t0: number, note: (n: ProxyNote) => void, teeFile: TeeFile | undefined, around: Around): Promise<ProxyReport> {
+  const { link, channels, router, closeListener } = around;
   const rp = new ReturnPathObserver();
   const tail = new Tail(16 << 20);
   let records = 0;
@@ -313,7 +389,6 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
   let returnBytes = 0;
   const source: SideResult = { closed: 'open', offset: 0, error: null };
   const destination: SideResult = { closed: 'open', offset: 0, error: null };
-  let failure: ProxyFailure | null = null;
   let dstGone = false;
   let srcGone = false;
   let dstBlocked = false;
@@ -344,7 +419,7 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
     const ms = opts.closeTimeoutMs ?? 30_000;
     closeTimer = setTimeout(() => {
       const side = srcGone ? 'destination' : 'source';
-      failure ??= { side, offset: forwardBytes, message: `the ${side} did not close its connection within ${ms} ms after the other side closed` };
+      link.failure ??= { side, offset: forwardBytes, message: `the ${side} did not close its connection within ${ms} ms after the other side closed` };
       if (!srcGone) src.destroy();
       if (!dstGone) dst.destroy();
     }, ms);
@@ -389,15 +464,28 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
     live.flush();
     const eof = live.eofOffset ?? tail.trailerEof(forwardBytes);
     if (how === 'error') {
-      failure ??= { side: 'source', offset: forwardBytes, message: `the source connection failed (${source.error}) at forward offset ${forwardBytes}${eof === undefined ? ', before the EOF record' : ''}` };
+      link.failure ??= { side: 'source', offset: forwardBytes, message: `the source connection failed (${source.error}) at forward offset ${forwardBytes}${eof === undefined ? ', before the EOF record' : ''}` };
     } else if (eof === undefined && !live.stopped) {
       // The decoder is up to date and saw no EOF (when it stopped early, the tee decides later).
-      failure ??= { side: 'source', offset: forwardBytes, message: `the source closed the connection at forward offset ${forwardBytes}, before the EOF record` };
+      link.failure ??= { side: 'source', offset: forwardBytes, message: `the source closed the connection at forward offset ${forwardBytes}, before the EOF record` };
     }
     // What the destination would see with the source gone: the end of its input.
     if (!dstGone) dst.end();
     armCloseTimer();
   };
+  /** The migration failed: the source's main connection goes, so its migration fails. */
+  const closeMainSource = (): void => {
+    if (srcGone) return;
+    srcGone = true;
+    source.closed = 'closed-by-proxy';
+    source.offset = forwardBytes;
+    src.destroy();
+  };
+  // A multifd channel that fails closes the main channel's source too (the channels closed
+  // their own sources already); the channels ask whether the main stream reached its EOF.
+  link.onFail = () => closeMainSource();
+  link.mainLoaded = () => eofDelivered(deliveredAtClose ?? delivered());
+  if (link.failure) closeMainSource();
   const destinationClosed = (how: 'fin' | 'error', e?: unknown): void => {
     if (destination.closed !== 'open') return;
     deliveredAtClose = delivered();
@@ -415,16 +503,12 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
       if (!srcGone) src.end();
       resumeSource();
     } else {
-      failure ??= {
+      link.failure ??= {
         side: 'destination', offset: deliveredAtClose,
         message: `the destination ${how === 'fin' ? 'closed the connection' : `connection failed (${destination.error})`} at forward offset ${deliveredAtClose}, before the EOF record reached it`,
       };
-      if (!srcGone) {
-        srcGone = true;
-        source.closed = 'closed-by-proxy';
-        source.offset = forwardBytes;
-        src.destroy();
-      }
+      closeMainSource();
+      channels.closeSources();
     }
     armCloseTimer();
   };
@@ -446,28 +530,35 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
   });
 
   const onAbort = (): void => {
-    failure ??= { side: 'stream', offset: forwardBytes, message: `aborted at forward offset ${forwardBytes}` };
+    link.failure ??= { side: 'stream', offset: forwardBytes, message: `aborted at forward offset ${forwardBytes}` };
     src.destroy();
     dst.destroy();
+    channels.destroyAll();
   };
   opts.signal?.addEventListener('abort', onAbort, { once: true });
 
   const interval = opts.progressIntervalMs ?? 1000;
   const ticker = interval > 0
-    ? setInterval(() => note({ type: 'progress', forwardBytes, returnBytes, seconds: (Date.now() - t0) / 1000, decodedRecords: records }), interval)
+    ? setInterval(() => note({ type: 'progress', forwardBytes, returnBytes, seconds: (Date.now() - t0) / 1000, decodedRecords: records, multifdBytes: channels.bytes }), interval)
     : undefined;
   ticker?.unref();
 
   src.resume();
   dst.resume();
   await done;
-  if (ticker) clearInterval(ticker);
   if (closeTimer) clearTimeout(closeTimer);
+  // The main channel finished: no more channels can come. The proxy's exit waits for every
+  // multifd channel to close (bounded by the close timeout; a failed migration has closed
+  // their sources already, so their destinations see the end and close).
+  await closeListener();
+  const late = await channels.settle(opts.closeTimeoutMs ?? 30_000);
+  if (late) link.failure ??= late;
+  if (ticker) clearInterval(ticker);
   opts.signal?.removeEventListener('abort', onAbort);
   endVfioSection();
 
   const sourceClean = source.closed === 'fin';
-  const liveTally = live.finish(sourceClean && failure === null);
+  const liveTally = live.finish(sourceClean && link.failure === null);
   const liveReport = { ...liveTally, complete: live.complete, stopped: live.stopped ?? null };
   let eof: ProxyReport['eof'] = live.eofOffset !== undefined ? { offset: live.eofOffset, via: 'live' } : null;
 
@@ -481,7 +572,7 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
     });
     tee = { path: opts.tee, bytes: teeOut.bytesWritten, kept: false, why: '', report: null, error: null };
     if (teeError) tee.error = { code: errCode(teeError), message: `writing the tee file failed: ${(teeError as Error).message ?? String(teeError)}`, offset: teeOut.bytesWritten };
-    else if (!live.complete && sourceClean && failure === null) {
+    else if (!live.complete && sourceClean && link.failure === null) {
       try {
         const full = tallyOf(await inspectStreamFile(teeTmp));
         tee.report = full;
@@ -496,14 +587,18 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
     if (t !== undefined) eof = { offset: t, via: 'trailer' };
   }
 
-  if (!failure) {
-    if (!sourceClean) failure = { side: 'source', offset: source.offset, message: `the source connection ended with ${source.error ?? source.closed} at forward offset ${source.offset}` };
-    else if (!eof && rp.shutStatus !== 0) failure = { side: 'stream', offset: forwardBytes, message: `the source closed cleanly at ${forwardBytes} but no EOF record was established (live decoding: ${live.stopped?.message ?? 'incomplete'}; give --vmdesc or --tee)` };
-    else if (destination.closed === 'open') failure = { side: 'destination', offset: delivered(), message: 'the destination did not close its connection' };
+  if (!link.failure) {
+    if (!sourceClean) link.failure = { side: 'source', offset: source.offset, message: `the source connection ended with ${source.error ?? source.closed} at forward offset ${source.offset}` };
+    else if (!eof && rp.shutStatus !== 0) link.failure = { side: 'stream', offset: forwardBytes, message: `the source closed cleanly at ${forwardBytes} but no EOF record was established (live decoding: ${live.stopped?.message ?? 'incomplete'}; give --vmdesc or --tee)` };
+    else if (destination.closed === 'open') link.failure = { side: 'destination', offset: delivered(), message: 'the destination did not close its connection' };
   }
+  // The tees (main and multifd channels) are kept together or not at all.
+  const channelTeeProblem = channels.teeProblem();
+  await channels.finishTees(tee !== null && !teeError && !link.failure && !channelTeeProblem);
   if (tee) {
     if (teeError) tee.why = tee.error!.message;
-    else if (failure) tee.why = `not kept: ${failure.message}`;
+    else if (link.failure) tee.why = `not kept: ${link.failure.message}`;
+    else if (channelTeeProblem) tee.why = `not kept: ${channelTeeProblem}`;
     else {
       await rename(teeTmp!, tee.path);
       tee.kept = true;
@@ -513,7 +608,7 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
   }
 
   const report: ProxyReport = {
-    ok: failure === null,
+    ok: link.failure === null,
     listen: opts.listen,
     to: opts.to,
     seconds: (Date.now() - t0) / 1000,
@@ -526,8 +621,11 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
     destinationShut: rp.shutStatus ?? null,
     live: liveReport,
     tee,
-    failure,
+    multifd: channels.reports(),
+    multifdBytes: channels.bytes,
+    rejected: [...router.rejected],
+    failure: link.failure,
   };
-  if (failure) throw new ProxyFailedError(report, failure);
+  if (link.failure) throw new ProxyFailedError(report, link.failure);
   return report;
 }

@@ -156,10 +156,11 @@ async function startSource(t: ExecutionContext, version: QemuVersion, name: Scen
   return { vm, counter: first };
 }
 
-async function startDestination(t: ExecutionContext, version: QemuVersion, name: ScenarioName, caps: string[], sock: string): Promise<QemuVm> {
+async function startDestination(t: ExecutionContext, version: QemuVersion, name: ScenarioName, caps: string[], sock: string, params?: Record<string, unknown>): Promise<QemuVm> {
   const m = machine(name);
   const vm = await QemuVm.start({ version, name: `${name} proxy destination (${version})`, args: m.args, incomingDefer: true, beforeStart: m.beforeStart, teardown: t.teardown.bind(t) });
   await vm.setCapabilities(caps);
+  if (params) await vm.qmp('migrate-set-parameters', params);
   await vm.qmp('migrate-incoming', { uri: `unix:${sock}` });
   await waitFor(`the destination listening on ${sock}`, () => existsSync(sock), 10_000);
   return vm;
@@ -470,6 +471,8 @@ test.serial('usage and setup errors: exit 2 for bad options; exit 1 naming the d
   const c = net.connect(join(dir, 'in.sock'));
   c.on('error', () => undefined);
   c.resume();
+  // The proxy routes a connection by its first 4 bytes: these make it the main channel.
+  c.write('QEVM');
   const closed = new Promise<void>((res) => c.once('close', () => res()));
   const r = await p.done;
   await closed; // the source's connection is closed: its migration fails instead of hanging
@@ -626,4 +629,105 @@ test.serial('reframe: a return-path + postcopy-ram migration from QEMU 10.0 (mac
   t.deepEqual(again.changes, []);
   t.true((await readFile(join(dir, 'again.mig'))).equals(await readFile(for72)));
   t.deepEqual((await readdir(dir)).filter((f) => f.includes('partial')), [], 'no temporary output left');
+});
+
+// --- multifd: the source opens extra channels to the same socket ---
+
+interface MultifdJson {
+  channel: number | null;
+  connection: number;
+  uuid: string | null;
+  bytes: number;
+  deliveredBytes: number;
+  returnBytes: number;
+  decodedBytes: number;
+  packets: number;
+  ramPackets: number;
+  ramPages: { normal: number; zero: number };
+  ramDataBytes: number;
+  syncs: number;
+  packetNums: { min: number; max: number } | null;
+  deviceState: unknown[];
+  compression: number[];
+  decodeStopped: { offset: number; code: string; message: string } | null;
+  source: { closed: string; offset: number; error: string | null };
+  destination: { closed: string; offset: number; error: string | null };
+  closed: boolean;
+  tee: { path: string; bytes: number; kept: boolean; error: string | null } | null;
+}
+type MultifdReport = Report & { multifd: MultifdJson[]; multifdBytes: number; rejected: unknown[]; failure: { side: string; offset: number; message: string; channel?: number | null } | null };
+
+const MULTIFD_PARAMS = { 'multifd-channels': 2 };
+
+test.serial('10.0: multifd with 2 channels: a running guest migrates through the proxy; every channel forwarded, teed and decoded, counts equal QEMU\'s', async (t) => {
+  const dir = await scratch(t);
+  const caps = ['multifd'];
+  const { vm: src, counter } = await startSource(t, '10.0', 'pc-live', caps);
+  await src.qmp('migrate-set-parameters', MULTIFD_PARAMS);
+  const proxy = startProxy(t, dir);
+  const dst = await startDestination(t, '10.0', 'pc-live', caps, proxy.out, MULTIFD_PARAMS);
+  await proxyListening(proxy);
+  await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
+  const info = await migrationEnd(src, 60_000);
+  t.is(info.status, 'completed', JSON.stringify(info));
+  const r = await proxy.done;
+  t.is(r.code, 0, describe(r));
+  const report = reportOf(r) as MultifdReport;
+  t.true(report.ok);
+
+  // The guest goes on counting on the destination.
+  await dst.waitStatus((s) => s === 'running', 20_000, 'running after the migration');
+  const first = await readCounter(dst);
+  t.true(first >= counter!, `counter ${first} on the destination, ${counter} on the source before migrating`);
+  await counterAdvances(dst, first);
+
+  // Two channels, ids 0 and 1 from their init packets, one source UUID; nothing rejected.
+  t.deepEqual(report.multifd.map((c) => c.channel), [0, 1]);
+  t.is(new Set(report.multifd.map((c) => c.uuid)).size, 1);
+  t.deepEqual(report.rejected, []);
+  const ram = info.ram!;
+  for (const c of report.multifd) {
+    const what = `channel ${String(c.channel)}`;
+    // Each channel's tee is the bytes the source sent on it, all delivered, decoded to the end.
+    const teePath = join(dir, `tee.mig.multifd-${String(c.channel)}`);
+    t.is((await readFile(teePath)).length, c.bytes, `${what}: tee size = bytes received`);
+    t.like(c.tee, { path: teePath, bytes: c.bytes, kept: true, error: null }, what);
+    t.is(c.deliveredBytes, c.bytes, what);
+    t.is(c.returnBytes, 0, `${what}: QEMU sends nothing back on a multifd channel`);
+    t.is(c.decodeStopped, null, what);
+    t.is(c.decodedBytes, c.bytes, what);
+    t.like(c, { closed: true, source: { closed: 'fin' }, destination: { closed: 'fin' } }, what);
+    t.deepEqual(c.deviceState, [], `${what}: no device state without VFIO`);
+    t.deepEqual(c.compression, [0], `${what}: uncompressed`);
+    // Page data is exactly the normal pages (uncompressed, 4 KiB pages).
+    t.is(c.ramDataBytes, c.ramPages.normal * Number(ram['page-size']), what);
+    t.true(c.syncs >= 2, `${what}: ${c.syncs} SYNC packets`);
+  }
+  const sum = (f: (c: MultifdJson) => number): number => report.multifd.reduce((n, c) => n + f(c), 0);
+  // QEMU's own counters equal the proxy's sums exactly: multifd-bytes = every byte of the
+  // channels (init packets included), normal = normal pages, duplicate = zero pages (the
+  // default zero-page-detection=multifd lists them in the packets), and transferred = main + channels.
+  t.is(report.multifdBytes, sum((c) => c.bytes));
+  t.is(Number(ram['multifd-bytes']), report.multifdBytes, 'multifd-bytes');
+  t.is(Number(ram.normal), sum((c) => c.ramPages.normal), 'normal pages');
+  t.is(Number(ram.duplicate), sum((c) => c.ramPages.zero), 'zero pages');
+  t.true(sum((c) => c.ramPages.normal + c.ramPages.zero) > 0);
+  t.is(Number(ram.transferred), report.forwardBytes + report.multifdBytes, 'transferred = main + multifd channels');
+  // packet_num is one sequence over all channels: every number from 0 up appears once.
+  t.is(Math.min(...report.multifd.map((c) => c.packetNums!.min)), 0);
+  t.is(Math.max(...report.multifd.map((c) => c.packetNums!.max)) + 1, sum((c) => c.packets), 'packet_num 0..n-1 over all channels');
+
+  // The main channel: the same checks as without multifd, and its RAM section holds no
+  // page at all; each MULTIFD_FLUSH there matches one SYNC packet on every channel.
+  const ins = await checkTee(t, dir, report);
+  t.deepEqual(ins.ram?.pages, { PAGE: 0, ZERO: 0, XBZRLE: 0, COMPRESS_PAGE: 0 }, 'no page on the main channel');
+  const flushes = ins.ram!.records.MULTIFD_FLUSH!;
+  t.true(flushes > 0);
+  for (const c of report.multifd) t.is(c.syncs, flushes, `channel ${String(c.channel)}: SYNC packets = MULTIFD_FLUSH records on the main channel`);
+  t.deepEqual((await readdir(dir)).filter((f) => f.startsWith('tee.mig')).sort(), ['tee.mig', 'tee.mig.multifd-0', 'tee.mig.multifd-1']);
+  const notes = proxyNotes(r.stderr);
+  t.is(notes.filter((n) => n.type === 'multifd-channel').length, 2);
+  t.log(`multifd: main ${report.forwardBytes} bytes, channels ${report.multifd.map((c) => `${String(c.channel)}: ${c.bytes} bytes, ${c.packets} packets, ${c.ramPages.normal}+${c.ramPages.zero} pages, ${c.syncs} SYNC`).join('; ')}; ${flushes} MULTIFD_FLUSH; query-migrate ram ${JSON.stringify(ram)}; ${report.seconds.toFixed(2)} s`);
+  await dst.quit();
+  await src.quit();
 });

@@ -30,11 +30,27 @@ function tallyLines(t: StreamTally, indent: string): string[] {
   return lines;
 }
 
+function multifdLines(r: ProxyReport): string[] {
+  const lines: string[] = [];
+  if (r.multifd.length) lines.push(`multifd: ${r.multifd.length} channels, ${formatBytes(r.multifdBytes)} (${r.multifdBytes} bytes)`);
+  for (const c of r.multifd) {
+    const name = c.channel !== null ? `channel ${c.channel}` : `connection #${c.connection}`;
+    lines.push(`  ${name}: ${c.bytes} bytes (${c.deliveredBytes} delivered, ${c.returnBytes} back), ${c.packets} packets: ${c.ramPages.normal} normal + ${c.ramPages.zero} zero pages in ${c.ramPackets} RAM packets, ${c.syncs} SYNC; source ${c.source.closed}, destination ${c.destination.closed}`);
+    for (const d of c.deviceState) {
+      lines.push(`    device state ${d.idstr} (instance ${d.instanceId}): ${d.packets} packets, ${d.bytes} bytes${d.idx ? `, idx ${d.idx.min}..${d.idx.max}` : ''}${d.configPacket ? ', config packet' : ''}`);
+    }
+    if (c.decodeStopped) lines.push(`    decoding stopped at ${c.decodeStopped.offset} (${c.decodeStopped.code}): ${c.decodeStopped.message}`);
+    if (c.tee) lines.push(`    tee ${c.tee.path}: ${c.tee.bytes} bytes, ${c.tee.kept ? 'kept' : 'removed'}${c.tee.error ? ` (${c.tee.error})` : ''}`);
+  }
+  for (const x of r.rejected) lines.push(`rejected connection #${x.connection} (first bytes ${x.firstBytes || 'none'}): ${x.reason}`);
+  return lines;
+}
+
 export function proxyHuman(r: ProxyReport): string {
   const lines: string[] = [];
   lines.push(`${r.ok ? 'migration forwarded' : 'migration FAILED'}: ${formatBytes(r.forwardBytes)} source -> destination (${r.deliveredBytes} bytes delivered), ${r.returnPath.bytes} bytes return path, ${r.seconds.toFixed(2)} s (${formatRate(r.forwardBytes / Math.max(r.seconds, 1e-6))})`);
   lines.push(`source: ${r.source.closed}${r.source.error ? ` (${r.source.error})` : ''} at ${r.source.offset}; destination: ${r.destination.closed}${r.destination.error ? ` (${r.destination.error})` : ''} at ${r.destination.offset}`);
-  if (r.failure) lines.push(`failure: ${r.failure.side} at offset ${r.failure.offset}: ${r.failure.message}`);
+  if (r.failure) lines.push(`failure: ${r.failure.side}${r.failure.channel !== undefined ? ` (multifd ${r.failure.channel !== null ? `channel ${r.failure.channel}` : `connection #${r.failure.connection}`})` : ''} at offset ${r.failure.offset}: ${r.failure.message}`);
   if (r.returnPath.bytes) {
     lines.push(`return path: ${Object.entries(r.returnPath.messages).map(([k, n]) => `${n} ${k}`).join(', ') || 'no complete message'}${r.returnPath.error ? ` (${r.returnPath.error.message} at ${r.returnPath.error.offset})` : ''}`);
   }
@@ -46,6 +62,7 @@ export function proxyHuman(r: ProxyReport): string {
     if (r.tee.error) lines.push(`  tee error: ${r.tee.error.message}`);
   }
   if (r.eof) lines.push(`EOF at ${r.eof.offset} (${r.eof.via})`);
+  lines.push(...multifdLines(r));
   return lines.join('\n');
 }
 
@@ -57,7 +74,13 @@ function noteLine(n: ProxyNote): string {
     case 'vfio-section': return `${String(n.offset).padStart(12)}  vfio ${n.kind} ${n.idstr}: ${n.dataBytes} data bytes in ${n.chunks} chunks`;
     case 'decode-stopped': return `decoding stopped at ${n.stop.offset} (${n.stop.code}): ${n.stop.message}; forwarding goes on`;
     case 'closed': return `${n.side} ${n.how === 'fin' ? 'closed' : `failed (${n.error ?? 'closed'})`} at offset ${n.offset}`;
-    case 'progress': return `${formatBytes(n.forwardBytes)} forwarded, ${n.returnBytes} bytes back, ${n.decodedRecords} records, ${n.seconds.toFixed(1)} s (${formatRate(n.forwardBytes / Math.max(n.seconds, 1e-6))})`;
+    case 'progress': return `${formatBytes(n.forwardBytes)} forwarded${n.multifdBytes ? ` (+ ${formatBytes(n.multifdBytes)} multifd)` : ''}, ${n.returnBytes} bytes back, ${n.decodedRecords} records, ${n.seconds.toFixed(1)} s (${formatRate((n.forwardBytes + n.multifdBytes) / Math.max(n.seconds, 1e-6))})`;
+    case 'multifd-accepted': return `multifd connection #${n.connection} accepted`;
+    case 'multifd-connected': return `multifd connection #${n.connection} connected to the destination`;
+    case 'multifd-channel': return `multifd connection #${n.connection} is channel ${n.channel} (uuid ${n.uuid})`;
+    case 'multifd-closed': return `multifd ${n.channel !== null ? `channel ${n.channel}` : `connection #${n.connection}`}: ${n.side} ${n.how === 'fin' ? 'closed' : `failed (${n.error ?? 'closed'})`} at offset ${n.offset}`;
+    case 'multifd-decode-stopped': return `multifd ${n.channel !== null ? `channel ${n.channel}` : `connection #${n.connection}`}: decoding stopped at ${n.stop.offset} (${n.stop.code}): ${n.stop.message}; forwarding goes on`;
+    case 'rejected': return `connection #${n.connection} rejected (first bytes ${n.firstBytes || 'none'}): ${n.reason}`;
   }
 }
 

@@ -1,0 +1,525 @@
+// The proxy's side channels: with the `multifd` capability a source QEMU opens, besides the
+// main migration channel, one connection per multifd channel to the same address, and the
+// destination tells them apart by their first 4 bytes (`QEVM` main, 0x11223344 multifd), in
+// whatever order they come. Here: the router that peeks each accepted connection's first
+// 4 bytes (and puts them back), and the forwarding of multifd channels, each to its own
+// new connection to the destination, with backpressure, an optional tee and a decoder on
+// the side that reads packet headers only (so it never holds bytes back and needs no queue).
+//
+// A multifd channel failing mid-migration fails the migration like the main channel does:
+// every source connection is closed, so the source's migration fails instead of
+// completing into nothing, and the report names the channel and its offset.
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import * as net from 'node:net';
+import { MigbridgeError } from '../errors.js';
+import { MULTIFD_MAGIC, MultifdDecoder, MultifdTallier, type MultifdTally } from '../qemu/multifd.js';
+import { temporaryNameFor } from '../util/atomic-file.js';
+import { connectUnixWhenListening } from '../util/unix-connect.js';
+import type { DecodeStop } from './proxy-decode.js';
+import type { ProxyFailure, ProxyNote, SideResult } from './proxy.js';
+
+/** `QEVM`: the first 4 bytes of the main migration channel. */
+export const MAIN_CHANNEL_MAGIC = 0x5145564d;
+
+function errCode(e: unknown): string {
+  const c = (e as NodeJS.ErrnoException | undefined)?.code;
+  return typeof c === 'string' ? c : e instanceof Error ? e.message : String(e);
+}
+
+/** A connection that was neither the main channel nor a multifd channel, closed unforwarded. */
+export interface RejectedConnection {
+  /** Accept order among all connections (0 = first). */
+  connection: number;
+  /** Its first bytes (at most 4), hex. */
+  firstBytes: string;
+  reason: string;
+}
+
+/**
+ * Accepts every connection on the listening socket, reads until it has 4 bytes, puts them
+ * back (`unshift`) and hands the still paused socket on: `QEVM` to `main` (the first one
+ * only), the multifd magic to `multifd`; anything else is closed and listed in `rejected`.
+ */
+export class ConnectionRouter {
+  readonly rejected: RejectedConnection[] = [];
+  private count = 0;
+  private readonly pending = new Map<net.Socket, { connection: number; bytes: () => Buffer }>();
+  private mainTaken = false;
+
+  constructor(
+    server: net.Server,
+    private readonly routes: { main: (s: net.Socket, connection: number) => void; multifd: (s: net.Socket, connection: number) => void; note: (n: ProxyNote) => void },
+  ) {
+    server.on('connection', (s: net.Socket) => this.classify(s, this.count++));
+  }
+
+  private reject(s: net.Socket, connection: number, head: Buffer, reason: string): void {
+    const r: RejectedConnection = { connection, firstBytes: head.subarray(0, 4).toString('hex'), reason };
+    this.rejected.push(r);
+    this.routes.note({ type: 'rejected', ...r });
+    s.destroy();
+  }
+
+  private classify(s: net.Socket, connection: number): void {
+    const parts: Buffer[] = [];
+    let n = 0;
+    const head = (): Buffer => Buffer.concat(parts);
+    this.pending.set(s, { connection, bytes: head });
+    // Stays attached: errors after routing are also handled by the forwarders' own listeners.
+    s.on('error', () => undefined);
+    const cleanup = (): void => {
+      s.off('data', onData);
+      s.off('end', onEnd);
+      s.off('error', onError);
+      this.pending.delete(s);
+    };
+    const onData = (chunk: Buffer): void => {
+      parts.push(chunk);
+      n += chunk.length;
+      if (n < 4) return;
+      s.pause();
+      cleanup();
+      const bytes = head();
+      s.unshift(bytes);
+      const magic = bytes.readUInt32BE(0);
+      if (magic === MAIN_CHANNEL_MAGIC && !this.mainTaken) {
+        this.mainTaken = true;
+        this.routes.main(s, connection);
+      } else if (magic === MULTIFD_MAGIC) {
+        this.routes.multifd(s, connection);
+      } else {
+        this.reject(s, connection, bytes, magic === MAIN_CHANNEL_MAGIC ? 'a second main channel (QEVM)' : 'neither a main (QEVM) nor a multifd (0x11223344) channel');
+      }
+    };
+    const onEnd = (): void => {
+      cleanup();
+      this.reject(s, connection, head(), `closed after ${n} bytes, before its first 4`);
+    };
+    const onError = (e: unknown): void => {
+      cleanup();
+      this.reject(s, connection, head(), `failed (${errCode(e)}) after ${n} bytes, before its first 4`);
+    };
+    s.on('data', onData);
+    s.once('end', onEnd);
+    s.once('error', onError);
+    s.resume();
+  }
+
+  /** Closes the connections not classified yet (the migration is over without them). */
+  closePending(why: string): void {
+    for (const [s, p] of [...this.pending]) {
+      this.pending.delete(s);
+      this.reject(s, p.connection, p.bytes(), why);
+    }
+  }
+}
+
+/** One multifd channel as the proxy saw it. */
+export interface MultifdChannelReport extends Omit<MultifdTally, 'decodedBytes'> {
+  /** Accept order among all connections to the listening socket. */
+  connection: number;
+  /** Source -> destination: bytes received from the source on this channel. */
+  bytes: number;
+  /** Of those, bytes handed to the destination's socket. */
+  deliveredBytes: number;
+  /** Destination -> source (QEMU sends nothing back on multifd channels). */
+  returnBytes: number;
+  /** Bytes the side decoder went through (= bytes unless it stopped). */
+  decodedBytes: number;
+  /** Why and where decoding stopped early, or null. */
+  decodeStopped: DecodeStop | null;
+  source: SideResult;
+  destination: SideResult;
+  /** Both sides closed. */
+  closed: boolean;
+  /** This channel's tee (`TEE.multifd-<channel>`). */
+  tee: { path: string; bytes: number; kept: boolean; error: string | null } | null;
+}
+
+/** What a channel needs from the proxy around it. */
+export interface ChannelHost {
+  to: string;
+  connectWaitMs: number;
+  pageSize?: number;
+  note: (n: ProxyNote) => void;
+  /** Records the first failure and closes every source connection. */
+  fail: (f: ProxyFailure) => void;
+  /** Did the main channel's EOF reach the destination (its load is complete)? */
+  mainLoaded: () => boolean;
+}
+
+interface ChannelTee {
+  tmp: string;
+  out: WriteStream;
+  error: unknown;
+}
+
+class MultifdChannel {
+  private dst: net.Socket | undefined;
+  private tee: ChannelTee | undefined;
+  private teeOpenError: unknown;
+  private readonly decoder: MultifdDecoder;
+  private readonly tally = new MultifdTallier();
+  private decodeStop: DecodeStop | null = null;
+  private bytes = 0;
+  private returnBytes = 0;
+  private deliveredAtClose: number | undefined;
+  readonly source: SideResult = { closed: 'open', offset: 0, error: null };
+  readonly destination: SideResult = { closed: 'open', offset: 0, error: null };
+  private srcGone = false;
+  private dstGone = false;
+  private srcClosed = false;
+  private dstClosed = false;
+  private dstBlocked = false;
+  private teeBlocked = false;
+  private earlyError: unknown;
+  private resolveDone!: () => void;
+  readonly done = new Promise<void>((r) => { this.resolveDone = r; });
+  private teePath: string | null = null;
+  private teeKept = false;
+
+  constructor(readonly connection: number, private readonly src: net.Socket, private readonly host: ChannelHost) {
+    this.decoder = new MultifdDecoder({ ...(host.pageSize ? { pageSize: host.pageSize } : {}), onEvent: (ev) => this.onEvent(ev) });
+    // Watched from the start: the source may fail while the destination is being connected.
+    src.on('error', (e) => { this.earlyError ??= e; });
+    src.once('close', () => {
+      this.srcClosed = true;
+      this.srcGone = true;
+      if (this.source.closed === 'open') this.sourceClosed('error', this.earlyError ?? new Error('closed'));
+      this.maybeDone();
+    });
+  }
+
+  /** Multifd channel id from the init packet, once decoded. */
+  get channel(): number | null {
+    return this.decoder.init?.channelId ?? null;
+  }
+
+  private get label(): string {
+    return this.channel !== null ? `multifd channel ${this.channel}` : `multifd connection #${this.connection}`;
+  }
+
+  private onEvent(ev: Parameters<MultifdTallier['add']>[0]): void {
+    this.tally.add(ev);
+    if (ev.type === 'init') this.host.note({ type: 'multifd-channel', connection: this.connection, channel: ev.init.channelId, uuid: ev.init.uuid });
+  }
+
+  /** Connects the destination side and opens the tee, then forwards. */
+  async start(teeTmp: string | undefined): Promise<void> {
+    const [dst, tee] = await Promise.allSettled([
+      connectUnixWhenListening(this.host.to, { waitMs: this.host.connectWaitMs, allowHalfOpen: true }),
+      teeTmp !== undefined ? openChannelTee(teeTmp) : Promise.resolve(undefined),
+    ]);
+    if (tee.status === 'fulfilled') this.tee = tee.value;
+    else this.teeOpenError = tee.reason;
+    if (dst.status === 'rejected') {
+      this.dstGone = true;
+      this.dstClosed = true;
+      this.destination.closed = 'error';
+      this.destination.error = errCode(dst.reason);
+      this.host.fail({
+        side: 'destination', channel: null, connection: this.connection, offset: 0,
+        message: `cannot connect to the destination unix:${this.host.to} for multifd connection #${this.connection}: ${dst.reason instanceof Error ? dst.reason.message : String(dst.reason)}`,
+      });
+      this.closeSource();
+      this.maybeDone();
+      return;
+    }
+    this.dst = dst.value;
+    if (this.srcGone) {
+      // The source went away (or the proxy closed it) while connecting: the destination sees an empty channel end.
+      this.dst.end();
+    }
+    this.host.note({ type: 'multifd-connected', connection: this.connection });
+    this.wire(this.dst);
+  }
+
+  private wire(dst: net.Socket): void {
+    const src = this.src;
+    const teeOut = this.tee?.out;
+    teeOut?.on('error', (e) => {
+      this.tee!.error ??= e;
+      this.teeBlocked = false;
+      this.resumeSource();
+    });
+    src.on('data', (chunk: Buffer) => {
+      this.bytes += chunk.length;
+      if (teeOut && !this.tee!.error && !teeOut.write(chunk)) {
+        this.teeBlocked = true;
+        src.pause();
+        teeOut.once('drain', () => { this.teeBlocked = false; this.resumeSource(); });
+      }
+      if (!this.dstGone && !dst.write(chunk)) {
+        this.dstBlocked = true;
+        src.pause();
+      }
+      this.decode(chunk);
+    });
+    dst.on('drain', () => { this.dstBlocked = false; this.resumeSource(); });
+    dst.on('data', (chunk: Buffer) => {
+      this.returnBytes += chunk.length;
+      if (!this.srcGone && !src.write(chunk)) dst.pause();
+    });
+    src.on('drain', () => { if (!this.dstGone) dst.resume(); });
+    src.on('end', () => this.sourceClosed('fin'));
+    src.on('error', (e) => this.sourceClosed('error', e));
+    dst.on('end', () => this.destinationClosed('fin'));
+    dst.on('error', (e) => this.destinationClosed('error', e));
+    dst.once('close', () => {
+      if (this.destination.closed === 'open') this.destinationClosed('error', new Error('closed'));
+      this.dstGone = true;
+      this.dstClosed = true;
+      this.maybeDone();
+    });
+    if (this.earlyError !== undefined) this.sourceClosed('error', this.earlyError);
+    if (!this.srcGone) src.resume();
+    dst.resume();
+  }
+
+  private resumeSource(): void {
+    if (!this.dstBlocked && !this.teeBlocked && !this.srcGone) this.src.resume();
+  }
+
+  /** Header-only decoding, done in line: it costs a few comparisons per chunk and no copy of payloads. */
+  private decode(chunk: Buffer): void {
+    if (this.decodeStop) return;
+    try {
+      this.decoder.push(chunk);
+    } catch (e) {
+      this.stopDecoding(e);
+    }
+  }
+
+  private stopDecoding(e: unknown): void {
+    this.decodeStop = {
+      offset: e instanceof MigbridgeError && e.offset !== undefined ? e.offset : this.decoder.offset, reason: 'error',
+      code: e instanceof MigbridgeError ? e.code : 'ESTREAM_FORMAT', message: e instanceof Error ? e.message : String(e),
+    };
+    this.host.note({ type: 'multifd-decode-stopped', connection: this.connection, channel: this.channel, stop: this.decodeStop });
+  }
+
+  private sourceClosed(how: 'fin' | 'error', e?: unknown): void {
+    if (this.source.closed !== 'open') return;
+    this.source.closed = how;
+    this.source.offset = this.bytes;
+    this.source.error = e === undefined ? null : errCode(e);
+    this.host.note({ type: 'multifd-closed', connection: this.connection, channel: this.channel, side: 'source', offset: this.bytes, how, ...(this.source.error ? { error: this.source.error } : {}) });
+    if (how === 'error') {
+      this.host.fail({ side: 'source', channel: this.channel, connection: this.connection, offset: this.bytes, message: `the source's ${this.label} failed (${this.source.error}) at channel offset ${this.bytes}` });
+    } else if (!this.decodeStop) {
+      try {
+        this.decoder.end();
+      } catch (err) {
+        this.stopDecoding(err);
+        this.host.fail({ side: 'source', channel: this.channel, connection: this.connection, offset: this.bytes, message: `the source closed ${this.label} at channel offset ${this.bytes}, inside the packet that started at ${this.decoder.currentPacketOffset}` });
+      }
+    }
+    // What the destination would see with the source gone: the end of this channel.
+    if (this.dst && !this.dstGone) this.dst.end();
+  }
+
+  private destinationClosed(how: 'fin' | 'error', e?: unknown): void {
+    if (this.destination.closed !== 'open') return;
+    const dst = this.dst!;
+    this.deliveredAtClose = this.bytes - (this.dstGone ? 0 : dst.writableLength);
+    this.destination.closed = how;
+    this.destination.offset = this.deliveredAtClose;
+    this.destination.error = e === undefined ? null : errCode(e);
+    this.dstGone = true;
+    this.dstBlocked = false;
+    if (how === 'fin') dst.end();
+    this.host.note({ type: 'multifd-closed', connection: this.connection, channel: this.channel, side: 'destination', offset: this.deliveredAtClose, how, ...(this.destination.error ? { error: this.destination.error } : {}) });
+    // Normal: the source ended this channel cleanly first, or the destination has loaded the
+    // whole main stream (it closes its channels once done).
+    const sourceEndedCleanly = this.source.closed === 'fin' && (this.decodeStop !== null || this.decoder.atBoundary) && this.deliveredAtClose === this.bytes;
+    if (sourceEndedCleanly || this.host.mainLoaded()) {
+      if (!this.srcGone) this.src.end();
+      this.resumeSource();
+      return;
+    }
+    this.host.fail({
+      side: 'destination', channel: this.channel, connection: this.connection, offset: this.deliveredAtClose,
+      message: `the destination ${how === 'fin' ? 'closed' : `connection failed (${this.destination.error}) on`} ${this.label} at channel offset ${this.deliveredAtClose}, before the migration's EOF reached it`,
+    });
+  }
+
+  /** The migration failed: close the source side so the source QEMU's migration fails too. */
+  closeSource(): void {
+    if (this.srcGone) return;
+    this.srcGone = true;
+    if (this.source.closed === 'open') {
+      this.source.closed = 'closed-by-proxy';
+      this.source.offset = this.bytes;
+    }
+    this.src.destroy();
+    if (this.dst && !this.dstGone) this.dst.end();
+  }
+
+  /** Gives up on a channel that does not close: both sides closed by the proxy. */
+  destroy(): void {
+    this.closeSource();
+    if (this.dst && !this.dstGone) {
+      if (this.destination.closed === 'open') {
+        this.destination.closed = 'closed-by-proxy';
+        this.destination.offset = this.bytes - this.dst.writableLength;
+      }
+      this.dstGone = true;
+      this.dst.destroy();
+    }
+  }
+
+  /** Which side is still open (for a close timeout), or null. */
+  get openSide(): 'source' | 'destination' | null {
+    return !this.srcClosed ? 'source' : this.dst && !this.dstClosed ? 'destination' : null;
+  }
+
+  get forwarded(): number {
+    return this.bytes;
+  }
+
+  private maybeDone(): void {
+    if (this.srcClosed && (this.dstClosed || (!this.dst && this.destination.closed !== 'open'))) this.resolveDone();
+  }
+
+  /** Closes the tee; renames it to `path` when `keep`, removes it otherwise. */
+  async finishTee(path: string | null, keep: boolean): Promise<void> {
+    const tee = this.tee;
+    this.teePath = path;
+    if (!tee) return;
+    await new Promise<void>((resolve) => {
+      if (tee.out.closed) return resolve();
+      tee.out.once('close', () => resolve());
+      tee.out.end();
+    });
+    if (keep && path !== null && !tee.error) {
+      await rename(tee.tmp, path);
+      this.teeKept = true;
+    } else {
+      await rm(tee.tmp, { force: true });
+    }
+  }
+
+  get teeProblem(): string | null {
+    if (this.teeOpenError !== undefined) return `cannot create the tee file for ${this.label}: ${errCode(this.teeOpenError)}`;
+    if (this.tee?.error !== undefined) return `writing the tee file of ${this.label} failed: ${errCode(this.tee.error)}`;
+    return null;
+  }
+
+  report(): MultifdChannelReport {
+    const t = this.tally.result(this.decodeStop ? this.decodeStop.offset : this.decoder.offset);
+    const tee = this.tee || this.teeOpenError !== undefined
+      ? { path: this.teePath ?? '', bytes: this.tee?.out.bytesWritten ?? 0, kept: this.teeKept, error: this.teeProblem }
+      : null;
+    const { decodedBytes, ...rest } = t;
+    return {
+      ...rest,
+      connection: this.connection,
+      bytes: this.bytes,
+      deliveredBytes: this.deliveredAtClose ?? (this.dst ? this.bytes - (this.dstGone ? 0 : this.dst.writableLength) : 0),
+      returnBytes: this.returnBytes,
+      decodedBytes,
+      decodeStopped: this.decodeStop,
+      source: { ...this.source },
+      destination: { ...this.destination },
+      closed: this.srcClosed && (this.dstClosed || !this.dst),
+      tee,
+    };
+  }
+}
+
+async function openChannelTee(tmp: string): Promise<ChannelTee> {
+  // The same deep write queue as the main channel's tee.
+  const out = createWriteStream(tmp, { flags: 'wx', highWaterMark: 8 << 20 });
+  await new Promise<void>((resolve, reject) => {
+    out.once('open', () => resolve());
+    out.once('error', (e) => reject(e));
+  });
+  return { tmp, out, error: undefined };
+}
+
+/** The multifd channels of one migration through the proxy. */
+export class MultifdChannels {
+  private readonly channels: MultifdChannel[] = [];
+  private readonly started: Promise<void>[] = [];
+
+  /** `teeBase`: the main tee's path; each channel tees to `teeBase.multifd-<channel>`. */
+  constructor(private readonly host: ChannelHost, private readonly teeBase: string | undefined) {}
+
+  add(src: net.Socket, connection: number): void {
+    const ch = new MultifdChannel(connection, src, this.host);
+    this.channels.push(ch);
+    // The channel id is only known once its init packet went through: the temp name uses the connection.
+    const tmp = this.teeBase !== undefined ? temporaryNameFor(`${this.teeBase}.multifd-conn${connection}`) : undefined;
+    this.started.push(ch.start(tmp));
+    this.host.note({ type: 'multifd-accepted', connection });
+  }
+
+  get count(): number {
+    return this.channels.length;
+  }
+
+  get bytes(): number {
+    return this.channels.reduce((n, c) => n + c.forwarded, 0);
+  }
+
+  /** Closes both sides of every channel (aborted, or the main channel never got going). */
+  destroyAll(): void {
+    for (const c of this.channels) c.destroy();
+  }
+
+  /** Closes every channel's source side (the migration failed). */
+  closeSources(): void {
+    for (const c of this.channels) c.closeSource();
+  }
+
+  /**
+   * Waits until every channel has closed on both sides. After `timeoutMs` the remaining ones
+   * are closed by the proxy and the first is returned as a failure (null: all closed).
+   */
+  async settle(timeoutMs: number): Promise<ProxyFailure | null> {
+    await Promise.all(this.started);
+    let timer: NodeJS.Timeout | undefined;
+    const all = Promise.all(this.channels.map((c) => c.done)).then(() => true);
+    const timedOut = new Promise<boolean>((r) => { timer = setTimeout(() => r(false), timeoutMs); });
+    const ok = await Promise.race([all, timedOut]);
+    clearTimeout(timer);
+    if (ok) return null;
+    let failure: ProxyFailure | null = null;
+    for (const c of this.channels) {
+      const side = c.openSide;
+      if (side === null) continue;
+      failure ??= { side, channel: c.channel, connection: c.connection, offset: c.forwarded, message: `the ${side} did not close multifd ${c.channel !== null ? `channel ${c.channel}` : `connection #${c.connection}`} within ${timeoutMs} ms after the main channel closed` };
+      c.destroy();
+    }
+    await all;
+    return failure;
+  }
+
+  /** Final tee names: `BASE.multifd-<channel>` (by connection when the id is unknown or taken twice). */
+  private teePaths(): (string | null)[] {
+    if (this.teeBase === undefined) return this.channels.map(() => null);
+    const seen = new Map<number, number>();
+    for (const c of this.channels) if (c.channel !== null) seen.set(c.channel, (seen.get(c.channel) ?? 0) + 1);
+    return this.channels.map((c) => c.channel !== null && seen.get(c.channel) === 1
+      ? `${this.teeBase}.multifd-${c.channel}`
+      : `${this.teeBase}.multifd-conn${c.connection}`);
+  }
+
+  /** The first tee problem of any channel, or null. */
+  teeProblem(): string | null {
+    for (const c of this.channels) if (c.teeProblem) return c.teeProblem;
+    return null;
+  }
+
+  /** Keeps every channel tee under its final name (`keep`), or removes them all. */
+  async finishTees(keep: boolean): Promise<void> {
+    const paths = this.teePaths();
+    await Promise.all(this.channels.map((c, i) => c.finishTee(paths[i]!, keep)));
+  }
+
+  reports(): MultifdChannelReport[] {
+    return this.channels.map((c) => c.report()).sort((a, b) => (a.channel ?? 1e9) - (b.channel ?? 1e9) || a.connection - b.connection);
+  }
+}
+
