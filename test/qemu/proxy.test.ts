@@ -731,3 +731,55 @@ test.serial('10.0: multifd with 2 channels: a running guest migrates through the
   await dst.quit();
   await src.quit();
 });
+
+test.serial('10.0: multifd, the destination killed mid-migration: proxy exits 1 naming the destination, no tee file of any channel, the source fails and keeps running', async (t) => {
+  const dir = await scratch(t);
+  const caps = ['multifd'];
+  const { vm: src } = await startSource(t, '10.0', 'pc-live', caps);
+  // Slow and unable to converge, as in the test without multifd (the bandwidth limit counts
+  // the multifd channels' bytes too): still active when the destination dies.
+  await src.qmp('migrate-set-parameters', { ...MULTIFD_PARAMS, 'downtime-limit': 1, 'max-bandwidth': 128 << 10 });
+  const proxy = startProxy(t, dir);
+  const dst = await startDestination(t, '10.0', 'pc-live', caps, proxy.out, MULTIFD_PARAMS);
+  await proxyListening(proxy);
+  await src.qmp('migrate', { uri: `unix:${proxy.listen}` });
+  await waitFor('100 KiB on the way', async () => Number((await queryMigrate(src)).ram?.transferred ?? 0) >= 100 << 10, 60_000);
+  const before = await queryMigrate(src);
+  t.is(before.status, 'active');
+  t.true(Number(before.ram?.['multifd-bytes']) > 0, `pages go over the channels: ${JSON.stringify(before.ram)}`);
+  await dst.kill();
+  const r = await proxy.done;
+  t.is(r.code, 1, describe(r));
+  const report = reportOf(r) as MultifdReport;
+  const err = (JSON.parse(r.stderr.split('\n').find((l) => l.startsWith('{"error"'))!) as { error: { code: string; message: string; offset: number; side: string; channel?: number | null } }).error;
+  t.is(err.code, 'EPROXY_DESTINATION');
+  t.is(err.side, 'destination');
+  t.is(report.failure?.side, 'destination');
+  // Whichever connection of the dead destination the proxy saw go first is the one named.
+  if (report.failure?.channel !== undefined) {
+    const ch = report.multifd.find((c) => c.channel === report.failure!.channel)!;
+    t.truthy(ch, JSON.stringify(report.failure));
+    t.is(err.channel, ch.channel);
+    t.regex(err.message, new RegExp(`destination .* multifd channel ${String(ch.channel)} at channel offset ${err.offset}, before the migration's EOF`));
+    t.true(err.offset <= ch.bytes);
+  } else {
+    t.regex(err.message, new RegExp(`destination .* at forward offset ${err.offset}, before the EOF record`));
+  }
+  // Every source connection was closed by the proxy (or had gone already), so the source's migration fails.
+  t.is(report.source.closed, 'closed-by-proxy');
+  t.is(report.multifd.length, 2);
+  for (const c of report.multifd) {
+    t.true(c.closed, JSON.stringify(c));
+    t.not(c.source.closed, 'open');
+    t.false(c.tee!.kept);
+  }
+  t.false(report.tee!.kept);
+  t.deepEqual((await readdir(dir)).filter((f) => f.includes('tee')), [], 'no tee file, under final or temporary names');
+
+  const info = await migrationEnd(src, 15_000);
+  t.is(info.status, 'failed', JSON.stringify(info));
+  t.is(await src.status(), 'running');
+  await counterAdvances(src, await readCounter(src));
+  t.log(`destination killed: failure ${JSON.stringify(report.failure)}; channels ${report.multifd.map((c) => `${String(c.channel)}: ${c.bytes} bytes, source ${c.source.closed}, destination ${c.destination.closed}`).join('; ')}; source: ${info['error-desc'] ?? ''}`);
+  await src.quit();
+});
