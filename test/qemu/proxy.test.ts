@@ -20,6 +20,8 @@ import { imagePath } from '../helpers/qemu-guest.js';
 import { acquireLock } from '../helpers/qemu-lock.js';
 import { readTailVmDesc } from '../../src/qemu/vmdesc.js';
 import { proxyListening, proxyNotes, runningCli, waitFor, type CliResult } from '../helpers/cli-run.js';
+import { MultifdDecoder, MultifdTallier } from '../../src/qemu/multifd.js';
+import { ROOT } from './codec-helpers.js';
 
 /** Runs the CLI to its end (bounded). */
 function migbridge(args: string[], timeoutMs = 60_000): Promise<CliResult> {
@@ -655,7 +657,7 @@ interface MultifdJson {
   closed: boolean;
   tee: { path: string; bytes: number; kept: boolean; error: string | null } | null;
 }
-type MultifdReport = Report & { multifd: MultifdJson[]; multifdBytes: number; rejected: unknown[]; failure: { side: string; offset: number; message: string; channel?: number | null } | null };
+type MultifdReport = Report & { multifd: MultifdJson[]; multifdBytes: number; rejected: { connection: number; firstBytes: string; reason: string }[]; failure: { side: string; offset: number; message: string; channel?: number | null } | null };
 
 const MULTIFD_PARAMS = { 'multifd-channels': 2 };
 
@@ -782,4 +784,146 @@ test.serial('10.0: multifd, the destination killed mid-migration: proxy exits 1 
   await counterAdvances(src, await readCounter(src));
   t.log(`destination killed: failure ${JSON.stringify(report.failure)}; channels ${report.multifd.map((c) => `${String(c.channel)}: ${c.bytes} bytes, source ${c.source.closed}, destination ${c.destination.closed}`).join('; ')}; source: ${info['error-desc'] ?? ''}`);
   await src.quit();
+});
+
+// --- the captured multifd migration replayed by stand-ins (test/fixtures/qemu10-multifd) ---
+
+const MULTIFD_FIXTURE = join(ROOT, 'test/fixtures/qemu10-multifd');
+
+interface Captured { main: Buffer; channels: Buffer[] }
+async function capturedMultifd(): Promise<Captured> {
+  return {
+    main: await readFile(join(MULTIFD_FIXTURE, 'main.mig')),
+    channels: [await readFile(join(MULTIFD_FIXTURE, 'channel-0.bin')), await readFile(join(MULTIFD_FIXTURE, 'channel-1.bin'))],
+  };
+}
+
+/**
+ * A destination stand-in taking any number of connections: each one's bytes, keyed
+ * `main` or `multifd-<id>` by its first bytes as QEMU tells them apart. `drop` destroys
+ * the connection of that multifd channel once it got that many bytes.
+ */
+function fakeMultiDestination(path: string, drop?: { channel: number; after: number }): { received: Map<string, Buffer>; dropped: () => number | undefined; close: () => void } {
+  const received = new Map<string, Buffer>();
+  let droppedAt: number | undefined;
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    const parts: Buffer[] = [];
+    let n = 0;
+    const key = (): string => {
+      const b = Buffer.concat(parts);
+      return b.subarray(0, 4).toString('latin1') === 'QEVM' ? 'main' : `multifd-${String(b[24])}`;
+    };
+    s.on('data', (c: Buffer) => {
+      parts.push(c);
+      n += c.length;
+      if (drop && droppedAt === undefined && n >= Math.max(drop.after, 25) && key() === `multifd-${drop.channel}`) {
+        droppedAt = n;
+        s.destroy();
+      }
+    });
+    s.on('end', () => s.end());
+    s.on('error', () => undefined);
+    s.on('close', () => received.set(key(), Buffer.concat(parts)));
+  });
+  server.listen(path);
+  return { received, dropped: () => droppedAt, close: () => server.close() };
+}
+
+/** Opens a source-side connection to the proxy; `closed` settles when the proxy (or we) closed it. */
+async function sourceConnection(path: string): Promise<{ c: net.Socket; closed: Promise<void> }> {
+  const c = net.connect(path);
+  c.on('error', () => undefined);
+  c.resume();
+  const closed = new Promise<void>((res) => c.once('close', () => res()));
+  await new Promise<void>((res) => c.once('connect', () => res()));
+  return { c, closed };
+}
+
+function write(c: net.Socket, b: Buffer | string): Promise<void> {
+  return new Promise((res) => c.write(b, () => res()));
+}
+
+function tallyOfChannel(b: Buffer): ReturnType<MultifdTallier['result']> {
+  const tally = new MultifdTallier();
+  const dec = new MultifdDecoder({ onEvent: (e) => tally.add(e) });
+  dec.push(b);
+  return tally.result(dec.offset);
+}
+
+test.serial('stand-ins replay a captured multifd migration (channels first, a stray and a silent connection too): each channel forwarded to its own destination connection and teed byte for byte, the others closed and reported', async (t) => {
+  const cap = await capturedMultifd();
+  const dir = await scratch(t);
+  const dest = fakeMultiDestination(join(dir, 'out.sock'));
+  t.teardown(dest.close);
+  const proxy = startProxy(t, dir);
+  await proxyListening(proxy);
+  // The channels connect before the main channel, then a connection that is none of them,
+  // then one that never says anything; each channel ends before the main one, as QEMU does.
+  const ch = [await sourceConnection(proxy.listen), await sourceConnection(proxy.listen)];
+  const stray = await sourceConnection(proxy.listen);
+  const silent = await sourceConnection(proxy.listen);
+  const main = await sourceConnection(proxy.listen);
+  await write(stray.c, 'GET / HTTP/1.0\r\n\r\n');
+  await stray.closed;
+  for (const [i, x] of ch.entries()) {
+    await write(x.c, cap.channels[i]!);
+    x.c.end();
+  }
+  await write(main.c, cap.main);
+  main.c.end();
+  const r = await proxy.done;
+  t.is(r.code, 0, describe(r));
+  await silent.closed;
+  const report = reportOf(r) as MultifdReport;
+  t.true(report.ok);
+
+  // Byte for byte: the destination got each channel on a connection of its own, and the tees hold them.
+  await waitFor('the destination stand-in to see every connection close', () => dest.received.size === 3, 10_000);
+  t.true(dest.received.get('main')!.equals(cap.main));
+  t.true((await readFile(join(dir, 'tee.mig'))).equals(cap.main));
+  for (const [i, b] of cap.channels.entries()) {
+    t.true(dest.received.get(`multifd-${i}`)!.equals(b), `channel ${i} delivered`);
+    t.true((await readFile(join(dir, `tee.mig.multifd-${i}`))).equals(b), `channel ${i} teed`);
+    const c = report.multifd.find((x) => x.channel === i)!;
+    t.is(c.connection, i, 'accept order');
+    t.is(c.bytes, b.length);
+    // The live report equals a decode of the captured channel on its own.
+    const want = tallyOfChannel(b);
+    t.like(c, { packets: want.packets, ramPages: want.ramPages, syncs: want.syncs, packetNums: want.packetNums, uuid: want.uuid, decodeStopped: null, decodedBytes: b.length });
+  }
+  t.deepEqual(report.rejected.map((x) => [x.connection, x.firstBytes]), [[2, Buffer.from('GET ').toString('hex')], [3, '']]);
+  t.regex(report.rejected[0]!.reason, /neither a main \(QEVM\) nor a multifd/);
+  t.regex(report.rejected[1]!.reason, /still without its first 4 bytes when the main channel finished/);
+  t.deepEqual((await readdir(dir)).filter((f) => f.includes('partial')), [], 'no temporary tee left');
+  t.false(existsSync(proxy.listen), 'the listening socket is removed');
+});
+
+test.serial('a multifd channel\'s destination drops mid-stream: exit 1 naming the channel and its offset, every source connection closed by the proxy, no tee of any channel', async (t) => {
+  const cap = await capturedMultifd();
+  const dir = await scratch(t);
+  const dest = fakeMultiDestination(join(dir, 'out.sock'), { channel: 1, after: 100_000 });
+  t.teardown(dest.close);
+  const proxy = startProxy(t, dir);
+  await proxyListening(proxy);
+  const main = await sourceConnection(proxy.listen);
+  const ch = [await sourceConnection(proxy.listen), await sourceConnection(proxy.listen)];
+  // The main channel is mid-stream (before its EOF), the channels are sent but not ended.
+  await write(main.c, cap.main.subarray(0, 1000));
+  for (const [i, x] of ch.entries()) void write(x.c, cap.channels[i]!);
+  // The proxy closes every source connection: a source QEMU's migration would fail.
+  await Promise.all([main.closed, ...ch.map((x) => x.closed)]);
+  const r = await proxy.done;
+  t.is(r.code, 1, describe(r));
+  const report = reportOf(r) as MultifdReport;
+  const err = (JSON.parse(r.stderr.split('\n').find((l) => l.startsWith('{"error"'))!) as { error: { code: string; message: string; offset: number; side: string; channel?: number | null } }).error;
+  t.like(err, { code: 'EPROXY_DESTINATION', side: 'destination', channel: 1 });
+  t.like(report.failure, { side: 'destination', channel: 1, connection: 2, offset: err.offset });
+  t.regex(err.message, new RegExp(`destination .*multifd channel 1 at channel offset ${err.offset}, before the migration's EOF reached it`));
+  // The offset is what the proxy handed to the destination's socket: at least what the
+  // stand-in had read when it dropped, at most what the source sent.
+  const c1 = report.multifd.find((x) => x.channel === 1)!;
+  t.true(err.offset >= dest.dropped()! && err.offset <= c1.bytes, `offset ${err.offset}, dropped after ${String(dest.dropped())}, received ${c1.bytes}`);
+  t.is(report.source.closed, 'closed-by-proxy');
+  for (const c of report.multifd) t.is(c.source.closed, 'closed-by-proxy', `channel ${String(c.channel)}`);
+  t.deepEqual((await readdir(dir)).filter((f) => f.includes('tee')), [], 'no tee file, under final or temporary names');
 });
