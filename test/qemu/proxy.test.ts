@@ -927,3 +927,58 @@ test.serial('a multifd channel\'s destination drops mid-stream: exit 1 naming th
   for (const c of report.multifd) t.is(c.source.closed, 'closed-by-proxy', `channel ${String(c.channel)}`);
   t.deepEqual((await readdir(dir)).filter((f) => f.includes('tee')), [], 'no tee file, under final or temporary names');
 });
+
+test.serial('backpressure on a multifd channel: a destination that stops reading it holds that channel\'s source back; nothing is lost', async (t) => {
+  const cap = await capturedMultifd();
+  // A long channel: the captured channel 1's packets over and over after its init packet.
+  const packets = cap.channels[1]!.subarray(64);
+  const big = Buffer.concat([cap.channels[1]!.subarray(0, 64), ...Array.from({ length: Math.ceil((48 << 20) / packets.length) }, () => packets)]);
+  const dir = await scratch(t);
+  let held: net.Socket | undefined;
+  const received = new Promise<Buffer>((resolve) => {
+    const server = net.createServer((s) => {
+      const parts: Buffer[] = [];
+      s.on('data', (c: Buffer) => {
+        // The multifd channel's connection reads its first chunk, then nothing until told.
+        if (parts.length === 0 && c.readUInt32BE(0) === 0x11223344) {
+          held = s;
+          s.pause();
+        }
+        parts.push(c);
+      });
+      s.on('end', () => s.end());
+      s.on('close', () => { if (s === held) resolve(Buffer.concat(parts)); });
+    });
+    server.listen(join(dir, 'out.sock'));
+    t.teardown(() => server.close());
+  });
+  const proxy = startProxy(t, dir);
+  await proxyListening(proxy);
+  const main = await sourceConnection(proxy.listen);
+  // The main channel under way (its first records), so the proxy forwards and reports progress.
+  await write(main.c, cap.main.subarray(0, 1000));
+  const ch = await sourceConnection(proxy.listen);
+  let written = false;
+  ch.c.write(big, () => { written = true; });
+  ch.c.end();
+  await waitFor('the destination holding the channel', () => held !== undefined, 10_000);
+  await sleep(2500);
+  const progress = proxyNotes(proxy.stderr()).filter((n) => n.type === 'progress') as unknown as { multifdBytes: number }[];
+  t.true(progress.length >= 2, proxy.stderr());
+  const inFlight = progress.at(-1)!.multifdBytes;
+  t.is(inFlight, progress.at(-2)!.multifdBytes, 'stalled');
+  t.false(written);
+  t.true(inFlight < 8 << 20, `${inFlight} bytes left the channel's source while the destination read nothing`);
+  // The main channel meanwhile goes through to its end; the proxy waits for the channel.
+  await write(main.c, cap.main.subarray(1000));
+  main.c.end();
+  held!.resume();
+  const got = await received;
+  const r = await proxy.done;
+  t.is(r.code, 0, describe(r));
+  t.true(got.equals(big), 'the destination got every byte of the channel, in order');
+  const report = reportOf(r) as MultifdReport;
+  t.like(report.multifd[0], { channel: 1, bytes: big.length, deliveredBytes: big.length, decodeStopped: null });
+  t.true((await readFile(join(dir, 'tee.mig.multifd-1'))).equals(big));
+  t.log(`held back: ${inFlight} of ${big.length} bytes in flight on the channel while its destination was paused; ${report.seconds.toFixed(2)} s`);
+});
