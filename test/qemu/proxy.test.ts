@@ -982,3 +982,30 @@ test.serial('backpressure on a multifd channel: a destination that stops reading
   t.true((await readFile(join(dir, 'tee.mig.multifd-1'))).equals(big));
   t.log(`held back: ${inFlight} of ${big.length} bytes in flight on the channel while its destination was paused; ${report.seconds.toFixed(2)} s`);
 });
+
+test.serial('a multifd channel\'s source ends inside a packet: exit 1 naming the source, the channel and the cut, the destination got exactly those bytes', async (t) => {
+  const cap = await capturedMultifd();
+  const dir = await scratch(t);
+  const dest = fakeMultiDestination(join(dir, 'out.sock'));
+  t.teardown(dest.close);
+  const proxy = startProxy(t, dir);
+  await proxyListening(proxy);
+  const main = await sourceConnection(proxy.listen);
+  await write(main.c, cap.main.subarray(0, 1000));
+  const ch = await sourceConnection(proxy.listen);
+  // 700 bytes into the fourth RAM packet (each 1344 bytes here: zero pages only).
+  const cut = 64 + 3 * 1344 + 700;
+  await write(ch.c, cap.channels[0]!.subarray(0, cut));
+  ch.c.end();
+  await main.closed;
+  const r = await proxy.done;
+  t.is(r.code, 1, describe(r));
+  const report = reportOf(r) as MultifdReport;
+  t.like(report.failure, { side: 'source', channel: 0, offset: cut });
+  t.regex(report.failure!.message, new RegExp(`the source closed multifd channel 0 at channel offset ${cut}, inside the packet that started at ${64 + 3 * 1344}`));
+  t.is(report.multifd[0]!.decodeStopped?.code, 'ESTREAM_TRUNCATED');
+  t.is(report.source.closed, 'closed-by-proxy');
+  await waitFor('the destination stand-in to see the channel close', () => dest.received.has('multifd-0'), 10_000);
+  t.true(dest.received.get('multifd-0')!.equals(cap.channels[0]!.subarray(0, cut)));
+  t.deepEqual((await readdir(dir)).filter((f) => f.includes('tee')), []);
+});
