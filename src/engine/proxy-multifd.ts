@@ -228,8 +228,14 @@ class MultifdChannel {
     }
     this.dst = dst.value;
     if (this.srcGone) {
-      // The source went away (or the proxy closed it) while connecting: the destination sees an empty channel end.
-      this.dst.end();
+      // The source failed (or the proxy closed it) while connecting: nothing to forward.
+      // (A source's FIN cannot come first: its bytes, and so its end, are not read yet.)
+      this.destination.closed = 'closed-by-proxy';
+      this.dstGone = true;
+      this.dstClosed = true;
+      this.dst.destroy();
+      this.maybeDone();
+      return;
     }
     this.host.note({ type: 'multifd-connected', connection: this.connection });
     this.wire(this.dst);
