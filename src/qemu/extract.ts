@@ -124,6 +124,10 @@ export async function extractStreamFile(path: string, opts: ExtractOptions): Pro
             ramOut.push(img);
             blocks.set(b.name, { fh, info: img, dirty: new Uint8Array(Math.ceil(b.usedLength / pageSize / 8)) });
           }
+        } else if (ev.type === 'ram-multifd-flush') {
+          // The pages went over multifd channels: images from this stream alone would be
+          // silently empty.
+          throw new StreamError('ESTREAM_UNSUPPORTED', 'the RAM pages of this migration travelled on multifd channels, not in this stream: merge the channel captures first (migbridge reframe IN OUT --multifd CHANNELFILE...), then extract from that', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr });
         } else if (ev.type === 'ram-page' || ev.type === 'ram-zero' || ev.type === 'ram-xbzrle' || ev.type === 'ram-compressed') {
           const out = blocks.get(ev.block)!;
           const pg = ev.address / pageSize;
@@ -177,6 +181,10 @@ export async function extractStreamFile(path: string, opts: ExtractOptions): Pro
   const report = insp.finish(info.size ?? undefined);
   let manifest: ExtractManifest | null = null;
   if (opts.outDir) {
+    const viaMultifd = report.vfio.find((v) => v.flavour.includes('multifd'));
+    if (viaMultifd) {
+      throw new StreamError('ESTREAM_UNSUPPORTED', `device "${viaMultifd.idstr}" sent its stop-copy data and config over multifd channels, not in this stream: merge the channel captures first (migbridge reframe IN OUT --multifd CHANNELFILE...), then extract from that`, { sectionId: viaMultifd.sectionId, idstr: viaMultifd.idstr });
+    }
     manifest = {
       stream: path,
       streamBytes: report.size,

@@ -7,15 +7,19 @@
 //    "RAM postcopy is disabled but have 16 byte advise", seen on 7.2 and 10.0), and the VFIO
 //    DEV_INIT_DATA_SENT marker of switchover-ack (which needs a return path);
 //  - SWITCHOVER_START is new in QEMU 10.0: 7.2 fails with "MIG_CMD 0xb unknown".
+//  - a multifd migration's main channel lacks what went over the channels (RAM pages, VFIO
+//    stop-copy data and config); given the channel captures, reframe-multifd.ts merges them
+//    in, and without them such a stream is refused rather than written without its state.
 // Everything a file cannot stand in for is refused with a typed error naming the offset:
-// postcopy that really started, COLO and recovery commands, VFIO sections whose stop-copy
-// data went over multifd channels (a capture of the main channel does not hold it), and
-// mapped-ram streams that would need a change (their page offsets would move).
+// postcopy that really started, COLO and recovery commands, multifd streams without their
+// channels, and mapped-ram streams that would need a change (their page offsets would move).
 import { stat } from 'node:fs/promises';
 import { StreamError } from './errors.js';
-import { CAP_MAPPED_RAM, VmCommand } from './constants.js';
-import { readStreamFile, type FileReadOptions } from './reader.js';
-import type { StreamEvent } from './records.js';
+import { CAP_MAPPED_RAM, DEFAULT_TARGET_PAGE_SIZE, VmCommand } from './constants.js';
+import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
+import type { SectionRef, StreamEvent } from './records.js';
+import { indexMultifdChannels } from './multifd-index.js';
+import { MultifdMerge } from './reframe-multifd.js';
 import { StreamWriter, writableSink } from './writer.js';
 import { writeFileAtomically } from '../util/atomic-file.js';
 
@@ -41,9 +45,11 @@ function atLeast(v: QemuRelease, major: number, minor: number): boolean {
 export interface ReframeOptions extends FileReadOptions {
   /** The destination's QEMU version; undefined keeps version-specific records. */
   target?: QemuRelease;
+  /** Captures of the migration's multifd channels (the proxy's FILE.multifd-N tees), merged in. */
+  multifd?: readonly string[];
 }
 
-export type ReframeAction = 'dropped' | 'replaced';
+export type ReframeAction = 'dropped' | 'replaced' | 'inserted';
 
 export interface ReframeChange {
   /** Offset of the changed record in the input. */
@@ -61,6 +67,8 @@ export interface ReframeResult {
   bytesIn: number;
   bytesOut: number;
   changes: ReframeChange[];
+  /** The multifd channel captures merged in (channel id, file, bytes). */
+  multifd: { channelId: number; path: string; bytes: number }[];
 }
 
 const WHY_RETURN_PATH = 'return-path traffic: QEMU writes none into a file stream, and a file load has no peer to answer';
@@ -93,12 +101,22 @@ function commandChange(ev: Extract<StreamEvent, { type: 'command' }>, target: Qe
  */
 export async function reframeStreamFile(inPath: string, outPath: string, opts: ReframeOptions = {}): Promise<ReframeResult> {
   const changes: ReframeChange[] = [];
+  let merge: MultifdMerge | undefined;
+  let channels: ReframeResult['multifd'] = [];
+  if (opts.multifd && opts.multifd.length > 0) {
+    const vmdesc = opts.vmdesc ?? (await probeStreamFile(inPath, opts)).vmdesc;
+    const index = await indexMultifdChannels(opts.multifd, vmdesc?.page_size ?? DEFAULT_TARGET_PAGE_SIZE);
+    merge = new MultifdMerge(index);
+    channels = index.channels.map((c) => ({ channelId: c.channelId, path: c.path, bytes: c.bytes }));
+  }
   const bytesOut = await writeFileAtomically(outPath, async (out) => {
     const w = new StreamWriter(writableSink(out));
     let mappedRam = false;
-    // The VFIO FULL section being read, until its first marker says what it carries.
-    let vfioFullOpen: { sectionId: number; idstr: string } | null = null;
+    // A VFIO END or FULL section just opened, until its first body event says what it carries.
+    let vfioOpen: { kind: 'END' | 'FULL'; section: SectionRef } | null = null;
     for await (const ev of readStreamFile(inPath, opts)) {
+      const opened = vfioOpen;
+      vfioOpen = null;
       let change: ReframeChange | null = null;
       switch (ev.type) {
         case 'configuration':
@@ -108,35 +126,70 @@ export async function reframeStreamFile(inPath: string, outPath: string, opts: R
           }
           break;
         case 'section':
-          vfioFullOpen = ev.kind === 'FULL' && ev.section.handler === 'vfio' ? { sectionId: ev.section.sectionId, idstr: ev.section.idstr } : null;
+          if (ev.section.handler === 'vfio' && (ev.kind === 'END' || ev.kind === 'FULL')) vfioOpen = { kind: ev.kind, section: ev.section };
           break;
         case 'command':
           change = commandChange(ev, opts.target);
           break;
+        case 'ram-multifd-flush': {
+          if (!merge) {
+            throw new StreamError('ESTREAM_UNSUPPORTED', 'the RAM pages of this migration travelled on multifd channels, which a capture of the main channel does not hold: give the channel captures (proxy --tee writes FILE.multifd-N)', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr });
+          }
+          checkMovable(mappedRam, 'multifd pages', ev.offset);
+          const r = await merge.beforeFlush(w, ev);
+          if (r.packets > 0) changes.push({ offset: ev.offset, what: `RAM round ${r.round + 1} from multifd: ${r.normalPages} pages, ${r.zeroPages} zero pages in ${r.packets} packets`, action: 'inserted', why: 'a file load has no multifd channels', sectionId: ev.section.sectionId, idstr: ev.section.idstr });
+          break;
+        }
         case 'vfio-marker':
-          if (vfioFullOpen && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY')) {
-            throw new StreamError('ESTREAM_UNSUPPORTED', 'this VFIO device sent its stop-copy data and config over multifd channels (x-migration-multifd-transfer); a capture of the main channel does not hold them', { offset: ev.offset, sectionId: vfioFullOpen.sectionId, idstr: vfioFullOpen.idstr, expected: 'DEV_CONFIG_STATE', found: ev.marker });
+          if (opened?.kind === 'END' && ev.marker === 'END_OF_STATE' && merge) {
+            // QEMU's multifd dummy END: the stop-copy data comes from the channels.
+            const data = await merge.endData(w, opened.section);
+            if (data) changes.push({ offset: ev.offset, what: `vfio stop-copy data from multifd: ${data.bytes} bytes in ${data.packets} packets`, action: 'inserted', why: 'a file load has no multifd channels', sectionId: opened.section.sectionId, idstr: opened.section.idstr });
+          }
+          if (opened?.kind === 'FULL' && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY')) {
+            const body = merge ? await merge.fullBody(opened.section, ev.offset) : null;
+            if (!body) {
+              throw new StreamError('ESTREAM_UNSUPPORTED', 'this VFIO device sent its stop-copy data and config over multifd channels (x-migration-multifd-transfer); a capture of the main channel does not hold them: give the channel captures', { offset: ev.offset, sectionId: opened.section.sectionId, idstr: opened.section.idstr, expected: 'DEV_CONFIG_STATE', found: ev.marker });
+            }
+            change = { offset: ev.offset, what: `vfio ${ev.marker} (multifd dummy)`, action: 'replaced', why: `the config blob from multifd (${body.length} bytes): a file load has no multifd channels`, sectionId: opened.section.sectionId, idstr: opened.section.idstr };
+            checkMovable(mappedRam, change.what, ev.offset);
+            changes.push(change);
+            await w.vfioConfig(body.subarray(8, body.length - 8));
+            continue;
           }
           if (ev.marker === 'DEV_INIT_DATA_SENT') {
             change = { offset: ev.offset, what: 'vfio DEV_INIT_DATA_SENT', action: 'replaced', why: WHY_SWITCHOVER_ACK, sectionId: ev.section.sectionId, idstr: ev.section.idstr };
           }
-          vfioFullOpen = null;
           break;
+        case 'eof':
+          merge?.finish(ev.offset);
+          break;
+        case 'vmdesc': {
+          const json = merge?.vmdescJson(ev.json);
+          if (json) {
+            changes.push({ offset: ev.offset, what: 'vmdesc', action: 'replaced', why: 'the merged VFIO FULL sections are longer: their vmdesc sizes follow' });
+            await w.vmdesc(json);
+            continue;
+          }
+          break;
+        }
         default:
-          if (ev.type !== 'vfio-data-chunk') vfioFullOpen = null;
       }
       if (!change) {
         await w.event(ev);
         continue;
       }
-      if (mappedRam) {
-        throw new StreamError('ESTREAM_UNSUPPORTED', `${change.what} would have to be ${change.action}, but mapped-ram records page offsets in the file that the change would move`, { offset: ev.offset });
-      }
+      checkMovable(mappedRam, `${change.what} would have to be ${change.action}`, ev.offset);
       changes.push(change);
       if (change.action === 'replaced') await w.vfioMarker('END_OF_STATE');
     }
     await w.flush();
     return w.offset;
   });
-  return { bytesIn: (await stat(inPath)).size, bytesOut, changes };
+  return { bytesIn: (await stat(inPath)).size, bytesOut, changes, multifd: channels };
+}
+
+/** mapped-ram streams record page offsets in the file: no change may move bytes. */
+function checkMovable(mappedRam: boolean, what: string, offset: number): void {
+  if (mappedRam) throw new StreamError('ESTREAM_UNSUPPORTED', `${what}, but mapped-ram records page offsets in the file that the change would move`, { offset });
 }

@@ -274,7 +274,7 @@ async function ramRecord(b: RamBuild, ev: Record<string, unknown>): Promise<void
 }
 const RAM_SEC: SectionRef = { sectionId: 2, idstr: 'ram', instanceId: 0, versionId: 4, handler: 'ram' };
 
-test('HAND-BUILT RAM: x-ignore-shared GPA, PAGE, ZERO+CONTINUE, XBZRLE, COMPRESS_PAGE, MULTIFD_FLUSH; extract applies them', async (t) => {
+test('HAND-BUILT RAM: x-ignore-shared GPA, PAGE, ZERO+CONTINUE, XBZRLE, COMPRESS_PAGE, MULTIFD_FLUSH; extract applies them (and refuses a stream whose pages went over multifd)', async (t) => {
   const P = 4096;
   const page0 = pattern(P, 1);
   const page1 = pattern(P, 2);
@@ -286,7 +286,7 @@ test('HAND-BUILT RAM: x-ignore-shared GPA, PAGE, ZERO+CONTINUE, XBZRLE, COMPRESS
   xbzrleDecode(delta, check);
   t.true(check.equals(updated));
   const compressed = deflateSync(page1);
-  const bytes = await build(async (w) => {
+  const stream = (multifd: boolean): Promise<Buffer> => build(async (w) => {
     const b = { w, sec: RAM_SEC };
     await w.header();
     await w.configuration('pc-i440fx-7.2', { capabilities: ['x-ignore-shared'] });
@@ -299,7 +299,7 @@ test('HAND-BUILT RAM: x-ignore-shared GPA, PAGE, ZERO+CONTINUE, XBZRLE, COMPRESS
     await ramRecord(b, { type: 'ram-page', flags: RamFlag.PAGE | RamFlag.CONTINUE, address: 2 * P, block: 'pc.ram', continued: true, data: page1 });
     await ramRecord(b, { type: 'ram-zero', flags: RamFlag.ZERO | RamFlag.CONTINUE, address: 3 * P, block: 'pc.ram', continued: true, fill: 0 });
     await ramRecord(b, { type: 'ram-zero', flags: RamFlag.ZERO, address: 0, block: '/rom@etc/x', continued: false, fill: 0 });
-    await ramRecord(b, { type: 'ram-multifd-flush', flags: RamFlag.MULTIFD_FLUSH, address: 0 });
+    if (multifd) await ramRecord(b, { type: 'ram-multifd-flush', flags: RamFlag.MULTIFD_FLUSH, address: 0 });
     await ramRecord(b, { type: 'ram-eos', flags: RamFlag.EOS, address: 0 });
     await w.endSection();
     await w.sectionEnd(2);
@@ -310,6 +310,7 @@ test('HAND-BUILT RAM: x-ignore-shared GPA, PAGE, ZERO+CONTINUE, XBZRLE, COMPRESS
     await w.endSection();
     await w.eof();
   });
+  const bytes = await stream(true);
   // The GPA follows each block's used length (§6.2): 0xfffc0000 right after "/rom@etc/x" + be64 4096.
   t.true(bytes.includes(Buffer.concat([Buffer.from('\x0a/rom@etc/x', 'latin1'), Buffer.from('0000000000001000' + '00000000fffc0000', 'hex')])));
   const { evs, report } = summarize(bytes);
@@ -321,7 +322,11 @@ test('HAND-BUILT RAM: x-ignore-shared GPA, PAGE, ZERO+CONTINUE, XBZRLE, COMPRESS
 
   const dir = await scratch(t);
   const file = join(dir, 'ram.mig');
+  // A MULTIFD_FLUSH says pages went over multifd channels: RAM images from this stream alone
+  // would miss them, so extract refuses.
   await writeFile(file, bytes);
+  await t.throwsAsync(extractStreamFile(file, { ramDir: join(dir, 'ram') }), { code: 'ESTREAM_UNSUPPORTED', message: /multifd channels.*at offset \d+ .*"ram"/ });
+  await writeFile(file, await stream(false));
   const res = await extractStreamFile(file, { ramDir: join(dir, 'ram') });
   t.deepEqual(res.ram.map((r) => r.file.split('/').pop()), ['pc.ram', '%2From@etc%2Fx']);
   const img = await readFile(join(dir, 'ram', 'pc.ram'));

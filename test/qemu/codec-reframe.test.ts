@@ -12,7 +12,7 @@ import { VmCommand } from '../../src/qemu/constants.js';
 import { StreamWriter, type ByteSink } from '../../src/qemu/writer.js';
 import { Inspector } from '../../src/qemu/summary.js';
 import { readStreamFile } from '../../src/qemu/reader.js';
-import { ONE_MTTY, cli, scratch } from './codec-helpers.js';
+import { ONE_MTTY, ROOT, cli, scratch } from './codec-helpers.js';
 
 class Collect implements ByteSink {
   parts: Buffer[] = [];
@@ -181,4 +181,47 @@ test('CLI: a truncated stream fails with the offset and leaves no output; usage 
   const ok = await cli(['reframe', ONE_MTTY, join(dir, 'out.mig'), '--to', '9.2']);
   t.is(ok.code, 0, ok.stderr);
   t.regex(ok.stdout, /SWITCHOVER_START dropped/);
+});
+
+// --- merging multifd channel captures (real QEMU 10.0.2 channels, test/fixtures/qemu10-multifd) ---
+
+const MULTIFD = join(ROOT, 'test/fixtures/qemu10-multifd');
+const MAIN = join(MULTIFD, 'main.mig');
+const CHANNELS = [join(MULTIFD, 'channel-0.bin'), join(MULTIFD, 'channel-1.bin')];
+
+test('real multifd capture: the main channel alone is refused at its first MULTIFD_FLUSH; merged with both channels, every page QEMU counted is in the RAM section', async (t) => {
+  const dir = await scratch(t);
+  const err = await t.throwsAsync(reframeStreamFile(MAIN, join(dir, 'out.mig')), { instanceOf: StreamError, code: 'ESTREAM_UNSUPPORTED' });
+  t.like(err, { idstr: 'ram' });
+  t.deepEqual(await leftovers(dir), []);
+
+  const r = await reframeStreamFile(MAIN, join(dir, 'out.mig'), { multifd: CHANNELS });
+  t.deepEqual(r.multifd.map((c) => c.channelId), [0, 1]);
+  const before = await inspectFile(MAIN);
+  const after = await inspectFile(join(dir, 'out.mig'));
+  // QEMU's own count for this migration (fixture README): normal 51, duplicate 8271.
+  t.is(after.ram!.pages.PAGE, 51);
+  t.is(after.ram!.pages.ZERO, 8271);
+  t.is(before.ram!.pages.PAGE, 0);
+  // Every record of the main channel is still there, in order, with the pages added.
+  const kinds = (x: typeof before) => x.records.map((rec) => `${rec.kind} ${rec.idstr ?? rec.command ?? ''}`);
+  t.deepEqual(kinds(after), kinds(before));
+  t.is(after.ram!.records.MULTIFD_FLUSH, before.ram!.records.MULTIFD_FLUSH);
+});
+
+test('multifd captures that do not add up are refused: a channel missing, a channel given twice, one from another migration', async (t) => {
+  const dir = await scratch(t);
+  await t.throwsAsync(reframeStreamFile(MAIN, join(dir, 'out.mig'), { multifd: [CHANNELS[1]!] }), { code: 'ESTREAM_FORMAT', message: /channel 0 is missing/ });
+  await t.throwsAsync(reframeStreamFile(MAIN, join(dir, 'out.mig'), { multifd: [CHANNELS[0]!] }), { code: 'ESTREAM_FORMAT', message: /packet_num \d+ is on none of the 1 channel/ });
+  await t.throwsAsync(reframeStreamFile(MAIN, join(dir, 'out.mig'), { multifd: [CHANNELS[0]!, CHANNELS[0]!] }), { code: 'ESTREAM_FORMAT', message: /channel id 0 given twice/ });
+  const cut = join(dir, 'cut.bin');
+  const ch1 = await readFile(CHANNELS[1]!);
+  await writeFile(cut, ch1.subarray(0, ch1.length - 100));
+  await t.throwsAsync(reframeStreamFile(MAIN, join(dir, 'out.mig'), { multifd: [CHANNELS[0]!, cut] }), { code: 'ESTREAM_TRUNCATED' });
+  const other = join(dir, 'other.bin');
+  const forged = Buffer.from(ch1);
+  forged[8] = forged[8]! ^ 0xff; // the init packet's UUID
+  await writeFile(other, forged);
+  await t.throwsAsync(reframeStreamFile(MAIN, join(dir, 'out.mig'), { multifd: [CHANNELS[0]!, other] }), { code: 'ESTREAM_FORMAT', message: /comes from another QEMU/ });
+  t.deepEqual(await leftovers(dir), []);
 });

@@ -1,6 +1,7 @@
 // `migbridge reframe IN OUT [--to VERSION] [--vmdesc JSONFILE]`: make a stream loadable from a
 // file (and, with --to, by an older QEMU), changing only the records such a load rejects.
-import { readFile } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { UsageError } from '../../errors.js';
 import { parseQemuRelease, reframeStreamFile, REFRAME_TARGETS, type ReframeOptions } from '../../qemu/reframe.js';
 import { parseVmDesc } from '../../qemu/vmdesc.js';
@@ -9,10 +10,11 @@ import type { Command } from '../command.js';
 export const reframeCommand: Command = {
   name: ['reframe'],
   summary: 'Make a captured stream loadable from a file (and by an older QEMU with --to): drops return-path commands, turns switchover-ack markers into END_OF_STATE, refuses what a file cannot replay.',
-  usage: `reframe IN OUT [--to ${REFRAME_TARGETS[0]}..${REFRAME_TARGETS[REFRAME_TARGETS.length - 1]}] [--vmdesc JSONFILE]`,
+  usage: `reframe IN OUT [--to ${REFRAME_TARGETS[0]}..${REFRAME_TARGETS[REFRAME_TARGETS.length - 1]}] [--multifd CHANNELFILE...] [--vmdesc JSONFILE]`,
   options: {
     to: { type: 'string' },
     vmdesc: { type: 'string' },
+    multifd: { type: 'string', multiple: true },
   },
   async run(args, io) {
     const [inPath, outPath, ...extra] = args.positionals;
@@ -26,9 +28,13 @@ export const reframeCommand: Command = {
     }
     const vmdescFile = args.values.vmdesc;
     if (typeof vmdescFile === 'string') opts.vmdesc = parseVmDesc(await readFile(vmdescFile));
+    // The proxy tees multifd channel N beside the main stream as IN.multifd-N: found by default.
+    const given = (args.values.multifd ?? []) as string[];
+    opts.multifd = given.length > 0 ? given : await channelTeesBeside(inPath);
     const r = await reframeStreamFile(inPath, outPath, opts);
     io.result({ in: inPath, out: outPath, to: typeof to === 'string' ? to : null, ...r }, () =>
       [
+        ...r.multifd.map((c) => `multifd channel ${c.channelId}: ${c.path} (${c.bytes} bytes)`),
         ...r.changes.map((c) => `${c.offset}: ${c.what}${c.idstr ? ` (${c.idstr})` : ''} ${c.action}: ${c.why}`),
         r.changes.length === 0 ? `nothing to change: ${outPath} is a byte-identical copy` : `${r.changes.length} change(s)`,
         `wrote ${outPath}: ${r.bytesOut} bytes (in: ${r.bytesIn})`,
@@ -37,3 +43,10 @@ export const reframeCommand: Command = {
     return 0;
   },
 };
+
+/** `IN.multifd-<N>` files next to IN, in channel order. */
+async function channelTeesBeside(inPath: string): Promise<string[]> {
+  const prefix = `${basename(inPath)}.multifd-`;
+  const names = (await readdir(dirname(inPath))).filter((n) => n.startsWith(prefix) && /^\d+$/.test(n.slice(prefix.length)));
+  return names.sort((a, b) => Number(a.slice(prefix.length)) - Number(b.slice(prefix.length))).map((n) => join(dirname(inPath), n));
+}

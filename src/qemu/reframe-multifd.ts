@@ -1,0 +1,118 @@
+// Merging captured multifd channels back into the main stream, for reframe: what a
+// destination would have received over the channels is written where a non-multifd stream
+// carries it, so a file load (which has no channels) gets everything.
+//  - RAM round k (all channels' pages before their k-th SYNC) goes into the RAM section just
+//    before the main channel's k-th MULTIFD_FLUSH, as PAGE and ZERO records; the flush
+//    record itself stays (a load without multifd passes over it).
+//  - A VFIO device's stop-copy packets become DATA_STATE records in its END section (whose
+//    main-channel body was only END_OF_STATE), its config packet the body of its FULL
+//    section (DEV_CONFIG_STATE .. END_OF_STATE), and the vmdesc entry of that FULL section
+//    gets the new size.
+import { StreamError } from './errors.js';
+import { RamFlag } from './constants.js';
+import { deviceKey, readAt, readRamPacket, type MultifdIndex } from './multifd-index.js';
+import type { RamMultifdFlushEvent, SectionRef } from './records.js';
+import type { StreamWriter } from './writer.js';
+
+export interface MergedRound {
+  round: number;
+  packets: number;
+  normalPages: number;
+  zeroPages: number;
+}
+
+export class MultifdMerge {
+  private flushes = 0;
+  /** FULL sizes to put into the vmdesc, by "idstr#instance". */
+  private readonly fullSizes = new Map<string, number>();
+  private readonly usedDevices = new Set<string>();
+
+  constructor(private readonly index: MultifdIndex) {}
+
+  get channelCount(): number {
+    return this.index.channels.length;
+  }
+
+  /** Writes round `k` (this flush's) of every channel into the open RAM section. */
+  async beforeFlush(w: StreamWriter, flush: RamMultifdFlushEvent): Promise<MergedRound> {
+    const k = this.flushes++;
+    const packets = this.index.channels.flatMap((c) => {
+      if (k >= c.rounds.length) {
+        throw new StreamError('ESTREAM_FORMAT', `MULTIFD_FLUSH #${k + 1} has no SYNC on multifd channel ${c.channelId} (${c.path} has ${c.rounds.length}): the channel capture is incomplete`, { offset: flush.offset, sectionId: flush.section.sectionId, idstr: flush.section.idstr });
+      }
+      return c.rounds[k]!;
+    }).sort((a, b) => a.packetNum - b.packetNum);
+    const merged: MergedRound = { round: k, packets: packets.length, normalPages: 0, zeroPages: 0 };
+    for (const ref of packets) {
+      const { normal, zero } = await readRamPacket(this.index, ref);
+      const base = { offset: flush.offset, section: flush.section, block: ref.ramblock, continued: false };
+      for (const p of normal) await w.event({ ...base, type: 'ram-page', flags: RamFlag.PAGE, address: p.address, data: p.data });
+      for (const address of zero) await w.event({ ...base, type: 'ram-zero', flags: RamFlag.ZERO, address, fill: 0 });
+      merged.normalPages += normal.length;
+      merged.zeroPages += zero.length;
+    }
+    return merged;
+  }
+
+  /** The device's stop-copy packets as DATA_STATE records; returns bytes written, or null without packets. */
+  async endData(w: StreamWriter, section: SectionRef): Promise<{ packets: number; bytes: number } | null> {
+    const packets = this.index.devices.get(deviceKey(section.idstr, section.instanceId));
+    if (!packets) return null;
+    this.usedDevices.add(deviceKey(section.idstr, section.instanceId));
+    let bytes = 0;
+    for (const p of packets.filter((x) => !x.config)) {
+      await w.vfioData(await readAt(p.channel, p.dataOffset, p.dataBytes));
+      bytes += p.dataBytes;
+    }
+    return { packets: packets.length - 1, bytes };
+  }
+
+  /** The device's config packet (DEV_CONFIG_STATE, vmstate, END_OF_STATE), or null without packets. */
+  async fullBody(section: SectionRef, at: number): Promise<Buffer | null> {
+    const key = deviceKey(section.idstr, section.instanceId);
+    const packets = this.index.devices.get(key);
+    if (!packets) return null;
+    const cfg = packets.at(-1)!;
+    const body = await readAt(cfg.channel, cfg.dataOffset, cfg.dataBytes);
+    const head = 0xffffffffef100002n;
+    const tail = 0xffffffffef100001n;
+    if (body.length < 16 || body.readBigUInt64BE(0) !== head || body.readBigUInt64BE(body.length - 8) !== tail) {
+      throw new StreamError('ESTREAM_FORMAT', `the config packet of ${section.idstr} on multifd is not DEV_CONFIG_STATE .. END_OF_STATE`, { offset: at, sectionId: section.sectionId, idstr: section.idstr });
+    }
+    this.fullSizes.set(key, body.length);
+    return body;
+  }
+
+  /**
+   * The vmdesc JSON with the merged FULL sections' sizes (edited on QEMU's own JSON, so keys
+   * this codec does not model survive), or null when none changed.
+   */
+  vmdescJson(json: Buffer): Buffer | null {
+    if (this.fullSizes.size === 0) return null;
+    type RawField = { name?: unknown; type?: unknown; size?: unknown };
+    type RawDevice = { name?: unknown; instance_id?: unknown; size?: unknown; fields?: RawField[] };
+    const raw = JSON.parse(json.toString('utf8')) as { devices?: RawDevice[] };
+    for (const d of raw.devices ?? []) {
+      const size = this.fullSizes.get(deviceKey(String(d.name), Number(d.instance_id)));
+      if (size === undefined) continue;
+      d.size = size;
+      for (const f of d.fields ?? []) if (f.name === 'data' && f.type === 'buffer') f.size = size;
+    }
+    return Buffer.from(JSON.stringify(raw), 'utf8');
+  }
+
+  /** After the stream: every round and every device was used. */
+  finish(eofOffset: number): void {
+    for (const c of this.index.channels) {
+      if (c.rounds.length !== this.flushes) {
+        throw new StreamError('ESTREAM_FORMAT', `multifd channel ${c.channelId} (${c.path}) has ${c.rounds.length} SYNC packets, the main stream ${this.flushes} MULTIFD_FLUSH records: not the same migration, or a capture is incomplete`, { offset: eofOffset });
+      }
+      if (c.tail.length > 0) {
+        throw new StreamError('ESTREAM_FORMAT', `multifd channel ${c.channelId} (${c.path}) has ${c.tail.length} page packets after its last SYNC: they were never flushed`, { offset: eofOffset });
+      }
+    }
+    for (const key of this.index.devices.keys()) {
+      if (!this.usedDevices.has(key)) throw new StreamError('ESTREAM_FORMAT', `multifd device state for ${key} has no VFIO END section in the main stream`, { offset: eofOffset });
+    }
+  }
+}
