@@ -225,3 +225,93 @@ test('multifd captures that do not add up are refused: a channel missing, a chan
   await t.throwsAsync(reframeStreamFile(MAIN, join(dir, 'out.mig'), { multifd: [CHANNELS[0]!, other] }), { code: 'ESTREAM_FORMAT', message: /comes from another QEMU/ });
   t.deepEqual(await leftovers(dir), []);
 });
+
+/** A multifd channel init packet (MultiFDInit_t, 64 bytes) for channel `id`. */
+function multifdInit(id: number, uuidByte = 0x11): Buffer {
+  const b = Buffer.alloc(64);
+  b.writeUInt32BE(0x11223344, 0);
+  b.writeUInt32BE(1, 4);
+  b.fill(uuidByte, 8, 24);
+  b[24] = id;
+  return b;
+}
+
+/** A VFIO device-state packet as QEMU 10.0 writes it (276-byte header, then version 0, idx, flags, data). */
+function vfioStatePacket(idstr: string, idx: number, config: boolean, data: Buffer): Buffer {
+  const h = Buffer.alloc(276);
+  h.writeUInt32BE(0x11223344, 0);
+  h.writeUInt32BE(1, 4);
+  h.writeUInt32BE(0x40, 8);
+  h.write(idstr, 12, 'latin1');
+  h.writeUInt32BE(0, 268);
+  h.writeUInt32BE(12 + data.length, 272);
+  const v = Buffer.alloc(12);
+  v.writeUInt32BE(idx, 4);
+  v.writeUInt32BE(config ? 1 : 0, 8);
+  return Buffer.concat([h, v, data]);
+}
+
+test('HAND-BUILT multifd VFIO device state: the stop-copy packets become DATA_STATE records of the END section, the config packet the FULL body, the vmdesc size follows; nothing else changes', async (t) => {
+  const dir = await scratch(t);
+  const a = Buffer.alloc(1000, 0xa1);
+  const b = Buffer.alloc(500, 0xb2);
+  const endMarker = Buffer.from('ffffffffef100001', 'hex');
+  const configBody = Buffer.concat([Buffer.from('ffffffffef100002', 'hex'), CONFIG, endMarker]);
+  const dummyDesc = { page_size: 4096, devices: [{ name: DEV, instance_id: 0, size: 8, fields: [{ name: 'data', type: 'buffer', size: 8 }] }] };
+  const main = join(dir, 'main.mig');
+  // The main channel of QEMU 10.0's multifd device-state transfer (§9.6): dummy END and FULL.
+  await buildFile(main, async (w) => {
+    await w.header();
+    await w.configuration('pc-q35-10.0');
+    await w.vfioStartSection(42, DEV);
+    await w.switchoverStart();
+    await w.sectionEnd(42);
+    await w.vfioMarker('END_OF_STATE');
+    await w.endSection();
+    await w.sectionFull(42, DEV, 0, 1);
+    await w.vfioMarker('END_OF_STATE');
+    await w.endSection();
+    await w.eof();
+    await w.vmdesc(dummyDesc);
+  });
+  // One channel; packets out of idx order (channels do not keep it).
+  const channel = join(dir, 'main.mig.multifd-0');
+  await writeFile(channel, Buffer.concat([multifdInit(0), vfioStatePacket(DEV, 1, false, b), vfioStatePacket(DEV, 0, false, a), vfioStatePacket(DEV, 2, true, configBody)]));
+
+  const out = join(dir, 'out.mig');
+  const r = await cli(['reframe', main, out, '--output=json']);
+  t.is(r.code, 0, r.stderr);
+  const report = JSON.parse(r.stdout) as { changes: { what: string; action: string; idstr?: string }[]; multifd: { channelId: number }[] };
+  t.deepEqual(report.multifd.map((c) => c.channelId), [0], 'the channel tee beside the main one was found');
+  t.deepEqual(report.changes.map((c) => [c.action, c.what, c.idstr]), [
+    ['inserted', 'vfio stop-copy data from multifd: 1500 bytes in 2 packets', DEV],
+    ['replaced', 'vfio END_OF_STATE (multifd dummy)', DEV],
+    ['replaced', 'vmdesc', undefined],
+  ]);
+  // The expected stream, written the way QEMU writes it without multifd.
+  const expected = await buildFile(join(dir, 'expected.mig'), async (w) => {
+    await w.header();
+    await w.configuration('pc-q35-10.0');
+    await w.vfioStartSection(42, DEV);
+    await w.switchoverStart();
+    await w.sectionEnd(42);
+    await w.vfioData(a);
+    await w.vfioData(b);
+    await w.vfioMarker('END_OF_STATE');
+    await w.endSection();
+    await w.vfioConfigSection(42, DEV, CONFIG);
+    await w.eof();
+    await w.vmdesc({ ...dummyDesc, devices: [{ ...dummyDesc.devices[0]!, size: configBody.length, fields: [{ name: 'data', type: 'buffer', size: configBody.length }] }] });
+  });
+  t.true((await readFile(out)).equals(expected));
+  const d = (await inspectFile(out)).vfio[0]!;
+  t.like(d, { dataBytes: 1500, configBytes: CONFIG.length, flavour: 'qemu-10.0+ v2' }, 'no longer the multifd flavour');
+
+  // The config packet must be the last idx and carry DEV_CONFIG_STATE .. END_OF_STATE.
+  await writeFile(channel, Buffer.concat([multifdInit(0), vfioStatePacket(DEV, 0, false, a), vfioStatePacket(DEV, 1, true, Buffer.alloc(40))]));
+  const bad = await cli(['reframe', main, out, '--output=json']);
+  t.is(bad.code, 1);
+  t.regex(bad.stderr, /ESTREAM_FORMAT.*config packet.*not DEV_CONFIG_STATE/);
+  await writeFile(channel, Buffer.concat([multifdInit(0), vfioStatePacket(DEV, 0, false, a), vfioStatePacket(DEV, 2, true, configBody)]));
+  t.regex((await cli(['reframe', main, out, '--output=json'])).stderr, /packet idx 1 missing/);
+});
