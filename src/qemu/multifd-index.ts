@@ -9,7 +9,7 @@
 // Only positions and counts are kept (a few dozen bytes per 512 KiB packet); the bytes are
 // read back from the files when written out.
 import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { StreamError } from './errors.js';
 import { MULTIFD_DEVICE_STATE_SIZE, MULTIFD_RAM_FIXED_SIZE, MultifdDecoder, MultifdFlag, VFIO_PACKET_CONFIG_STATE, VFIO_PACKET_HEADER_SIZE, type MultifdEvent } from './multifd.js';
 
@@ -123,28 +123,40 @@ export async function indexMultifdChannels(paths: readonly string[], pageSize: n
   return { pageSize, channels, devices };
 }
 
-/** Reads `n` bytes at `offset` of `path` (one open per call; packets are at most ~513 KiB). */
-export async function readAt(path: string, offset: number, n: number): Promise<Buffer> {
-  const fh = await open(path, 'r');
-  try {
+/** Positional reads from the channel files, one open handle per file for the whole merge. */
+export class ChannelFiles {
+  private readonly handles = new Map<string, Promise<FileHandle>>();
+
+  /** `n` bytes at `offset` of `path` (a packet: at most ~513 KiB). */
+  async read(path: string, offset: number, n: number): Promise<Buffer> {
+    let fh = this.handles.get(path);
+    if (!fh) {
+      fh = open(path, 'r');
+      this.handles.set(path, fh);
+    }
+    const handle = await fh;
     const buf = Buffer.allocUnsafe(n);
     let got = 0;
     while (got < n) {
-      const { bytesRead } = await fh.read(buf, got, n - got, offset + got);
+      const { bytesRead } = await handle.read(buf, got, n - got, offset + got);
       if (bytesRead === 0) throw new StreamError('ESTREAM_TRUNCATED', `${path} shrank while merging`, { offset: offset + got });
       got += bytesRead;
     }
     return buf;
-  } finally {
-    await fh.close();
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.handles.values()];
+    this.handles.clear();
+    for (const fh of all) await (await fh.catch(() => undefined))?.close();
   }
 }
 
 /** One RAM packet's pages: offsets of normal pages (with their data) and of zero pages. */
-export async function readRamPacket(index: MultifdIndex, ref: RamPacketRef): Promise<{ normal: { address: number; data: Buffer }[]; zero: number[] }> {
+export async function readRamPacket(files: ChannelFiles, index: MultifdIndex, ref: RamPacketRef): Promise<{ normal: { address: number; data: Buffer }[]; zero: number[] }> {
   const pageCount = (512 * 1024) / index.pageSize;
   const headerSize = MULTIFD_RAM_FIXED_SIZE + 8 * pageCount;
-  const bytes = await readAt(ref.channel, ref.offset, headerSize + ref.normalPages * index.pageSize);
+  const bytes = await files.read(ref.channel, ref.offset, headerSize + ref.normalPages * index.pageSize);
   const address = (i: number): number => Number(bytes.readBigUInt64BE(MULTIFD_RAM_FIXED_SIZE + 8 * i));
   const normal = Array.from({ length: ref.normalPages }, (_, i) => ({ address: address(i), data: bytes.subarray(headerSize + i * index.pageSize, headerSize + (i + 1) * index.pageSize) }));
   const zero = Array.from({ length: ref.zeroPages }, (_, i) => address(ref.normalPages + i));

@@ -10,7 +10,7 @@
 //    gets the new size.
 import { StreamError } from './errors.js';
 import { RamFlag } from './constants.js';
-import { deviceKey, readAt, readRamPacket, type MultifdIndex } from './multifd-index.js';
+import { ChannelFiles, deviceKey, readRamPacket, type MultifdIndex } from './multifd-index.js';
 import type { RamMultifdFlushEvent, SectionRef } from './records.js';
 import type { StreamWriter } from './writer.js';
 
@@ -26,8 +26,14 @@ export class MultifdMerge {
   /** FULL sizes to put into the vmdesc, by "idstr#instance". */
   private readonly fullSizes = new Map<string, number>();
   private readonly usedDevices = new Set<string>();
+  private readonly files = new ChannelFiles();
 
   constructor(private readonly index: MultifdIndex) {}
+
+  /** Closes the channel files. */
+  close(): Promise<void> {
+    return this.files.close();
+  }
 
   get channelCount(): number {
     return this.index.channels.length;
@@ -44,7 +50,7 @@ export class MultifdMerge {
     }).sort((a, b) => a.packetNum - b.packetNum);
     const merged: MergedRound = { round: k, packets: packets.length, normalPages: 0, zeroPages: 0 };
     for (const ref of packets) {
-      const { normal, zero } = await readRamPacket(this.index, ref);
+      const { normal, zero } = await readRamPacket(this.files, this.index, ref);
       const base = { offset: flush.offset, section: flush.section, block: ref.ramblock, continued: false };
       for (const p of normal) await w.event({ ...base, type: 'ram-page', flags: RamFlag.PAGE, address: p.address, data: p.data });
       for (const address of zero) await w.event({ ...base, type: 'ram-zero', flags: RamFlag.ZERO, address, fill: 0 });
@@ -61,7 +67,7 @@ export class MultifdMerge {
     this.usedDevices.add(deviceKey(section.idstr, section.instanceId));
     let bytes = 0;
     for (const p of packets.filter((x) => !x.config)) {
-      await w.vfioData(await readAt(p.channel, p.dataOffset, p.dataBytes));
+      await w.vfioData(await this.files.read(p.channel, p.dataOffset, p.dataBytes));
       bytes += p.dataBytes;
     }
     return { packets: packets.length - 1, bytes };
@@ -73,7 +79,7 @@ export class MultifdMerge {
     const packets = this.index.devices.get(key);
     if (!packets) return null;
     const cfg = packets.at(-1)!;
-    const body = await readAt(cfg.channel, cfg.dataOffset, cfg.dataBytes);
+    const body = await this.files.read(cfg.channel, cfg.dataOffset, cfg.dataBytes);
     const head = 0xffffffffef100002n;
     const tail = 0xffffffffef100001n;
     if (body.length < 16 || body.readBigUInt64BE(0) !== head || body.readBigUInt64BE(body.length - 8) !== tail) {

@@ -14,6 +14,7 @@
 // postcopy that really started, COLO and recovery commands, multifd streams without their
 // channels, and mapped-ram streams that would need a change (their page offsets would move).
 import { stat } from 'node:fs/promises';
+import type { Writable } from 'node:stream';
 import { StreamError } from './errors.js';
 import { CAP_MAPPED_RAM, DEFAULT_TARGET_PAGE_SIZE, VmCommand } from './constants.js';
 import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
@@ -109,84 +110,87 @@ export async function reframeStreamFile(inPath: string, outPath: string, opts: R
     merge = new MultifdMerge(index);
     channels = index.channels.map((c) => ({ channelId: c.channelId, path: c.path, bytes: c.bytes }));
   }
-  const bytesOut = await writeFileAtomically(outPath, async (out) => {
-    const w = new StreamWriter(writableSink(out));
-    let mappedRam = false;
-    // A VFIO END or FULL section just opened, until its first body event says what it carries.
-    let vfioOpen: { kind: 'END' | 'FULL'; section: SectionRef } | null = null;
-    for await (const ev of readStreamFile(inPath, opts)) {
-      const opened = vfioOpen;
-      vfioOpen = null;
-      let change: ReframeChange | null = null;
-      switch (ev.type) {
-        case 'configuration':
-          mappedRam = ev.subsections.some((s) => s.capabilities?.includes(CAP_MAPPED_RAM));
-          if (mappedRam && opts.target && !atLeast(opts.target, 9, 0)) {
-            throw new StreamError('ESTREAM_UNSUPPORTED', `mapped-ram is new in QEMU 9.0; ${opts.target.major}.${opts.target.minor} cannot load this stream`, { offset: ev.offset });
-          }
-          break;
-        case 'section':
-          if (ev.section.handler === 'vfio' && (ev.kind === 'END' || ev.kind === 'FULL')) vfioOpen = { kind: ev.kind, section: ev.section };
-          break;
-        case 'command':
-          change = commandChange(ev, opts.target);
-          break;
-        case 'ram-multifd-flush': {
-          if (!merge) {
-            throw new StreamError('ESTREAM_UNSUPPORTED', 'the RAM pages of this migration travelled on multifd channels, which a capture of the main channel does not hold: give the channel captures (proxy --tee writes FILE.multifd-N)', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr });
-          }
-          checkMovable(mappedRam, 'multifd pages', ev.offset);
-          const r = await merge.beforeFlush(w, ev);
-          if (r.packets > 0) changes.push({ offset: ev.offset, what: `RAM round ${r.round + 1} from multifd: ${r.normalPages} pages, ${r.zeroPages} zero pages in ${r.packets} packets`, action: 'inserted', why: 'a file load has no multifd channels', sectionId: ev.section.sectionId, idstr: ev.section.idstr });
-          break;
-        }
-        case 'vfio-marker':
-          if (opened?.kind === 'END' && ev.marker === 'END_OF_STATE' && merge) {
-            // QEMU's multifd dummy END: the stop-copy data comes from the channels.
-            const data = await merge.endData(w, opened.section);
-            if (data) changes.push({ offset: ev.offset, what: `vfio stop-copy data from multifd: ${data.bytes} bytes in ${data.packets} packets`, action: 'inserted', why: 'a file load has no multifd channels', sectionId: opened.section.sectionId, idstr: opened.section.idstr });
-          }
-          if (opened?.kind === 'FULL' && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY')) {
-            const body = merge ? await merge.fullBody(opened.section, ev.offset) : null;
-            if (!body) {
-              throw new StreamError('ESTREAM_UNSUPPORTED', 'this VFIO device sent its stop-copy data and config over multifd channels (x-migration-multifd-transfer); a capture of the main channel does not hold them: give the channel captures', { offset: ev.offset, sectionId: opened.section.sectionId, idstr: opened.section.idstr, expected: 'DEV_CONFIG_STATE', found: ev.marker });
-            }
-            change = { offset: ev.offset, what: `vfio ${ev.marker} (multifd dummy)`, action: 'replaced', why: `the config blob from multifd (${body.length} bytes): a file load has no multifd channels`, sectionId: opened.section.sectionId, idstr: opened.section.idstr };
-            checkMovable(mappedRam, change.what, ev.offset);
-            changes.push(change);
-            await w.vfioConfig(body.subarray(8, body.length - 8));
-            continue;
-          }
-          if (ev.marker === 'DEV_INIT_DATA_SENT') {
-            change = { offset: ev.offset, what: 'vfio DEV_INIT_DATA_SENT', action: 'replaced', why: WHY_SWITCHOVER_ACK, sectionId: ev.section.sectionId, idstr: ev.section.idstr };
-          }
-          break;
-        case 'eof':
-          merge?.finish(ev.offset);
-          break;
-        case 'vmdesc': {
-          const json = merge?.vmdescJson(ev.json);
-          if (json) {
-            changes.push({ offset: ev.offset, what: 'vmdesc', action: 'replaced', why: 'the merged VFIO FULL sections are longer: their vmdesc sizes follow' });
-            await w.vmdesc(json);
-            continue;
-          }
-          break;
-        }
-        default:
-      }
-      if (!change) {
-        await w.event(ev);
-        continue;
-      }
-      checkMovable(mappedRam, `${change.what} would have to be ${change.action}`, ev.offset);
-      changes.push(change);
-      if (change.action === 'replaced') await w.vfioMarker('END_OF_STATE');
-    }
-    await w.flush();
-    return w.offset;
-  });
+  const bytesOut = await writeFileAtomically(outPath, (out) => reframeInto(out, inPath, opts, merge, changes)).finally(() => merge?.close());
   return { bytesIn: (await stat(inPath)).size, bytesOut, changes, multifd: channels };
+}
+
+/** The event loop of reframeStreamFile, writing into `out`; returns the bytes written. */
+async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, merge: MultifdMerge | undefined, changes: ReframeChange[]): Promise<number> {
+  const w = new StreamWriter(writableSink(out));
+  let mappedRam = false;
+  // A VFIO END or FULL section just opened, until its first body event says what it carries.
+  let vfioOpen: { kind: 'END' | 'FULL'; section: SectionRef } | null = null;
+  for await (const ev of readStreamFile(inPath, opts)) {
+    const opened = vfioOpen;
+    vfioOpen = null;
+    let change: ReframeChange | null = null;
+    switch (ev.type) {
+      case 'configuration':
+        mappedRam = ev.subsections.some((s) => s.capabilities?.includes(CAP_MAPPED_RAM));
+        if (mappedRam && opts.target && !atLeast(opts.target, 9, 0)) {
+          throw new StreamError('ESTREAM_UNSUPPORTED', `mapped-ram is new in QEMU 9.0; ${opts.target.major}.${opts.target.minor} cannot load this stream`, { offset: ev.offset });
+        }
+        break;
+      case 'section':
+        if (ev.section.handler === 'vfio' && (ev.kind === 'END' || ev.kind === 'FULL')) vfioOpen = { kind: ev.kind, section: ev.section };
+        break;
+      case 'command':
+        change = commandChange(ev, opts.target);
+        break;
+      case 'ram-multifd-flush': {
+        if (!merge) {
+          throw new StreamError('ESTREAM_UNSUPPORTED', 'the RAM pages of this migration travelled on multifd channels, which a capture of the main channel does not hold: give the channel captures (proxy --tee writes FILE.multifd-N)', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr });
+        }
+        checkMovable(mappedRam, 'multifd pages', ev.offset);
+        const r = await merge.beforeFlush(w, ev);
+        if (r.packets > 0) changes.push({ offset: ev.offset, what: `RAM round ${r.round + 1} from multifd: ${r.normalPages} pages, ${r.zeroPages} zero pages in ${r.packets} packets`, action: 'inserted', why: 'a file load has no multifd channels', sectionId: ev.section.sectionId, idstr: ev.section.idstr });
+        break;
+      }
+      case 'vfio-marker':
+        if (opened?.kind === 'END' && ev.marker === 'END_OF_STATE' && merge) {
+          // QEMU's multifd dummy END: the stop-copy data comes from the channels.
+          const data = await merge.endData(w, opened.section);
+          if (data) changes.push({ offset: ev.offset, what: `vfio stop-copy data from multifd: ${data.bytes} bytes in ${data.packets} packets`, action: 'inserted', why: 'a file load has no multifd channels', sectionId: opened.section.sectionId, idstr: opened.section.idstr });
+        }
+        if (opened?.kind === 'FULL' && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY')) {
+          const body = merge ? await merge.fullBody(opened.section, ev.offset) : null;
+          if (!body) {
+            throw new StreamError('ESTREAM_UNSUPPORTED', 'this VFIO device sent its stop-copy data and config over multifd channels (x-migration-multifd-transfer); a capture of the main channel does not hold them: give the channel captures', { offset: ev.offset, sectionId: opened.section.sectionId, idstr: opened.section.idstr, expected: 'DEV_CONFIG_STATE', found: ev.marker });
+          }
+          change = { offset: ev.offset, what: `vfio ${ev.marker} (multifd dummy)`, action: 'replaced', why: `the config blob from multifd (${body.length} bytes): a file load has no multifd channels`, sectionId: opened.section.sectionId, idstr: opened.section.idstr };
+          checkMovable(mappedRam, change.what, ev.offset);
+          changes.push(change);
+          await w.vfioConfig(body.subarray(8, body.length - 8));
+          continue;
+        }
+        if (ev.marker === 'DEV_INIT_DATA_SENT') {
+          change = { offset: ev.offset, what: 'vfio DEV_INIT_DATA_SENT', action: 'replaced', why: WHY_SWITCHOVER_ACK, sectionId: ev.section.sectionId, idstr: ev.section.idstr };
+        }
+        break;
+      case 'eof':
+        merge?.finish(ev.offset);
+        break;
+      case 'vmdesc': {
+        const json = merge?.vmdescJson(ev.json);
+        if (json) {
+          changes.push({ offset: ev.offset, what: 'vmdesc', action: 'replaced', why: 'the merged VFIO FULL sections are longer: their vmdesc sizes follow' });
+          await w.vmdesc(json);
+          continue;
+        }
+        break;
+      }
+      default:
+    }
+    if (!change) {
+      await w.event(ev);
+      continue;
+    }
+    checkMovable(mappedRam, `${change.what} would have to be ${change.action}`, ev.offset);
+    changes.push(change);
+    if (change.action === 'replaced') await w.vfioMarker('END_OF_STATE');
+  }
+  await w.flush();
+  return w.offset;
 }
 
 /** mapped-ram streams record page offsets in the file: no change may move bytes. */
