@@ -9,7 +9,8 @@ import {
 } from './constants.js';
 import type { StreamEvent } from './records.js';
 
-function ramWord(w: Writer, address: number, flags: number): void {
+/** The be64 word every RAM record starts with: page offset | flags. */
+export function ramWord(w: Writer, address: number, flags: number): void {
   w.be64(BigInt(address) | BigInt(flags));
 }
 

@@ -2,14 +2,14 @@
 // destination would have received over the channels is written where a non-multifd stream
 // carries it, so a file load (which has no channels) gets everything.
 //  - RAM round k (all channels' pages before their k-th SYNC) goes into the RAM section just
-//    before the main channel's k-th MULTIFD_FLUSH, as PAGE and ZERO records; the flush
-//    record itself stays (a load without multifd passes over it).
+//    where the main channel's k-th MULTIFD_FLUSH was, as PAGE and ZERO records (the block
+//    named once per packet, CONTINUE after it); the flush record goes, as in a stream QEMU
+//    writes without multifd.
 //  - A VFIO device's stop-copy packets become DATA_STATE records in its END section (whose
 //    main-channel body was only END_OF_STATE), its config packet the body of its FULL
 //    section (DEV_CONFIG_STATE .. END_OF_STATE), and the vmdesc entry of that FULL section
 //    gets the new size.
 import { StreamError } from './errors.js';
-import { RamFlag } from './constants.js';
 import { ChannelFiles, deviceKey, readRamPacket, type MultifdIndex } from './multifd-index.js';
 import type { RamMultifdFlushEvent, SectionRef } from './records.js';
 import type { StreamWriter } from './writer.js';
@@ -51,9 +51,7 @@ export class MultifdMerge {
     const merged: MergedRound = { round: k, packets: packets.length, normalPages: 0, zeroPages: 0 };
     for (const ref of packets) {
       const { normal, zero } = await readRamPacket(this.files, this.index, ref);
-      const base = { offset: flush.offset, section: flush.section, block: ref.ramblock, continued: false };
-      for (const p of normal) await w.event({ ...base, type: 'ram-page', flags: RamFlag.PAGE, address: p.address, data: p.data });
-      for (const address of zero) await w.event({ ...base, type: 'ram-zero', flags: RamFlag.ZERO, address, fill: 0 });
+      await w.ramPages(ref.ramblock, normal, zero);
       merged.normalPages += normal.length;
       merged.zeroPages += zero.length;
     }

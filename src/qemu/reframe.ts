@@ -142,9 +142,11 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
           throw new StreamError('ESTREAM_UNSUPPORTED', 'the RAM pages of this migration travelled on multifd channels, which a capture of the main channel does not hold: give the channel captures (proxy --tee writes FILE.multifd-N)', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr });
         }
         checkMovable(mappedRam, 'multifd pages', ev.offset);
+        // The round's pages take the flush's place: a stream QEMU writes without multifd has
+        // the pages and no flush (and extract refuses a stream with one).
         const r = await merge.beforeFlush(w, ev);
-        if (r.packets > 0) changes.push({ offset: ev.offset, what: `RAM round ${r.round + 1} from multifd: ${r.normalPages} pages, ${r.zeroPages} zero pages in ${r.packets} packets`, action: 'inserted', why: 'a file load has no multifd channels', sectionId: ev.section.sectionId, idstr: ev.section.idstr });
-        break;
+        changes.push({ offset: ev.offset, what: 'ram MULTIFD_FLUSH', action: 'replaced', why: `by round ${r.round + 1} from multifd: ${r.normalPages} pages, ${r.zeroPages} zero pages in ${r.packets} packets (a file load has no multifd channels)`, sectionId: ev.section.sectionId, idstr: ev.section.idstr });
+        continue;
       }
       case 'vfio-marker':
         if (opened?.kind === 'END' && ev.marker === 'END_OF_STATE' && merge) {

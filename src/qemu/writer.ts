@@ -7,6 +7,7 @@ import { Writer } from './bytes.js';
 import {
   FILE_MAGIC,
   FILE_VERSION,
+  RamFlag,
   RecordType,
   VmCommand,
   VFIO_MARKERS,
@@ -20,7 +21,7 @@ import {
   type SectionKind,
   type VfioMarkerName,
 } from './constants.js';
-import { encodeEventInto } from './encode.js';
+import { encodeEventInto, ramWord } from './encode.js';
 import { StreamError } from './errors.js';
 import type { StreamEvent } from './records.js';
 import type { VmDesc, VmDescDevice } from './vmdesc.js';
@@ -241,6 +242,31 @@ export class StreamWriter {
     await this.sectionFull(sectionId, idstr, instanceId, VFIO_SECTION_VERSION);
     await this.vfioConfig(blob);
     await this.endSection();
+  }
+
+  /**
+   * RAM PAGE records and then ZERO records (fill 0) of one block, inside the open RAM
+   * section: the first names the block, the rest carry CONTINUE, as QEMU writes pages of the
+   * same block in a row. One buffer-size check for the lot (a batch is at most what one
+   * multifd packet carries, 512 KiB of pages).
+   */
+  async ramPages(block: string, pages: readonly { address: number; data: Buffer }[], zeroPages: readonly number[] = []): Promise<void> {
+    this.inSection();
+    let named = false;
+    const word = (address: number, flags: number): void => {
+      ramWord(this.w, address, named ? flags | RamFlag.CONTINUE : flags);
+      if (!named) this.w.string8(block);
+      named = true;
+    };
+    for (const p of pages) {
+      word(p.address, RamFlag.PAGE);
+      this.w.bytes(p.data);
+    }
+    for (const address of zeroPages) {
+      word(address, RamFlag.ZERO);
+      this.w.u8(0);
+    }
+    await this.maybeFlush();
   }
 
   /** QEMU_VM_COMMAND with its payload. */

@@ -1064,23 +1064,26 @@ async function multifdMergeCase(t: ExecutionContext, name: ScenarioName): Promis
   const out = join(dir, 'file.mig');
   const merged = (await reframe(t, tee, out)) as ReframeJson & { multifd: { channelId: number; path: string; bytes: number }[] };
   t.deepEqual(merged.multifd.map((c) => c.channelId), [0, 1]);
-  const inserted = merged.changes.filter((c) => c.action === 'inserted');
-  const pages = inserted.map((c) => /(\d+) pages, (\d+) zero pages/.exec(c.what)!).reduce((n, x) => ({ normal: n.normal + Number(x[1]), zero: n.zero + Number(x[2]) }), { normal: 0, zero: 0 });
+  const flushes = merged.changes.filter((c) => c.what === 'ram MULTIFD_FLUSH');
+  t.is(flushes.length, (await inspect(tee)).ram!.records.MULTIFD_FLUSH, 'every MULTIFD_FLUSH replaced by its round');
+  const rounds = flushes.map((c) => /(\d+) pages, (\d+) zero pages/.exec(c.why)!).filter((x) => Number(x[1]) + Number(x[2]) > 0);
+  const pages = rounds.reduce((n, x) => ({ normal: n.normal + Number(x[1]), zero: n.zero + Number(x[2]) }), { normal: 0, zero: 0 });
   t.deepEqual(pages, { normal: Number(info.ram!.normal), zero: Number(info.ram!.duplicate) }, 'every page QEMU sent on the channels, as QEMU counted them');
   const outIns = await inspect(out);
   t.is(outIns.ram!.pages.PAGE, pages.normal);
   t.is(outIns.ram!.pages.ZERO, pages.zero);
+  t.is(outIns.ram!.records.MULTIFD_FLUSH ?? 0, 0);
   // A running guest's pages come in two rounds at least: all of RAM, then at the switchover
   // the pages it dirtied meanwhile (its counter page among them, newer than in round 1), so
   // the equal RAM below also shows the rounds were merged in order.
-  if (s.prepare === 'run') t.true(inserted.length >= 2, `pages in ${inserted.length} rounds`);
+  if (s.prepare === 'run') t.true(rounds.length >= 2, `pages in ${rounds.length} rounds`);
 
   // QEMU 10.0 without multifd loads it from a file; its RAM is the live destination's.
   const vm = await QemuVm.start({ version: '10.0', name: `merged multifd ${name} file load (10.0)`, args: [...m.args, '-S'], incomingDefer: true, beforeStart: m.beforeStart, teardown: t.teardown.bind(t) });
   t.is(await vm.migrateIncomingFile(out, { timeoutMs: 60_000 }), dstStatus);
   t.is(await guestRamHash(vm, s.ramMiB), liveRam, 'guest RAM loaded from the merged file = RAM the live destination got');
   await vm.quit();
-  t.log(`multifd merge ${name}: main ${(await stat(tee)).size} + channels ${merged.multifd.map((c) => c.bytes).join(' + ')} bytes -> ${merged.bytesOut} bytes; ${pages.normal} pages + ${pages.zero} zero pages in ${inserted.length} round(s); dirty-sync-count ${String(info.ram?.['dirty-sync-count'])}`);
+  t.log(`multifd merge ${name}: main ${(await stat(tee)).size} + channels ${merged.multifd.map((c) => c.bytes).join(' + ')} bytes -> ${merged.bytesOut} bytes; ${pages.normal} pages + ${pages.zero} zero pages in ${rounds.length} round(s); dirty-sync-count ${String(info.ram?.['dirty-sync-count'])}`);
 }
 
 test.serial('reframe merges a multifd capture of a paused pc: the main tee alone is refused; with its channel tees it loads from a file into a QEMU without multifd, RAM identical to the live destination\'s', async (t) => {
