@@ -3,7 +3,7 @@
 //    pages applied), like analyze-migration.py -x;
 //  - VFIO: per device its raw device data (DATA_STATE payloads in order), its
 //    config blob, and a manifest.json saying where each piece came from.
-import { open, mkdir, writeFile, type FileHandle } from 'node:fs/promises';
+import { open, mkdir, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { createHash, type Hash } from 'node:crypto';
 import { join } from 'node:path';
 import { inflateSync } from 'node:zlib';
@@ -100,7 +100,22 @@ interface BlockOut {
   dirty: Uint8Array;
 }
 
+/**
+ * Extracts what `opts` asks for. A stream that fails part-way (truncated, corrupt, refused)
+ * leaves none of the files this call created: a half-written image or device file must not
+ * pass for the real thing.
+ */
 export async function extractStreamFile(path: string, opts: ExtractOptions): Promise<ExtractResult> {
+  const created: string[] = [];
+  try {
+    return await extractInto(path, opts, created);
+  } catch (e) {
+    for (const f of created) await rm(f, { force: true });
+    throw e;
+  }
+}
+
+async function extractInto(path: string, opts: ExtractOptions, created: string[]): Promise<ExtractResult> {
   const info = await probeStreamFile(path, opts);
   const pageSize = opts.pageSize ?? info.vmdesc?.page_size ?? DEFAULT_TARGET_PAGE_SIZE;
   const insp = new Inspector({ pageSize });
@@ -118,6 +133,7 @@ export async function extractStreamFile(path: string, opts: ExtractOptions): Pro
           for (const b of ev.blocks) {
             if (blocks.has(b.name)) continue;
             const file = join(opts.ramDir, safeFileName(b.name));
+            created.push(file);
             const fh = await open(file, 'w+');
             await fh.truncate(b.usedLength);
             const img = { name: b.name, file, usedLength: b.usedLength, pagesWritten: 0 };
@@ -162,6 +178,7 @@ export async function extractStreamFile(path: string, opts: ExtractOptions): Pro
       if (opts.outDir) {
         if (ev.type === 'section' && ev.section.handler === 'vfio' && !devs.has(ev.section.sectionId)) {
           const file = join(opts.outDir, safeFileName(ev.section.idstr) + '.data');
+          created.push(file);
           devs.set(ev.section.sectionId, { fh: await open(file, 'w'), file, hash: createHash('sha256') });
         } else if (ev.type === 'vfio-data-chunk') {
           const d = devs.get(ev.section.sectionId)!;
@@ -169,6 +186,7 @@ export async function extractStreamFile(path: string, opts: ExtractOptions): Pro
           await d.fh.write(ev.data);
         } else if (ev.type === 'vfio-config') {
           const file = join(opts.outDir, safeFileName(ev.section.idstr) + '.config');
+          created.push(file);
           await writeFile(file, ev.data);
           devs.get(ev.section.sectionId)!.config = { file };
         }

@@ -152,7 +152,7 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
         if (opened?.kind === 'END' && ev.marker === 'END_OF_STATE' && merge) {
           // QEMU's multifd dummy END: the stop-copy data comes from the channels.
           const data = await merge.endData(w, opened.section);
-          if (data) changes.push({ offset: ev.offset, what: `vfio stop-copy data from multifd: ${data.bytes} bytes in ${data.packets} packets`, action: 'inserted', why: 'a file load has no multifd channels', sectionId: opened.section.sectionId, idstr: opened.section.idstr });
+          if (data) changes.push({ offset: ev.offset, what: `vfio stop-copy data from multifd: ${data.bytes} bytes in ${data.packets} packet${data.packets === 1 ? '' : 's'}`, action: 'inserted', why: 'a file load has no multifd channels', sectionId: opened.section.sectionId, idstr: opened.section.idstr });
         }
         if (opened?.kind === 'FULL' && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY')) {
           const body = merge ? await merge.fullBody(opened.section, ev.offset) : null;

@@ -480,7 +480,7 @@ test.serial('the multifd main tee alone: `migbridge reframe` and `migbridge extr
   t.log(`extract --out without channels (${secs(x.ms)}): ${JSON.stringify(xerr)}; left in --out: ${JSON.stringify(fs.existsSync(path.join(alone, 'x')) ? fs.readdirSync(path.join(alone, 'x')) : null)}`);
   t.like(xerr, { code: 'ESTREAM_UNSUPPORTED', idstr: IDSTR });
   t.regex(xerr.message, /multifd channels/);
-  t.false(fs.existsSync(path.join(alone, 'x', 'manifest.json')), 'no manifest');
+  t.deepEqual(fs.existsSync(path.join(alone, 'x')) ? fs.readdirSync(path.join(alone, 'x')) : [], [], 'nothing left in --out (no device file, no manifest)');
   timings.push(`test 5 (refusals): ${secs(performance.now() - t0)}`);
 });
 
@@ -514,7 +514,7 @@ test.serial('`migbridge reframe` merges the multifd channels: the stop-copy pack
   const data = vfio.find((x) => x.action === 'inserted');
   const dummy = vfio.find((x) => x.action === 'replaced');
   if (!data || !dummy) return t.fail('the vfio changes are one insertion and one replacement');
-  const dm = /^vfio stop-copy data from multifd: (\d+) bytes in (\d+) packets$/.exec(data.what);
+  const dm = /^vfio stop-copy data from multifd: (\d+) bytes in (\d+) packets?$/.exec(data.what);
   const cm = /config blob from multifd \((\d+) bytes\)/.exec(dummy.why);
   if (!dm || !cm) return t.fail(`change texts: ${data.what} / ${dummy.why}`);
   const [dataBytes, dataPackets, configBlob] = [Number(dm[1]), Number(dm[2]), Number(cm[1])];

@@ -108,7 +108,7 @@ test('HAND-BUILT switchover-ack capture: INIT_DATA_SENT becomes END_OF_STATE in 
   t.is(d.markers.DEV_INIT_DATA_SENT ?? 0, 0);
 });
 
-test('HAND-BUILT multifd captures are refused at the VFIO FULL section: the stop-copy data is not in the main channel; no output is left', async (t) => {
+test('HAND-BUILT multifd captures are refused at the VFIO FULL section (reframe) and by extract --out: the stop-copy data is not in the main channel; no output is left', async (t) => {
   const dir = await scratch(t);
   for (const [name, marker] of [['10.0 dummy END_OF_STATE', 'END_OF_STATE'], ['10.1 CONFIG_LOAD_READY', 'DEV_CONFIG_LOAD_READY']] as const) {
     const input = join(dir, 'in.mig');
@@ -129,6 +129,10 @@ test('HAND-BUILT multifd captures are refused at the VFIO FULL section: the stop
     t.like(err, { code: 'ESTREAM_UNSUPPORTED', idstr: DEV, sectionId: 42, found: marker }, name);
     t.regex(err!.message, /multifd/);
     t.deepEqual(await leftovers(dir), [], name);
+    // extract --out refuses it too, and takes back the device file it had started.
+    const outDir = join(dir, 'extract');
+    await t.throwsAsync(extractStreamFile(input, { outDir }), { code: 'ESTREAM_UNSUPPORTED', message: /multifd channels/ }, name);
+    t.deepEqual(await readdir(outDir), [], `${name}: nothing left in the extract directory`);
   }
 });
 
