@@ -12,6 +12,12 @@ export function errnoName(errno: number): string {
   return errnoNames.get(errno) ?? `E${errno}`;
 }
 
+/** A thrown value's `code` (Node's "ECONNRESET", ...), else its message: for reports. */
+export function errorCode(e: unknown): string {
+  const c = (e as NodeJS.ErrnoException | undefined)?.code;
+  return typeof c === 'string' ? c : e instanceof Error ? e.message : String(e);
+}
+
 /** Errno number for a name (e.g. "EINVAL" -> 22); undefined when unknown. */
 export function errnoNumber(name: string): number | undefined {
   return (osConstants.errno as Record<string, number>)[name];

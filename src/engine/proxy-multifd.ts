@@ -12,7 +12,7 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import * as net from 'node:net';
-import { MigbridgeError } from '../errors.js';
+import { MigbridgeError, errorCode as errCode } from '../errors.js';
 import { MULTIFD_MAGIC, MultifdDecoder, MultifdTallier, type MultifdTally } from '../qemu/multifd.js';
 import { temporaryNameFor } from '../util/atomic-file.js';
 import { connectUnixWhenListening } from '../util/unix-connect.js';
@@ -22,10 +22,6 @@ import type { ProxyFailure, ProxyNote, SideResult } from './proxy.js';
 /** `QEVM`: the first 4 bytes of the main migration channel. */
 export const MAIN_CHANNEL_MAGIC = 0x5145564d;
 
-function errCode(e: unknown): string {
-  const c = (e as NodeJS.ErrnoException | undefined)?.code;
-  return typeof c === 'string' ? c : e instanceof Error ? e.message : String(e);
-}
 
 /** A connection that was neither the main channel nor a multifd channel, closed unforwarded. */
 export interface RejectedConnection {

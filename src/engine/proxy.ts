@@ -20,7 +20,7 @@ import { rename, rm } from 'node:fs/promises';
 import { temporaryNameFor } from '../util/atomic-file.js';
 import { connectUnixWhenListening } from '../util/unix-connect.js';
 import * as net from 'node:net';
-import { MigbridgeError, errnoNumber } from '../errors.js';
+import { MigbridgeError, errnoNumber, errorCode as errCode } from '../errors.js';
 import { RecordType } from '../qemu/constants.js';
 import type { StreamEvent, VmDesc } from '../qemu/index.js';
 import { inspectStreamFile } from '../qemu/summary.js';
@@ -144,10 +144,6 @@ export class ProxyFailedError extends ProxyError {
   }
 }
 
-function errCode(e: unknown): string {
-  const c = (e as NodeJS.ErrnoException | undefined)?.code;
-  return typeof c === 'string' ? c : e instanceof Error ? e.message : String(e);
-}
 
 function sysError(op: string, e: unknown): ProxyError {
   const code = errCode(e);
