@@ -25,6 +25,8 @@ function human(r: InspectReport): string {
     for (const b of r.ram.blocks) lines.push(`  ${b.name.padEnd(28)} ${String(b.usedLength).padStart(12)} bytes${b.gpa !== undefined ? ` at GPA 0x${b.gpa.toString(16)}` : ''}`);
     const p = r.ram.pages;
     lines.push(`  pages: ${p.PAGE} PAGE, ${p.ZERO} ZERO, ${p.XBZRLE} XBZRLE, ${p.COMPRESS_PAGE} COMPRESS_PAGE; ${r.ram.records.EOS} EOS, ${r.ram.records.MULTIFD_FLUSH} MULTIFD_FLUSH`);
+    // A multifd migration's main channel: the pages are not here, and that is easy to miss.
+    if (r.ram.records.MULTIFD_FLUSH) lines.push('  multifd: the pages of this migration went over multifd channels, not in this stream (`migbridge reframe IN OUT --multifd CH...` merges the channel captures)');
   }
   if (r.vfio.length) {
     lines.push('', 'vfio:');
