@@ -5,7 +5,7 @@
 import { MigbridgeError } from '../errors.js';
 import { MigFlag, MigState } from '../fsm/index.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
-import { type ByteSource, type StreamEvent, readStream } from '../qemu/index.js';
+import { type ByteSource, type StreamEvent, StreamError, readStream } from '../qemu/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
 import { SectionMatcher } from './match.js';
 import type { Progress, ProgressCounter } from './progress.js';
@@ -200,7 +200,15 @@ async function loadState(
 ): Promise<void> {
   let inFlight = 0;
   const waiters: (() => void)[] = [];
+  let fullOpen = false;
   for await (const ev of events) {
+    // A VFIO FULL section that is only END_OF_STATE (or CONFIG_LOAD_READY) is QEMU 10's
+    // multifd dummy: the device's stop-copy data went over multifd channels, not in here.
+    const fullDummy = fullOpen && ev.type === 'vfio-marker' && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY');
+    fullOpen = ev.type === 'section' && ev.kind === 'FULL' && ev.section.handler === 'vfio';
+    if (fullDummy) {
+      throw new StreamError('ESTREAM_UNSUPPORTED', `the state of ${ev.section.idstr} went over multifd channels, not in this stream: give the channel captures (restore -i FILE --multifd CH..., found by default as FILE.multifd-N)`, { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr, found: ev.marker });
+    }
     if (ev.type === 'section' && ev.section.handler === 'vfio' && !bySection.has(ev.section.sectionId)) {
       const index = matcher.assign(ev.section.idstr);
       const t = targets[index]!;

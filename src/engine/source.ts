@@ -2,12 +2,20 @@
 // an fd handed in, or a unix socket migbridge listens on (like QEMU's -incoming unix:).
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import { type StreamEvent, readStream, readStreamFile } from '../qemu/index.js';
+import { DEFAULT_TARGET_PAGE_SIZE, type StreamEvent, probeStreamFile, readStream, readStreamFile } from '../qemu/index.js';
+import { indexMultifdChannels } from '../qemu/multifd-index.js';
+import { withMultifdDeviceState } from '../qemu/reframe-multifd.js';
 
-export type SourceTarget = { file: string } | { fd: number } | { unix: string };
+/** A file may come with the captures of its multifd channels (a proxy tee's FILE.multifd-N). */
+export type SourceTarget = { file: string; multifd?: readonly string[] } | { fd: number } | { unix: string };
 
 export async function openEvents(source: SourceTarget): Promise<AsyncIterable<StreamEvent>> {
-  if ('file' in source) return readStreamFile(source.file);
+  if ('file' in source) {
+    if (!source.multifd?.length) return readStreamFile(source.file);
+    // Device state that went over multifd channels is put back into the VFIO END sections.
+    const pageSize = (await probeStreamFile(source.file)).vmdesc?.page_size ?? DEFAULT_TARGET_PAGE_SIZE;
+    return withMultifdDeviceState(readStreamFile(source.file), await indexMultifdChannels(source.multifd, pageSize));
+  }
   if ('fd' in source) return readStream(fs.createReadStream('', { fd: source.fd, highWaterMark: 1 << 20, autoClose: false }));
   const server = net.createServer();
   await new Promise<void>((resolve, reject) => {

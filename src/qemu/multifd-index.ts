@@ -9,7 +9,8 @@
 // Only positions and counts are kept (a few dozen bytes per 512 KiB packet); the bytes are
 // read back from the files when written out.
 import { createReadStream } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, readdir, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { StreamError } from './errors.js';
 import { MULTIFD_DEVICE_STATE_SIZE, MULTIFD_RAM_FIXED_SIZE, MultifdDecoder, MultifdFlag, VFIO_PACKET_CONFIG_STATE, VFIO_PACKET_HEADER_SIZE, type MultifdEvent } from './multifd.js';
 
@@ -161,4 +162,11 @@ export async function readRamPacket(files: ChannelFiles, index: MultifdIndex, re
   const normal = Array.from({ length: ref.normalPages }, (_, i) => ({ address: address(i), data: bytes.subarray(headerSize + i * index.pageSize, headerSize + (i + 1) * index.pageSize) }));
   const zero = Array.from({ length: ref.zeroPages }, (_, i) => address(ref.normalPages + i));
   return { normal, zero };
+}
+
+/** The proxy's channel tees of `mainPath` (`MAIN.multifd-<N>` beside it), in channel order. */
+export async function channelCapturesBeside(mainPath: string): Promise<string[]> {
+  const prefix = `${basename(mainPath)}.multifd-`;
+  const names = (await readdir(dirname(mainPath))).filter((n) => n.startsWith(prefix) && /^\d+$/.test(n.slice(prefix.length)));
+  return names.sort((a, b) => Number(a.slice(prefix.length)) - Number(b.slice(prefix.length))).map((n) => join(dirname(mainPath), n));
 }

@@ -9,9 +9,10 @@
 //    main-channel body was only END_OF_STATE), its config packet the body of its FULL
 //    section (DEV_CONFIG_STATE .. END_OF_STATE), and the vmdesc entry of that FULL section
 //    gets the new size.
+import { VFIO_MARKERS } from './constants.js';
 import { StreamError } from './errors.js';
 import { ChannelFiles, deviceKey, readRamPacket, type MultifdIndex } from './multifd-index.js';
-import type { RamMultifdFlushEvent, SectionRef } from './records.js';
+import type { RamMultifdFlushEvent, SectionRef, StreamEvent } from './records.js';
 import type { StreamWriter } from './writer.js';
 
 export interface MergedRound {
@@ -19,6 +20,14 @@ export interface MergedRound {
   packets: number;
   normalPages: number;
   zeroPages: number;
+}
+
+/** The config blob inside a config packet, which must be DEV_CONFIG_STATE, blob, END_OF_STATE. */
+function configPacketBlob(body: Buffer, section: SectionRef, at: number): Buffer {
+  if (body.length < 16 || body.readBigUInt64BE(0) !== VFIO_MARKERS.DEV_CONFIG_STATE || body.readBigUInt64BE(body.length - 8) !== VFIO_MARKERS.END_OF_STATE) {
+    throw new StreamError('ESTREAM_FORMAT', `the config packet of ${section.idstr} on multifd is not DEV_CONFIG_STATE .. END_OF_STATE`, { offset: at, sectionId: section.sectionId, idstr: section.idstr });
+  }
+  return body.subarray(8, body.length - 8);
 }
 
 export class MultifdMerge {
@@ -78,11 +87,7 @@ export class MultifdMerge {
     if (!packets) return null;
     const cfg = packets.at(-1)!;
     const body = await this.files.read(cfg.channel, cfg.dataOffset, cfg.dataBytes);
-    const head = 0xffffffffef100002n;
-    const tail = 0xffffffffef100001n;
-    if (body.length < 16 || body.readBigUInt64BE(0) !== head || body.readBigUInt64BE(body.length - 8) !== tail) {
-      throw new StreamError('ESTREAM_FORMAT', `the config packet of ${section.idstr} on multifd is not DEV_CONFIG_STATE .. END_OF_STATE`, { offset: at, sectionId: section.sectionId, idstr: section.idstr });
-    }
+    configPacketBlob(body, section, at);
     this.fullSizes.set(key, body.length);
     return body;
   }
@@ -118,5 +123,48 @@ export class MultifdMerge {
     for (const key of this.index.devices.keys()) {
       if (!this.usedDevices.has(key)) throw new StreamError('ESTREAM_FORMAT', `multifd device state for ${key} has no VFIO END section in the main stream`, { offset: eofOffset });
     }
+  }
+}
+
+/**
+ * The main channel's events with every VFIO device's multifd stop-copy data put back where a
+ * stream without multifd has it: vfio-data + vfio-data-chunk events at the start of the
+ * device's (dummy) END section. RAM stays on the channels: this is for consumers of device
+ * state only (restore), which need no page and should not pay for merging them.
+ */
+export async function* withMultifdDeviceState(events: AsyncIterable<StreamEvent>, index: MultifdIndex): AsyncGenerator<StreamEvent, void, undefined> {
+  const files = new ChannelFiles();
+  const used = new Set<string>();
+  try {
+    let opened: { kind: 'END' | 'FULL'; section: SectionRef } | null = null;
+    for await (const ev of events) {
+      const was = opened;
+      opened = ev.type === 'section' && ev.section.handler === 'vfio' && (ev.kind === 'END' || ev.kind === 'FULL') ? { kind: ev.kind, section: ev.section } : null;
+      const packets = was && ev.type === 'vfio-marker' ? index.devices.get(deviceKey(was.section.idstr, was.section.instanceId)) : undefined;
+      if (was && packets && ev.type === 'vfio-marker') {
+        const at = { offset: ev.offset, section: was.section };
+        if (was.kind === 'END' && ev.marker === 'END_OF_STATE') {
+          used.add(deviceKey(was.section.idstr, was.section.instanceId));
+          for (const p of packets.filter((x) => !x.config)) {
+            yield { ...at, type: 'vfio-data', size: p.dataBytes, sectionKind: 'END' };
+            yield { ...at, type: 'vfio-data-chunk', data: await files.read(p.channel, p.dataOffset, p.dataBytes) };
+          }
+        } else if (was.kind === 'FULL' && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY')) {
+          // The dummy stands for the config packet: DEV_CONFIG_STATE, the blob, END_OF_STATE.
+          const cfg = packets.at(-1)!;
+          const blob = configPacketBlob(await files.read(cfg.channel, cfg.dataOffset, cfg.dataBytes), was.section, ev.offset);
+          yield { ...at, type: 'vfio-marker', marker: 'DEV_CONFIG_STATE' };
+          yield { ...at, type: 'vfio-config', data: blob };
+          yield { ...at, type: 'vfio-marker', marker: 'END_OF_STATE' };
+          continue;
+        }
+      }
+      yield ev;
+    }
+    for (const key of index.devices.keys()) {
+      if (!used.has(key)) throw new StreamError('ESTREAM_FORMAT', `multifd device state for ${key} has no VFIO END section in the main stream`, {});
+    }
+  } finally {
+    await files.close();
   }
 }

@@ -29,8 +29,8 @@ import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { laneEnv, migbridge, reportFigure } from './lane.js';
 import type { MigrationInfo, QemuVm } from '../helpers/qemu-vm.js';
-import { type Uart, programUartHmp, readUartHmp, settleDevice, startMttyVm, withDevice, writeUartDev } from './qemu-guest.js';
-import { MigState } from '../../src/fsm/index.js';
+import { type Uart, programUartHmp, readUartDev, readUartHmp, settleDevice, startMttyVm, withDevice, writeUartDev } from './qemu-guest.js';
+import { MigState, stateName } from '../../src/fsm/index.js';
 import { proxyListening, runningCli, waitFor, type CliResult } from '../helpers/cli-run.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mb-kernel-reframe-'));
@@ -581,6 +581,34 @@ test.serial('`migbridge reframe` merges the multifd channels: the stop-copy pack
   t.deepEqual(after, MF_UART, "the UART read after cont is what the source's VM wrote");
   await sc.finish();
   timings.push(`test 6 (merge + inspect + extract + load): ${secs(performance.now() - t0)}`);
+});
+
+test.serial('`migbridge restore` from the multifd tee (channel tees beside it) puts the UART state onto another mdev; from the main tee alone it refuses and leaves the mdev RUNNING', async (t) => {
+  const t0 = performance.now();
+  const dDev = laneEnv().mtty1[2]!;
+  const c = await migrateMultifd(t);
+
+  // The main tee alone: its device state went over the channels; refused, mdev reset.
+  const alone = path.join(tmp, 'restore-alone');
+  fs.mkdirSync(alone, { recursive: true });
+  fs.copyFileSync(c.tee, path.join(alone, 'tee.mig'));
+  await scribble(dDev);
+  const refused = await migbridge('restore', '-i', path.join(alone, 'tee.mig'), '--device', `mdev:${dDev}`, '--output=json');
+  t.is(refused.code, 1, refused.stderr);
+  const err = (JSON.parse(refused.stderr) as CliError).error;
+  t.is(err.code, 'ESTREAM_UNSUPPORTED');
+  t.regex(err.message, /went over multifd channels.*every device was reset to RUNNING/);
+  t.deepEqual(await withDevice(dDev, async (d) => ({ state: stateName(await d.state()), uart: await readUartDev(d) })), { state: 'RUNNING', uart: SCRIBBLE }, 'reset, and nothing loaded');
+
+  // With the channel tees found beside it: the precopy bytes from the main channel, the
+  // stop-copy bytes from the multifd device-state packets, in order.
+  const r = await migbridge('restore', '-i', c.tee, '--device', `mdev:${dDev}`, '--output=json');
+  t.is(r.code, 0, r.stderr);
+  const report = JSON.parse(r.stdout) as { devices: { idstr: string; bytes: number; ok: boolean }[] };
+  t.like(report.devices[0], { idstr: IDSTR, bytes: 60, ok: true }, 'mtty-1 state is 60 bytes: 24 precopy + 36 over multifd');
+  const got = await withDevice(dDev, async (d) => ({ state: stateName(await d.state()), uart: await readUartDev(d) }));
+  t.deepEqual(got, { state: 'RUNNING', uart: MF_UART }, "the UART read through regionRead is what the source's VM wrote");
+  timings.push(`test 7 (restore from the multifd tee): ${secs(performance.now() - t0)}`);
 });
 
 test.after.always('report timings', () => {

@@ -753,37 +753,49 @@ test.serial('10.0: multifd, the destination killed mid-migration: proxy exits 1 
   await dst.kill();
   const r = await proxy.done;
   t.is(r.code, 1, describe(r));
-  const report = reportOf(r) as MultifdReport;
   const err = (JSON.parse(r.stderr.split('\n').find((l) => l.startsWith('{"error"'))!) as { error: { code: string; message: string; offset: number; side: string; channel?: number | null } }).error;
-  t.is(err.code, 'EPROXY_DESTINATION');
-  t.is(err.side, 'destination');
-  t.is(report.failure?.side, 'destination');
-  // Whichever connection of the dead destination the proxy saw go first is the one named.
-  if (report.failure?.channel !== undefined) {
-    const ch = report.multifd.find((c) => c.channel === report.failure!.channel)!;
-    t.truthy(ch, JSON.stringify(report.failure));
-    t.is(err.channel, ch.channel);
-    t.regex(err.message, new RegExp(`destination .* multifd channel ${String(ch.channel)} at channel offset ${err.offset}, before the migration's EOF`));
-    t.true(err.offset <= ch.bytes);
+  let outcome: string;
+  if (r.stdout.trim() === '') {
+    // The main channel can reach the proxy after the channels (seen under load: QEMU had
+    // sent 100 KiB over the channels first); then the destination died while the proxy was
+    // connecting the main channel to it: the connect fails, naming the destination, and
+    // every channel is closed with the main one.
+    t.regex(err.message, /cannot connect to the destination unix:/, describe(r));
+    t.true(['ECONNRESET', 'ECONNREFUSED', 'ENOENT'].includes(err.code), err.code);
+    outcome = `main channel's connect failed: ${err.code}`;
   } else {
-    t.regex(err.message, new RegExp(`destination .* at forward offset ${err.offset}, before the EOF record`));
+    const report = reportOf(r) as MultifdReport;
+    t.is(err.code, 'EPROXY_DESTINATION');
+    t.is(err.side, 'destination');
+    t.is(report.failure?.side, 'destination');
+    // Whichever connection of the dead destination the proxy saw go first is the one named.
+    if (report.failure?.channel !== undefined) {
+      const ch = report.multifd.find((c) => c.channel === report.failure!.channel)!;
+      t.truthy(ch, JSON.stringify(report.failure));
+      t.is(err.channel, ch.channel);
+      t.regex(err.message, new RegExp(`destination .* multifd channel ${String(ch.channel)} at channel offset ${err.offset}, before the migration's EOF`));
+      t.true(err.offset <= ch.bytes);
+    } else {
+      t.regex(err.message, new RegExp(`destination .* at forward offset ${err.offset}, before the EOF record`));
+    }
+    // Every source connection was closed by the proxy (or had gone already), so the source's migration fails.
+    t.is(report.source.closed, 'closed-by-proxy');
+    t.is(report.multifd.length, 2);
+    for (const c of report.multifd) {
+      t.true(c.closed, JSON.stringify(c));
+      t.not(c.source.closed, 'open');
+      t.false(c.tee!.kept);
+    }
+    t.false(report.tee!.kept);
+    outcome = `failure ${JSON.stringify(report.failure)}; channels ${report.multifd.map((c) => `${String(c.channel)}: ${c.bytes} bytes, source ${c.source.closed}, destination ${c.destination.closed}`).join('; ')}`;
   }
-  // Every source connection was closed by the proxy (or had gone already), so the source's migration fails.
-  t.is(report.source.closed, 'closed-by-proxy');
-  t.is(report.multifd.length, 2);
-  for (const c of report.multifd) {
-    t.true(c.closed, JSON.stringify(c));
-    t.not(c.source.closed, 'open');
-    t.false(c.tee!.kept);
-  }
-  t.false(report.tee!.kept);
   t.deepEqual((await readdir(dir)).filter((f) => f.includes('tee')), [], 'no tee file, under final or temporary names');
 
   const info = await migrationEnd(src, 15_000);
   t.is(info.status, 'failed', JSON.stringify(info));
   t.is(await src.status(), 'running');
   await counterAdvances(src, await readCounter(src));
-  t.log(`destination killed: failure ${JSON.stringify(report.failure)}; channels ${report.multifd.map((c) => `${String(c.channel)}: ${c.bytes} bytes, source ${c.source.closed}, destination ${c.destination.closed}`).join('; ')}; source: ${info['error-desc'] ?? ''}`);
+  t.log(`destination killed: ${outcome}; source: ${info['error-desc'] ?? ''}`);
   await src.quit();
 });
 

@@ -1,7 +1,7 @@
 // `migbridge reframe IN OUT [--to VERSION] [--vmdesc JSONFILE]`: make a stream loadable from a
 // file (and, with --to, by an older QEMU), changing only the records such a load rejects.
-import { readFile, readdir } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { channelCapturesBeside } from '../../qemu/multifd-index.js';
 import { UsageError } from '../../errors.js';
 import { parseQemuRelease, reframeStreamFile, REFRAME_TARGETS, type ReframeOptions } from '../../qemu/reframe.js';
 import { parseVmDesc } from '../../qemu/vmdesc.js';
@@ -30,7 +30,7 @@ export const reframeCommand: Command = {
     if (typeof vmdescFile === 'string') opts.vmdesc = parseVmDesc(await readFile(vmdescFile));
     // The proxy tees multifd channel N beside the main stream as IN.multifd-N: found by default.
     const given = (args.values.multifd ?? []) as string[];
-    opts.multifd = given.length > 0 ? given : await channelTeesBeside(inPath);
+    opts.multifd = given.length > 0 ? given : await channelCapturesBeside(inPath);
     const r = await reframeStreamFile(inPath, outPath, opts);
     io.result({ in: inPath, out: outPath, to: typeof to === 'string' ? to : null, ...r }, () =>
       [
@@ -44,9 +44,3 @@ export const reframeCommand: Command = {
   },
 };
 
-/** `IN.multifd-<N>` files next to IN, in channel order. */
-async function channelTeesBeside(inPath: string): Promise<string[]> {
-  const prefix = `${basename(inPath)}.multifd-`;
-  const names = (await readdir(dirname(inPath))).filter((n) => n.startsWith(prefix) && /^\d+$/.test(n.slice(prefix.length)));
-  return names.sort((a, b) => Number(a.slice(prefix.length)) - Number(b.slice(prefix.length))).map((n) => join(dirname(inPath), n));
-}

@@ -5,6 +5,7 @@ import { closeDevices, openDevices } from '../../engine/devices.js';
 import { formatBytes, formatRate, Progress } from '../../engine/progress.js';
 import { type RestoreReport, RestoreFailedError, restore } from '../../engine/restore.js';
 import { openEvents } from '../../engine/source.js';
+import { channelCapturesBeside } from '../../qemu/multifd-index.js';
 import type { Command } from '../command.js';
 import { sourceTarget, stringList } from './transfer-args.js';
 
@@ -36,7 +37,7 @@ export function parseMap(entries: readonly string[], specs: readonly string[]): 
 export const restoreCommand: Command = {
   name: ['restore'],
   summary: "Restore devices from a QEMU migration stream's VFIO sections, in parallel.",
-  usage: 'restore (-i FILE | --fd N | --from unix:PATH) --device SPEC... [--map IDSTR=SPEC...] [--idstr IDSTR...]',
+  usage: 'restore (-i FILE [--multifd CHANNELFILE...] | --fd N | --from unix:PATH) --device SPEC... [--map IDSTR=SPEC...] [--idstr IDSTR...]',
   options: {
     input: { type: 'string', short: 'i' },
     fd: { type: 'string' },
@@ -44,11 +45,16 @@ export const restoreCommand: Command = {
     device: { type: 'string', multiple: true },
     map: { type: 'string', multiple: true },
     idstr: { type: 'string', multiple: true },
+    multifd: { type: 'string', multiple: true },
   },
   async run(args, io) {
     const specs = stringList(args, 'device');
     if (specs.length === 0) throw new UsageError('give at least one --device SPEC');
     const source = sourceTarget(args);
+    const channels = stringList(args, 'multifd');
+    if (channels.length && !('file' in source)) throw new UsageError('--multifd goes with -i FILE');
+    // A proxy tee of a multifd migration: its channel tees (FILE.multifd-N) are found beside it.
+    if ('file' in source) source.multifd = channels.length ? channels : await channelCapturesBeside(source.file);
     const map = parseMap(stringList(args, 'map'), specs);
     const idstrs = stringList(args, 'idstr');
     if (idstrs.length && idstrs.length !== specs.length) throw new UsageError(`--idstr given ${idstrs.length} times for ${specs.length} devices`);
