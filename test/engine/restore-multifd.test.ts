@@ -15,29 +15,10 @@ import { StreamWriter, writableSink } from '../../src/qemu/writer.js';
 import { createWriteStream } from 'node:fs';
 import { createSimDevice } from '../../src/vfio/sim/index.js';
 import { cli } from '../qemu/codec-helpers.js';
+import { multifdInit, vfioStatePacket } from '../helpers/multifd-packets.js';
 
 const work = mkdtempSync(path.join(tmpdir(), 'migbridge-restore-multifd-'));
 test.after.always(() => rmSync(work, { recursive: true, force: true }));
-
-function init(id: number): Buffer {
-  const b = Buffer.alloc(64);
-  b.writeUInt32BE(0x11223344, 0);
-  b.writeUInt32BE(1, 4);
-  b[24] = id;
-  return b;
-}
-
-function devicePacket(idstr: string, idx: number, config: boolean, data: Buffer): Buffer {
-  const h = Buffer.alloc(276 + 12);
-  h.writeUInt32BE(0x11223344, 0);
-  h.writeUInt32BE(1, 4);
-  h.writeUInt32BE(0x40, 8);
-  h.write(idstr, 12, 'latin1');
-  h.writeUInt32BE(12 + data.length, 272);
-  h.writeUInt32BE(idx, 276 + 4);
-  h.writeUInt32BE(config ? 1 : 0, 276 + 8);
-  return Buffer.concat([h, data]);
-}
 
 test('restore -i MAIN with its channel captures beside it: the device gets the state that went over multifd (checksum verified); without them restore refuses naming the device, and the destination is reset', async (t) => {
   // The state a simulated device produces, saved the ordinary way and taken out again.
@@ -71,9 +52,9 @@ test('restore -i MAIN with its channel captures beside it: the device gets the s
   const pieces: Buffer[] = [];
   for (let off = 0; off < data.length; off += 1 << 20) pieces.push(data.subarray(off, off + (1 << 20)));
   const config = Buffer.concat([Buffer.from('ffffffffef100002', 'hex'), Buffer.from([0, 0, 0, 1]), Buffer.alloc(256 + 16), Buffer.from('ffffffffef100001', 'hex')]);
-  const packets = [...pieces.map((p, i) => devicePacket(dev.idstr, i, false, p)), devicePacket(dev.idstr, pieces.length, true, config)];
-  await writeFile(`${main}.multifd-0`, Buffer.concat([init(0), ...packets.filter((_, i) => i % 2 === 0)]));
-  await writeFile(`${main}.multifd-1`, Buffer.concat([init(1), ...packets.filter((_, i) => i % 2 === 1)]));
+  const packets = [...pieces.map((p, i) => vfioStatePacket(dev.idstr, i, 0, p)), vfioStatePacket(dev.idstr, pieces.length, 1, config)];
+  await writeFile(`${main}.multifd-0`, Buffer.concat([multifdInit(0), ...packets.filter((_, i) => i % 2 === 0)]));
+  await writeFile(`${main}.multifd-1`, Buffer.concat([multifdInit(1), ...packets.filter((_, i) => i % 2 === 1)]));
 
   const ok = await cli(['restore', '-i', main, '--device', 'sim:id=dst,size=3MiB', '--output=json']);
   t.is(ok.code, 0, ok.stderr);

@@ -7,11 +7,12 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StreamError } from '../../src/qemu/errors.js';
 import {
-  MULTIFD_DEVICE_STATE_SIZE, MULTIFD_INIT_SIZE, MULTIFD_MAGIC, MultifdDecoder, MultifdFlag, MultifdTallier,
+  MULTIFD_INIT_SIZE, MULTIFD_MAGIC, MultifdDecoder, MultifdFlag, MultifdTallier,
   VFIO_PACKET_CONFIG_STATE, type MultifdEvent,
 } from '../../src/qemu/multifd.js';
 import { inspectStreamFile } from '../../src/qemu/summary.js';
 import { ROOT } from './codec-helpers.js';
+import { vfioStatePacket } from '../helpers/multifd-packets.js';
 
 const DIR = join(ROOT, 'test/fixtures/qemu10-multifd');
 const CHANNELS = [join(DIR, 'channel-0.bin'), join(DIR, 'channel-1.bin')];
@@ -133,31 +134,15 @@ test('corrupted headers: typed errors at the packet\'s offset, and the decoder s
   }
 });
 
-/** A device-state packet as QEMU 10.0 writes it (multifd-device-state.c; VFIO payload from hw/vfio/migration-multifd.c). */
-function deviceStatePacket(idstr: string, instance: number, idx: number, flags: number, data: Buffer): Buffer {
-  const h = Buffer.alloc(MULTIFD_DEVICE_STATE_SIZE);
-  h.writeUInt32BE(MULTIFD_MAGIC, 0);
-  h.writeUInt32BE(1, 4);
-  h.writeUInt32BE(MultifdFlag.DEVICE_STATE, 8);
-  h.write(idstr, 12, 'latin1');
-  h.writeUInt32BE(instance, 268);
-  const vfio = Buffer.alloc(12);
-  vfio.writeUInt32BE(0, 0);
-  vfio.writeUInt32BE(idx, 4);
-  vfio.writeUInt32BE(flags, 8);
-  h.writeUInt32BE(vfio.length + data.length, 272);
-  return Buffer.concat([h, vfio, data]);
-}
-
 test('device-state packets between real RAM packets: idstr, instance, VFIO idx and config flag, payload bytes; byte by byte too', async (t) => {
   const orig = await readFile(CHANNELS[0]!);
   const ps = packets(decode(orig).events);
   const cut = ps[3]!.offset;
   const dev = [
-    deviceStatePacket('0000:00:04.0/vfio', 0, 0, 0, Buffer.alloc(1000, 1)),
-    deviceStatePacket('0000:00:05.0/vfio', 0, 0, 0, Buffer.alloc(5, 2)),
-    deviceStatePacket('0000:00:04.0/vfio', 0, 1, 0, Buffer.alloc(0)),
-    deviceStatePacket('0000:00:04.0/vfio', 0, 2, VFIO_PACKET_CONFIG_STATE, Buffer.alloc(300, 3)),
+    vfioStatePacket('0000:00:04.0/vfio', 0, 0, Buffer.alloc(1000, 1), 0),
+    vfioStatePacket('0000:00:05.0/vfio', 0, 0, Buffer.alloc(5, 2), 0),
+    vfioStatePacket('0000:00:04.0/vfio', 1, 0, Buffer.alloc(0), 0),
+    vfioStatePacket('0000:00:04.0/vfio', 2, VFIO_PACKET_CONFIG_STATE, Buffer.alloc(300, 3), 0),
   ];
   const buf = Buffer.concat([orig.subarray(0, cut), ...dev, orig.subarray(cut)]);
   for (const chunk of [buf.length, 1]) {

@@ -14,6 +14,7 @@ import { Inspector } from '../../src/qemu/summary.js';
 import { readStreamFile } from '../../src/qemu/reader.js';
 import { extractStreamFile } from '../../src/qemu/extract.js';
 import { ONE_MTTY, ROOT, cli, scratch } from './codec-helpers.js';
+import { multifdInit, vfioStatePacket } from '../helpers/multifd-packets.js';
 
 class Collect implements ByteSink {
   parts: Buffer[] = [];
@@ -236,31 +237,6 @@ test('multifd captures that do not add up are refused: a channel missing, a chan
   t.deepEqual(await leftovers(dir), []);
 });
 
-/** A multifd channel init packet (MultiFDInit_t, 64 bytes) for channel `id`. */
-function multifdInit(id: number, uuidByte = 0x11): Buffer {
-  const b = Buffer.alloc(64);
-  b.writeUInt32BE(0x11223344, 0);
-  b.writeUInt32BE(1, 4);
-  b.fill(uuidByte, 8, 24);
-  b[24] = id;
-  return b;
-}
-
-/** A VFIO device-state packet as QEMU 10.0 writes it (276-byte header, then version 0, idx, flags, data). */
-function vfioStatePacket(idstr: string, idx: number, config: boolean, data: Buffer): Buffer {
-  const h = Buffer.alloc(276);
-  h.writeUInt32BE(0x11223344, 0);
-  h.writeUInt32BE(1, 4);
-  h.writeUInt32BE(0x40, 8);
-  h.write(idstr, 12, 'latin1');
-  h.writeUInt32BE(0, 268);
-  h.writeUInt32BE(12 + data.length, 272);
-  const v = Buffer.alloc(12);
-  v.writeUInt32BE(idx, 4);
-  v.writeUInt32BE(config ? 1 : 0, 8);
-  return Buffer.concat([h, v, data]);
-}
-
 test('HAND-BUILT multifd VFIO device state: the stop-copy packets become DATA_STATE records of the END section, the config packet the FULL body, the vmdesc size follows; nothing else changes', async (t) => {
   const dir = await scratch(t);
   const a = Buffer.alloc(1000, 0xa1);
@@ -286,7 +262,7 @@ test('HAND-BUILT multifd VFIO device state: the stop-copy packets become DATA_ST
   });
   // One channel; packets out of idx order (channels do not keep it).
   const channel = join(dir, 'main.mig.multifd-0');
-  await writeFile(channel, Buffer.concat([multifdInit(0), vfioStatePacket(DEV, 1, false, b), vfioStatePacket(DEV, 0, false, a), vfioStatePacket(DEV, 2, true, configBody)]));
+  await writeFile(channel, Buffer.concat([multifdInit(0, 0x11), vfioStatePacket(DEV, 1, 0, b), vfioStatePacket(DEV, 0, 0, a), vfioStatePacket(DEV, 2, 1, configBody)]));
 
   const out = join(dir, 'out.mig');
   const r = await cli(['reframe', main, out, '--output=json']);
@@ -318,10 +294,10 @@ test('HAND-BUILT multifd VFIO device state: the stop-copy packets become DATA_ST
   t.like(d, { dataBytes: 1500, configBytes: CONFIG.length, flavour: 'qemu-10.0+ v2' }, 'no longer the multifd flavour');
 
   // The config packet must be the last idx and carry DEV_CONFIG_STATE .. END_OF_STATE.
-  await writeFile(channel, Buffer.concat([multifdInit(0), vfioStatePacket(DEV, 0, false, a), vfioStatePacket(DEV, 1, true, Buffer.alloc(40))]));
+  await writeFile(channel, Buffer.concat([multifdInit(0, 0x11), vfioStatePacket(DEV, 0, 0, a), vfioStatePacket(DEV, 1, 1, Buffer.alloc(40))]));
   const bad = await cli(['reframe', main, out, '--output=json']);
   t.is(bad.code, 1);
   t.regex(bad.stderr, /ESTREAM_FORMAT.*config packet.*not DEV_CONFIG_STATE/);
-  await writeFile(channel, Buffer.concat([multifdInit(0), vfioStatePacket(DEV, 0, false, a), vfioStatePacket(DEV, 2, true, configBody)]));
+  await writeFile(channel, Buffer.concat([multifdInit(0, 0x11), vfioStatePacket(DEV, 0, 0, a), vfioStatePacket(DEV, 2, 1, configBody)]));
   t.regex((await cli(['reframe', main, out, '--output=json'])).stderr, /packet idx 1 missing/);
 });
