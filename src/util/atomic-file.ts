@@ -13,7 +13,10 @@ export function temporaryNameFor(path: string): string {
 
 export async function writeFileAtomically<T>(path: string, fill: (out: WriteStream) => Promise<T>): Promise<T> {
   const tmp = temporaryNameFor(path);
-  const out = createWriteStream(tmp, { flags: 'wx' });
+  // A 4 MiB write queue lets the producer go on while the previous writes are in the
+  // threadpool (with the 16 KiB default every large write waited for its own completion);
+  // still a bound on memory.
+  const out = createWriteStream(tmp, { flags: 'wx', highWaterMark: 4 << 20 });
   let ok = false;
   try {
     const result = await fill(out);
