@@ -27,7 +27,12 @@ export async function writeFileAtomically<T>(path: string, fill: (out: WriteStre
     return result;
   } finally {
     if (!ok) {
+      // Queued writes may still be in flight: their failure after destroy() is expected
+      // (ERR_STREAM_DESTROYED) and must not surface as an unhandled 'error' event.
+      out.on('error', () => undefined);
+      const closed = new Promise<void>((resolve) => (out.closed ? resolve() : out.once('close', () => resolve())));
       out.destroy();
+      await closed;
       await unlink(tmp).catch(() => undefined);
     }
   }
