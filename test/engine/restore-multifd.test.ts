@@ -15,7 +15,7 @@ import { StreamWriter, writableSink } from '../../src/qemu/writer.js';
 import { createWriteStream } from 'node:fs';
 import { createSimDevice } from '../../src/vfio/sim/index.js';
 import { cli } from '../qemu/codec-helpers.js';
-import { multifdInit, vfioStatePacket } from '../helpers/multifd-packets.js';
+import { multifdInit, vfioStatePacket, writeMultifdVfioMainChannel } from '../helpers/multifd-packets.js';
 
 const work = mkdtempSync(path.join(tmpdir(), 'migbridge-restore-multifd-'));
 test.after.always(() => rmSync(work, { recursive: true, force: true }));
@@ -36,17 +36,7 @@ test('restore -i MAIN with its channel captures beside it: the device gets the s
   const main = path.join(work, 'tee.mig');
   const out = createWriteStream(main);
   const w = new StreamWriter(writableSink(out));
-  await w.header();
-  await w.configuration('pc-q35-10.0');
-  await w.vfioStartSection(7, dev.idstr);
-  await w.switchoverStart();
-  await w.sectionEnd(7);
-  await w.vfioMarker('END_OF_STATE');
-  await w.endSection();
-  await w.sectionFull(7, dev.idstr, 0, 1);
-  await w.vfioMarker('END_OF_STATE');
-  await w.endSection();
-  await w.eof();
+  await writeMultifdVfioMainChannel(w, 7, dev.idstr);
   await w.flush();
   await new Promise<void>((resolve) => out.end(resolve));
   const pieces: Buffer[] = [];

@@ -1,6 +1,8 @@
 // HAND-BUILT multifd channel pieces as QEMU 10.0 writes them (docs/qemu-stream.md §9.6;
 // migration/multifd.h, multifd-device-state.c, hw/vfio/migration-multifd.c), for tests of
-// what real QEMU here cannot produce on demand. Written from the layout, not from src/.
+// what real QEMU here cannot produce on demand. Packets are written from the layout, not
+// from src/; the main channel uses the StreamWriter the codec tests check separately.
+import type { StreamWriter } from '../../src/qemu/writer.js';
 
 /** MultiFDInit_t (64 bytes): magic, version 1, 16-byte UUID (all `uuidByte`), channel id. */
 export function multifdInit(channelId: number, uuidByte = 0): Buffer {
@@ -27,4 +29,23 @@ export function vfioStatePacket(idstr: string, idx: number, vfioFlags: number, d
   h.writeUInt32BE(idx, 276 + 4);
   h.writeUInt32BE(vfioFlags, 276 + 8);
   return Buffer.concat([h, data]);
+}
+
+/**
+ * The main channel of a QEMU 10 multifd migration of one VFIO device (§9.6), header to EOF:
+ * START (SETUP_STATE), SWITCHOVER_START, END and FULL that are only a dummy marker (the
+ * stop-copy data and config went over the channels). No vmdesc: callers add their own.
+ */
+export async function writeMultifdVfioMainChannel(w: StreamWriter, sectionId: number, idstr: string, fullMarker: 'END_OF_STATE' | 'DEV_CONFIG_LOAD_READY' = 'END_OF_STATE'): Promise<void> {
+  await w.header();
+  await w.configuration('pc-q35-10.0');
+  await w.vfioStartSection(sectionId, idstr);
+  await w.switchoverStart();
+  await w.sectionEnd(sectionId);
+  await w.vfioMarker('END_OF_STATE');
+  await w.endSection();
+  await w.sectionFull(sectionId, idstr, 0, 1);
+  await w.vfioMarker(fullMarker);
+  await w.endSection();
+  await w.eof();
 }

@@ -14,7 +14,7 @@ import { Inspector } from '../../src/qemu/summary.js';
 import { readStreamFile } from '../../src/qemu/reader.js';
 import { extractStreamFile } from '../../src/qemu/extract.js';
 import { ONE_MTTY, ROOT, cli, scratch } from './codec-helpers.js';
-import { multifdInit, vfioStatePacket } from '../helpers/multifd-packets.js';
+import { multifdInit, vfioStatePacket, writeMultifdVfioMainChannel } from '../helpers/multifd-packets.js';
 
 class Collect implements ByteSink {
   parts: Buffer[] = [];
@@ -113,19 +113,7 @@ test('HAND-BUILT multifd captures are refused at the VFIO FULL section (reframe)
   const dir = await scratch(t);
   for (const [name, marker] of [['10.0 dummy END_OF_STATE', 'END_OF_STATE'], ['10.1 CONFIG_LOAD_READY', 'DEV_CONFIG_LOAD_READY']] as const) {
     const input = join(dir, 'in.mig');
-    await buildFile(input, async (w) => {
-      await w.header();
-      await w.configuration('pc-q35-10.0');
-      await w.vfioStartSection(42, DEV);
-      await w.switchoverStart();
-      await w.sectionEnd(42);
-      await w.vfioMarker('END_OF_STATE');
-      await w.endSection();
-      await w.sectionFull(42, DEV, 0, 1);
-      await w.vfioMarker(marker);
-      await w.endSection();
-      await w.eof();
-    });
+    await buildFile(input, (w) => writeMultifdVfioMainChannel(w, 42, DEV, marker));
     const err = await t.throwsAsync(reframeStreamFile(input, join(dir, 'out.mig')), { instanceOf: StreamError }, name);
     t.like(err, { code: 'ESTREAM_UNSUPPORTED', idstr: DEV, sectionId: 42, found: marker }, name);
     t.regex(err!.message, /multifd/);
@@ -247,17 +235,7 @@ test('HAND-BUILT multifd VFIO device state: the stop-copy packets become DATA_ST
   const main = join(dir, 'main.mig');
   // The main channel of QEMU 10.0's multifd device-state transfer (§9.6): dummy END and FULL.
   await buildFile(main, async (w) => {
-    await w.header();
-    await w.configuration('pc-q35-10.0');
-    await w.vfioStartSection(42, DEV);
-    await w.switchoverStart();
-    await w.sectionEnd(42);
-    await w.vfioMarker('END_OF_STATE');
-    await w.endSection();
-    await w.sectionFull(42, DEV, 0, 1);
-    await w.vfioMarker('END_OF_STATE');
-    await w.endSection();
-    await w.eof();
+    await writeMultifdVfioMainChannel(w, 42, DEV);
     await w.vmdesc(dummyDesc);
   });
   // One channel; packets out of idx order (channels do not keep it).
