@@ -7,8 +7,9 @@
 //    writes without multifd.
 //  - A VFIO device's stop-copy packets become DATA_STATE records in its END section (whose
 //    main-channel body was only END_OF_STATE), its config packet the body of its FULL
-//    section (DEV_CONFIG_STATE .. END_OF_STATE), and the vmdesc entry of that FULL section
-//    gets the new size.
+//    section (DEV_CONFIG_STATE .. END_OF_STATE): withMultifdDeviceState() does that at the
+//    event level for reframe and restore alike; reframe then gives the vmdesc entry of that
+//    FULL section the new size (MultifdMerge.vmdescJson).
 import { VFIO_MARKERS } from './constants.js';
 import { StreamError } from './errors.js';
 import { ChannelFiles, deviceKey, readRamPacket, type MultifdIndex } from './multifd-index.js';
@@ -34,10 +35,9 @@ export class MultifdMerge {
   private flushes = 0;
   /** FULL sizes to put into the vmdesc, by "idstr#instance". */
   private readonly fullSizes = new Map<string, number>();
-  private readonly usedDevices = new Set<string>();
   private readonly files = new ChannelFiles();
 
-  constructor(private readonly index: MultifdIndex) {}
+  constructor(readonly index: MultifdIndex) {}
 
   /** Closes the channel files. */
   close(): Promise<void> {
@@ -67,29 +67,9 @@ export class MultifdMerge {
     return merged;
   }
 
-  /** The device's stop-copy packets as DATA_STATE records; returns bytes written, or null without packets. */
-  async endData(w: StreamWriter, section: SectionRef): Promise<{ packets: number; bytes: number } | null> {
-    const packets = this.index.devices.get(deviceKey(section.idstr, section.instanceId));
-    if (!packets) return null;
-    this.usedDevices.add(deviceKey(section.idstr, section.instanceId));
-    let bytes = 0;
-    for (const p of packets.filter((x) => !x.config)) {
-      await w.vfioData(await this.files.read(p.channel, p.dataOffset, p.dataBytes));
-      bytes += p.dataBytes;
-    }
-    return { packets: packets.length - 1, bytes };
-  }
-
-  /** The device's config packet (DEV_CONFIG_STATE, vmstate, END_OF_STATE), or null without packets. */
-  async fullBody(section: SectionRef, at: number): Promise<Buffer | null> {
-    const key = deviceKey(section.idstr, section.instanceId);
-    const packets = this.index.devices.get(key);
-    if (!packets) return null;
-    const cfg = packets.at(-1)!;
-    const body = await this.files.read(cfg.channel, cfg.dataOffset, cfg.dataBytes);
-    configPacketBlob(body, section, at);
-    this.fullSizes.set(key, body.length);
-    return body;
+  /** A merged config packet of `bytes` (its FULL body): the vmdesc entry gets that size. */
+  fullMerged(section: SectionRef, bytes: number): void {
+    this.fullSizes.set(deviceKey(section.idstr, section.instanceId), bytes);
   }
 
   /**
@@ -110,7 +90,7 @@ export class MultifdMerge {
     return Buffer.from(JSON.stringify(raw), 'utf8');
   }
 
-  /** After the stream: every round and every device was used. */
+  /** After the stream: every round was used. */
   finish(eofOffset: number): void {
     for (const c of this.index.channels) {
       if (c.rounds.length !== this.flushes) {
@@ -120,24 +100,29 @@ export class MultifdMerge {
         throw new StreamError('ESTREAM_FORMAT', `multifd channel ${c.channelId} (${c.path}) has ${c.tail.length} page packets after its last SYNC: they were never flushed`, { offset: eofOffset });
       }
     }
-    for (const key of this.index.devices.keys()) {
-      if (!this.usedDevices.has(key)) throw new StreamError('ESTREAM_FORMAT', `multifd device state for ${key} has no VFIO END section in the main stream`, { offset: eofOffset });
-    }
   }
 }
 
+/** What withMultifdDeviceState put back, at the offset of the dummy marker it stood in for. */
+export type DeviceStateMerged =
+  | { kind: 'stop-copy'; section: SectionRef; offset: number; bytes: number; packets: number }
+  | { kind: 'config'; section: SectionRef; offset: number; marker: 'END_OF_STATE' | 'DEV_CONFIG_LOAD_READY'; bytes: number };
+
 /**
- * The main channel's events with every VFIO device's multifd stop-copy data put back where a
- * stream without multifd has it: vfio-data + vfio-data-chunk events at the start of the
- * device's (dummy) END section. RAM stays on the channels: this is for consumers of device
- * state only (restore), which need no page and should not pay for merging them.
+ * The main channel's events with every VFIO device's multifd device state put back where a
+ * stream without multifd has it: its stop-copy packets as vfio-data + vfio-data-chunk
+ * events at the start of its (dummy) END section, its config packet (DEV_CONFIG_STATE,
+ * vfio-config, END_OF_STATE) in place of the FULL dummy. RAM stays on the channels (restore
+ * needs no page; reframe merges pages itself). `onMerged` hears of each piece put back.
  */
-export async function* withMultifdDeviceState(events: AsyncIterable<StreamEvent>, index: MultifdIndex): AsyncGenerator<StreamEvent, void, undefined> {
+export async function* withMultifdDeviceState(events: AsyncIterable<StreamEvent>, index: MultifdIndex, onMerged?: (m: DeviceStateMerged) => void): AsyncGenerator<StreamEvent, void, undefined> {
   const files = new ChannelFiles();
   const used = new Set<string>();
   try {
     let opened: { kind: 'END' | 'FULL'; section: SectionRef } | null = null;
+    let lastOffset = 0;
     for await (const ev of events) {
+      lastOffset = ev.offset;
       const was = opened;
       opened = ev.type === 'section' && ev.section.handler === 'vfio' && (ev.kind === 'END' || ev.kind === 'FULL') ? { kind: ev.kind, section: ev.section } : null;
       const packets = was && ev.type === 'vfio-marker' ? index.devices.get(deviceKey(was.section.idstr, was.section.instanceId)) : undefined;
@@ -145,7 +130,9 @@ export async function* withMultifdDeviceState(events: AsyncIterable<StreamEvent>
         const at = { offset: ev.offset, section: was.section };
         if (was.kind === 'END' && ev.marker === 'END_OF_STATE') {
           used.add(deviceKey(was.section.idstr, was.section.instanceId));
-          for (const p of packets.filter((x) => !x.config)) {
+          const data = packets.filter((x) => !x.config);
+          onMerged?.({ kind: 'stop-copy', ...at, bytes: data.reduce((n, p) => n + p.dataBytes, 0), packets: data.length });
+          for (const p of data) {
             yield { ...at, type: 'vfio-data', size: p.dataBytes, sectionKind: 'END' };
             yield { ...at, type: 'vfio-data-chunk', data: await files.read(p.channel, p.dataOffset, p.dataBytes) };
           }
@@ -153,6 +140,7 @@ export async function* withMultifdDeviceState(events: AsyncIterable<StreamEvent>
           // The dummy stands for the config packet: DEV_CONFIG_STATE, the blob, END_OF_STATE.
           const cfg = packets.at(-1)!;
           const blob = configPacketBlob(await files.read(cfg.channel, cfg.dataOffset, cfg.dataBytes), was.section, ev.offset);
+          onMerged?.({ kind: 'config', ...at, marker: ev.marker, bytes: cfg.dataBytes });
           yield { ...at, type: 'vfio-marker', marker: 'DEV_CONFIG_STATE' };
           yield { ...at, type: 'vfio-config', data: blob };
           yield { ...at, type: 'vfio-marker', marker: 'END_OF_STATE' };
@@ -162,7 +150,7 @@ export async function* withMultifdDeviceState(events: AsyncIterable<StreamEvent>
       yield ev;
     }
     for (const key of index.devices.keys()) {
-      if (!used.has(key)) throw new StreamError('ESTREAM_FORMAT', `multifd device state for ${key} has no VFIO END section in the main stream`, {});
+      if (!used.has(key)) throw new StreamError('ESTREAM_FORMAT', `multifd device state for ${key} has no VFIO END section in the main stream`, { offset: lastOffset });
     }
   } finally {
     await files.close();

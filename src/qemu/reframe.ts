@@ -20,7 +20,7 @@ import { CAP_MAPPED_RAM, DEFAULT_TARGET_PAGE_SIZE, VmCommand } from './constants
 import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
 import type { SectionRef, StreamEvent } from './records.js';
 import { indexMultifdChannels } from './multifd-index.js';
-import { MultifdMerge } from './reframe-multifd.js';
+import { MultifdMerge, withMultifdDeviceState, type DeviceStateMerged } from './reframe-multifd.js';
 import { StreamWriter, writableSink } from './writer.js';
 import { writeFileAtomically } from '../util/atomic-file.js';
 
@@ -118,11 +118,24 @@ export async function reframeStreamFile(inPath: string, outPath: string, opts: R
 async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, merge: MultifdMerge | undefined, changes: ReframeChange[]): Promise<number> {
   const w = new StreamWriter(writableSink(out));
   let mappedRam = false;
-  // A VFIO END or FULL section just opened, until its first body event says what it carries.
-  let vfioOpen: { kind: 'END' | 'FULL'; section: SectionRef } | null = null;
-  for await (const ev of readStreamFile(inPath, opts)) {
-    const opened = vfioOpen;
-    vfioOpen = null;
+  // A VFIO FULL section just opened, until its first body event says what it carries.
+  let fullJustOpened: SectionRef | null = null;
+  const events = readStreamFile(inPath, opts);
+  // VFIO device state that went over the channels comes back as ordinary events; each piece
+  // put back is a change of the main channel (the RAM rounds are merged below).
+  const onMerged = (m: DeviceStateMerged): void => {
+    const where = { offset: m.offset, sectionId: m.section.sectionId, idstr: m.section.idstr };
+    checkMovable(mappedRam, 'multifd device state', m.offset);
+    if (m.kind === 'stop-copy') {
+      changes.push({ ...where, what: `vfio stop-copy data from multifd: ${m.bytes} bytes in ${m.packets} packet${m.packets === 1 ? '' : 's'}`, action: 'inserted', why: 'a file load has no multifd channels' });
+    } else {
+      merge!.fullMerged(m.section, m.bytes);
+      changes.push({ ...where, what: `vfio ${m.marker} (multifd dummy)`, action: 'replaced', why: `the config blob from multifd (${m.bytes} bytes): a file load has no multifd channels` });
+    }
+  };
+  for await (const ev of merge ? withMultifdDeviceState(events, merge.index, onMerged) : events) {
+    const fullOpen = fullJustOpened;
+    fullJustOpened = null;
     let change: ReframeChange | null = null;
     switch (ev.type) {
       case 'configuration':
@@ -132,7 +145,7 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
         }
         break;
       case 'section':
-        if (ev.section.handler === 'vfio' && (ev.kind === 'END' || ev.kind === 'FULL')) vfioOpen = { kind: ev.kind, section: ev.section };
+        if (ev.section.handler === 'vfio' && ev.kind === 'FULL') fullJustOpened = ev.section;
         break;
       case 'command':
         change = commandChange(ev, opts.target);
@@ -149,21 +162,9 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
         continue;
       }
       case 'vfio-marker':
-        if (opened?.kind === 'END' && ev.marker === 'END_OF_STATE' && merge) {
-          // QEMU's multifd dummy END: the stop-copy data comes from the channels.
-          const data = await merge.endData(w, opened.section);
-          if (data) changes.push({ offset: ev.offset, what: `vfio stop-copy data from multifd: ${data.bytes} bytes in ${data.packets} packet${data.packets === 1 ? '' : 's'}`, action: 'inserted', why: 'a file load has no multifd channels', sectionId: opened.section.sectionId, idstr: opened.section.idstr });
-        }
-        if (opened?.kind === 'FULL' && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY')) {
-          const body = merge ? await merge.fullBody(opened.section, ev.offset) : null;
-          if (!body) {
-            throw new StreamError('ESTREAM_UNSUPPORTED', 'this VFIO device sent its stop-copy data and config over multifd channels (x-migration-multifd-transfer); a capture of the main channel does not hold them: give the channel captures', { offset: ev.offset, sectionId: opened.section.sectionId, idstr: opened.section.idstr, expected: 'DEV_CONFIG_STATE', found: ev.marker });
-          }
-          change = { offset: ev.offset, what: `vfio ${ev.marker} (multifd dummy)`, action: 'replaced', why: `the config blob from multifd (${body.length} bytes): a file load has no multifd channels`, sectionId: opened.section.sectionId, idstr: opened.section.idstr };
-          checkMovable(mappedRam, change.what, ev.offset);
-          changes.push(change);
-          await w.vfioConfig(body.subarray(8, body.length - 8));
-          continue;
+        // A FULL dummy still here had no device state on the channels (given ones put it back).
+        if (fullOpen && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY')) {
+          throw new StreamError('ESTREAM_UNSUPPORTED', 'this VFIO device sent its stop-copy data and config over multifd channels (x-migration-multifd-transfer); a capture of the main channel does not hold them: give the channel captures', { offset: ev.offset, sectionId: fullOpen.sectionId, idstr: fullOpen.idstr, expected: 'DEV_CONFIG_STATE', found: ev.marker });
         }
         if (ev.marker === 'DEV_INIT_DATA_SENT') {
           change = { offset: ev.offset, what: 'vfio DEV_INIT_DATA_SENT', action: 'replaced', why: WHY_SWITCHOVER_ACK, sectionId: ev.section.sectionId, idstr: ev.section.idstr };
