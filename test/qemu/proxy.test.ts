@@ -122,6 +122,19 @@ function sameTally(t: ExecutionContext, got: Tally, ins: InspectJson, what: stri
   t.is(got.vmdescOffset, ins.vmdesc?.offset ?? null, `${what}: vmdesc offset`);
 }
 
+/**
+ * After 2.5 s of a destination that reads nothing: the byte count `field` of the proxy's
+ * last progress note (one a second), checked to have stopped moving: what left the source.
+ */
+async function stalledAt(t: ExecutionContext, proxy: { stderr: () => string }, field: 'forwardBytes' | 'multifdBytes'): Promise<number> {
+  await sleep(2500);
+  const progress = proxyNotes(proxy.stderr()).filter((n) => n.type === 'progress') as unknown as Record<typeof field, number>[];
+  t.true(progress.length >= 2, proxy.stderr());
+  const inFlight = progress.at(-1)![field];
+  t.is(inFlight, progress.at(-2)![field], 'stalled');
+  return inFlight;
+}
+
 // --- QEMU on both ends ---
 
 /**
@@ -440,13 +453,8 @@ test.serial('backpressure: a destination that stops reading holds the source bac
   c.write(stream, () => { written = true; });
   c.end();
   await waitFor('the destination connected', () => destSock !== undefined, 10_000);
-  await sleep(2500);
-  // The proxy's own progress notes (one a second) say how much it took from the source:
-  // socket buffers (a few hundred KiB per hop) and a read chunk or two, no more.
-  const progress = proxyNotes(proxy.stderr()).filter((n) => n.type === 'progress') as unknown as { forwardBytes: number }[];
-  t.true(progress.length >= 2, proxy.stderr());
-  const inFlight = progress.at(-1)!.forwardBytes;
-  t.is(inFlight, progress.at(-2)!.forwardBytes, 'stalled');
+  // Socket buffers (a few hundred KiB per hop) and a read chunk or two, no more.
+  const inFlight = await stalledAt(t, proxy, 'forwardBytes');
   t.false(written);
   t.true(inFlight < 8 << 20, `${inFlight} bytes left the source while the destination read nothing`);
   destSock!.resume();
@@ -975,11 +983,7 @@ test.serial('backpressure on a multifd channel: a destination that stops reading
   ch.c.write(big, () => { written = true; });
   ch.c.end();
   await waitFor('the destination holding the channel', () => held !== undefined, 10_000);
-  await sleep(2500);
-  const progress = proxyNotes(proxy.stderr()).filter((n) => n.type === 'progress') as unknown as { multifdBytes: number }[];
-  t.true(progress.length >= 2, proxy.stderr());
-  const inFlight = progress.at(-1)!.multifdBytes;
-  t.is(inFlight, progress.at(-2)!.multifdBytes, 'stalled');
+  const inFlight = await stalledAt(t, proxy, 'multifdBytes');
   t.false(written);
   t.true(inFlight < 8 << 20, `${inFlight} bytes left the channel's source while the destination read nothing`);
   // The main channel meanwhile goes through to its end; the proxy waits for the channel.
