@@ -13,8 +13,10 @@ export async function openEvents(source: SourceTarget): Promise<AsyncIterable<St
   if ('file' in source) {
     if (!source.multifd?.length) return readStreamFile(source.file);
     // Device state that went over multifd channels is put back into the VFIO END sections.
-    const pageSize = (await probeStreamFile(source.file)).vmdesc?.page_size ?? DEFAULT_TARGET_PAGE_SIZE;
-    return withMultifdDeviceState(readStreamFile(source.file), await indexMultifdChannels(source.multifd, pageSize));
+    const { vmdesc } = await probeStreamFile(source.file);
+    const index = await indexMultifdChannels(source.multifd, vmdesc?.page_size ?? DEFAULT_TARGET_PAGE_SIZE);
+    // The decode reuses the vmdesc just read instead of reading the file's tail again.
+    return withMultifdDeviceState(readStreamFile(source.file, vmdesc ? { vmdesc } : {}), index);
   }
   if ('fd' in source) return readStream(fs.createReadStream('', { fd: source.fd, highWaterMark: 1 << 20, autoClose: false }));
   const server = net.createServer();

@@ -104,9 +104,12 @@ export async function reframeStreamFile(inPath: string, outPath: string, opts: R
   const changes: ReframeChange[] = [];
   let merge: MultifdMerge | undefined;
   let channels: ReframeResult['multifd'] = [];
-  if (opts.multifd && opts.multifd.length > 0) {
+  const channelFiles = opts.multifd ?? [];
+  if (channelFiles.length > 0) {
     const vmdesc = opts.vmdesc ?? (await probeStreamFile(inPath, opts)).vmdesc;
-    const index = await indexMultifdChannels(opts.multifd, vmdesc?.page_size ?? DEFAULT_TARGET_PAGE_SIZE);
+    // The decode below reuses the vmdesc read here instead of reading the file's tail again.
+    if (vmdesc) opts = { ...opts, vmdesc };
+    const index = await indexMultifdChannels(channelFiles, vmdesc?.page_size ?? DEFAULT_TARGET_PAGE_SIZE);
     merge = new MultifdMerge(index);
     channels = index.channels.map((c) => ({ channelId: c.channelId, path: c.path, bytes: c.bytes }));
   }
