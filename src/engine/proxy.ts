@@ -144,6 +144,20 @@ export class ProxyFailedError extends ProxyError {
   }
 }
 
+/**
+ * A multifd channel failed before the main channel arrived, so there is no report yet: the
+ * error itself names the side, the channel and its connection (seen under load: QEMU 10
+ * sends pages on the channels before the main channel's first bytes).
+ */
+export class ProxyEarlyFailure extends ProxyError {
+  constructor(readonly failure: ProxyFailure) {
+    super(failure.side === 'source' ? 'EPROXY_SOURCE' : 'EPROXY_DESTINATION', `${failure.message} (before the main channel arrived)`, { offset: failure.offset });
+  }
+  override toJSON(): Record<string, unknown> {
+    const f = this.failure;
+    return { ...super.toJSON(), side: f.side, ...(f.channel !== undefined ? { channel: f.channel, connection: f.connection } : {}) };
+  }
+}
 
 function sysError(op: string, e: unknown): ProxyError {
   const code = errCode(e);
@@ -195,7 +209,7 @@ function mainChannel(arrived: Promise<net.Socket>, link: MainLink, path: string,
     const onAbort = (): void => reject(new ProxyError('EPROXY_ABORTED', `aborted while waiting for the source on unix:${path}`));
     if (signal?.aborted) return onAbort();
     signal?.addEventListener('abort', onAbort, { once: true });
-    link.onFail = (f) => reject(new ProxyError(f.side === 'source' ? 'EPROXY_SOURCE' : 'EPROXY_DESTINATION', `${f.message} (before the main channel arrived)`, { offset: f.offset }));
+    link.onFail = (f) => reject(new ProxyEarlyFailure(f));
     void arrived.then((s) => {
       signal?.removeEventListener('abort', onAbort);
       resolve(s);

@@ -25,6 +25,12 @@ interface Pending {
   timer: NodeJS.Timeout;
 }
 
+interface EventWaiter {
+  match: (e: QmpEvent) => boolean;
+  resolve: (e: QmpEvent) => void;
+  reject: (err: Error) => void;
+}
+
 type QmpMessage = { QMP?: unknown; return?: unknown; error?: { class: string; desc: string }; event?: string; id?: number };
 
 export class QmpClient {
@@ -33,6 +39,7 @@ export class QmpClient {
   private nextId = 1;
   private buffer = '';
   private closedError: Error | null = null;
+  private readonly eventWaiters = new Set<EventWaiter>();
 
   private constructor(private readonly socket: Socket, private readonly label: string) {
     socket.setEncoding('utf8');
@@ -83,6 +90,30 @@ export class QmpClient {
     });
   }
 
+  /**
+   * Resolves with the first event at index >= `since` in `events` that `match` accepts (one
+   * already received counts). Events are QEMU's own word that something happened, so a wait
+   * for one needs no polling command, which a QEMU busy loading a migration may not answer
+   * for a long time (its main loop is blocked; seen with multifd under load).
+   */
+  waitEvent(match: (e: QmpEvent) => boolean, opts: { since?: number; timeoutMs: number; what: string }): Promise<QmpEvent> {
+    const found = this.events.slice(opts.since ?? 0).find(match);
+    if (found) return Promise.resolve(found);
+    if (this.closedError) return Promise.reject(this.closedError);
+    return new Promise<QmpEvent>((resolve, reject) => {
+      const waiter: EventWaiter = {
+        match,
+        resolve: (e) => { clearTimeout(timer); resolve(e); },
+        reject: (e) => { clearTimeout(timer); reject(e); },
+      };
+      const timer = setTimeout(() => {
+        this.eventWaiters.delete(waiter);
+        reject(new Error(`${this.label}: no ${opts.what} within ${opts.timeoutMs} ms`));
+      }, opts.timeoutMs);
+      this.eventWaiters.add(waiter);
+    });
+  }
+
   close(): void {
     this.socket.destroy();
   }
@@ -104,7 +135,14 @@ export class QmpClient {
       return;
     }
     if (msg.event !== undefined) {
-      this.events.push(msg as QmpEvent);
+      const e = msg as QmpEvent;
+      this.events.push(e);
+      for (const w of this.eventWaiters) {
+        if (w.match(e)) {
+          this.eventWaiters.delete(w);
+          w.resolve(e);
+        }
+      }
       return;
     }
     if (msg.id === undefined) return;
@@ -120,6 +158,8 @@ export class QmpClient {
     if (this.closedError) return;
     this.closedError = err;
     this.greetingWaiter?.reject(err);
+    for (const w of this.eventWaiters) w.reject(err);
+    this.eventWaiters.clear();
     for (const p of this.pending.values()) {
       clearTimeout(p.timer);
       p.reject(new Error(`${err.message} (while waiting for ${p.command})`));

@@ -136,6 +136,9 @@ export class QemuVm {
         await sleep(20);
       }
       vm.qmpClient = await QmpClient.connect(sock, name, Math.max(1000, deadline - Date.now()));
+      // MIGRATION events (capability `events`, not part of the stream) let the tests wait for a
+      // migration's end without polling a QEMU whose main loop may be busy loading it.
+      await vm.qmpClient.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] }, Math.max(1000, deadline - Date.now()));
     } catch (err) {
       await vm.kill();
       throw vm.failure(`could not start (${(err as Error).message})`, args);
@@ -207,6 +210,41 @@ export class QemuVm {
     }
   }
 
+  /** How many QMP events arrived so far: pass it as `since` to wait only for later ones. */
+  get eventCount(): number {
+    return this.qmpClient?.events.length ?? 0;
+  }
+
+  /**
+   * Waits for this VM's migration (source or destination side) to end, as QEMU announces it
+   * with a MIGRATION event: completed, failed or cancelled. No command is polled meanwhile, so
+   * a destination whose main loop is blocked by the load (multifd, a slow device) is not
+   * mistaken for a hung one; the wait ends at once when QEMU exits, and otherwise is bounded
+   * by `timeoutMs` (generous: it only bounds a real hang). Returns query-migrate's answer.
+   */
+  async waitMigrationEnd(opts: { since?: number; timeoutMs?: number; what?: string } = {}): Promise<MigrationInfo> {
+    if (!this.qmpClient) throw this.failure('QMP not connected');
+    const timeoutMs = opts.timeoutMs ?? 300_000;
+    const what = opts.what ?? 'the migration to end';
+    const ended = this.qmpClient.waitEvent(
+      (e) => e.event === 'MIGRATION' && ['completed', 'failed', 'cancelled'].includes((e.data as { status?: string } | undefined)?.status ?? ''),
+      { since: opts.since ?? 0, timeoutMs, what: `MIGRATION event ending ${what}` },
+    );
+    const exited = new Promise<never>((_, reject) => {
+      this.exitWaiters.push(() => reject(this.failure(`exited while waiting for ${what}`)));
+    });
+    exited.catch(() => undefined);
+    let status: string;
+    try {
+      status = ((await Promise.race([ended, exited])).data as { status: string }).status;
+    } catch (err) {
+      if (this.exited || (await this.waitExit(3_000))) throw this.failure(`exited while waiting for ${what}`);
+      throw this.failure((err as Error).message);
+    }
+    // A destination whose load failed exits right after the event: then the event is all there is.
+    return ((await this.qmp('query-migrate').catch(() => undefined)) as MigrationInfo | undefined) ?? { status };
+  }
+
   /** The default transport for this build: `file:` needs 8.2+. */
   defaultTransport(): 'file' | 'exec' {
     return this.binary.version.startsWith('7.') ? 'exec' : 'file';
@@ -238,9 +276,16 @@ export class QemuVm {
   async migrateIncomingFile(path: string, opts: MigrateOptions = {}): Promise<string> {
     const transport = opts.transport ?? this.defaultTransport();
     const uri = transport === 'file' ? `file:${path}` : `exec:cat ${shellQuote(path)}`;
+    const since = this.eventCount;
     await this.qmp('migrate-incoming', { uri });
-    // query-migrate says "completed" slightly before the runstate changes: poll the runstate.
-    return this.waitStatus((s) => s !== 'inmigrate', opts.timeoutMs ?? 60_000, `the incoming load of ${path}`);
+    const info = await this.waitMigrationEnd({ since, timeoutMs: opts.timeoutMs, what: `the incoming load of ${path}` });
+    if (info.status !== 'completed') {
+      if (this.exited || (await this.waitExit(3_000))) throw this.failure(`exited during the incoming load of ${path}`);
+      throw this.failure(`the incoming load of ${path} ${info.status}: ${info['error-desc'] ?? 'no error-desc'}`);
+    }
+    // The MIGRATION event comes slightly before the runstate changes: poll the runstate (QEMU
+    // answers promptly now that the load is over).
+    return this.waitStatus((s) => s !== 'inmigrate', 20_000, `the runstate after the incoming load of ${path}`);
   }
 
   /** Asks QEMU to quit; SIGKILL if it has not exited within 5 s. */

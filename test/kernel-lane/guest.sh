@@ -30,6 +30,8 @@ export FORCE_COLOR=0 NO_COLOR=1
 cd "$project" || fail "cd $project"
 echo "kernel-lane guest: clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource), available: $(cat /sys/devices/system/clocksource/clocksource0/available_clocksource)"
 echo "kernel-lane guest: $(uname -r), mdevs ready after $(cut -d' ' -f1 /proc/uptime) s; running ava"
+# Tells run.sh the boot is over: a QEMU that dies after this is a test failure, not a boot to retry.
+date +%s > "$out/started"; sync
 start=$EPOCHREALTIME
 args=()
 [ -s "$out/ava-args" ] && mapfile -t args < "$out/ava-args"

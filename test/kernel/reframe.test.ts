@@ -178,10 +178,14 @@ async function runMigration(t: ExecutionContext, o: MigrationSetup): Promise<Cap
 
   t0 = performance.now();
   await src.qmp('migrate', { uri: `unix:${listen}` });
-  let source: MigrationInfo = { status: 'none' };
-  await waitFor('the source migration to finish', async () => ['completed', 'failed', 'cancelled'].includes((source = (await src.qmp('query-migrate')) as MigrationInfo).status), 60_000);
+  // Both ends are waited for by their MIGRATION events, not by polling: a destination QEMU
+  // 10 loading multifd device state keeps its main loop (and so QMP) busy until the load is
+  // done, which took over 30 s in the nested TCG guest under host load.
+  const source: MigrationInfo = await src.waitMigrationEnd({ what: 'the source migration to finish' });
   const p = await proxy.done;
   if (source.status !== 'completed') throw src.failure(`migration ${source.status}: ${JSON.stringify(source)}; proxy exit ${p.code}: ${p.stderr.slice(-2000)}`);
+  const destEnd = await dst.waitMigrationEnd({ what: 'the incoming migration to end' });
+  if (destEnd.status !== 'completed') throw dst.failure(`incoming migration ${destEnd.status}: ${JSON.stringify(destEnd)}`);
   const destStatus = await dst.waitStatus((s) => s !== 'inmigrate', 20_000, 'the destination to leave inmigrate');
   const migrateMs = performance.now() - t0;
 
