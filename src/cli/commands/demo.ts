@@ -28,6 +28,7 @@ export const demoCommand: Command = {
   name: ['demo'],
   summary: 'Save N simulated devices in parallel, inspect the stream, restore into N fresh devices, verify every one.',
   usage: 'demo [--devices 8] [--size 64MiB] [--spec KEY=VALUE,...] [--precopy] [--dir DIR]',
+  operands: [],
   options: {
     devices: { type: 'string' },
     size: { type: 'string' },

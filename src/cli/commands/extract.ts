@@ -8,13 +8,13 @@ export const extractCommand: Command = {
   name: ['extract'],
   summary: 'Extract RAM block images (--ram DIR) and/or each VFIO device\'s raw data and config blob with manifest.json (--out DIR).',
   usage: 'extract FILE [--ram DIR] [--out DIR]',
+  operands: ['FILE'],
   options: {
     ram: { type: 'string' },
     out: { type: 'string' },
   },
   async run(args, io) {
-    const [file, ...extra] = args.positionals;
-    if (!file || extra.length) throw new UsageError('extract takes exactly one FILE');
+    const [file] = args.positionals as [string];
     const ramDir = args.values.ram;
     const outDir = args.values.out;
     if (typeof ramDir !== 'string' && typeof outDir !== 'string') throw new UsageError('extract needs --ram DIR and/or --out DIR');

@@ -42,13 +42,13 @@ export const inspectCommand: Command = {
   name: ['inspect'],
   summary: 'Decode a QEMU migration stream: records, configuration, RAM and VFIO summaries (--dump state: decoded vmstate fields).',
   usage: 'inspect FILE [--dump state] [--vmdesc JSONFILE]',
+  operands: ['FILE'],
   options: {
     dump: { type: 'string' },
     vmdesc: { type: 'string' },
   },
   async run(args, io) {
-    const [file, ...extra] = args.positionals;
-    if (!file || extra.length) throw new UsageError('inspect takes exactly one FILE');
+    const [file] = args.positionals as [string];
     const dump = args.values.dump;
     if (dump !== undefined && dump !== 'state') throw new UsageError(`--dump supports only "state", got ${JSON.stringify(dump)}`);
     const vmdescFile = args.values.vmdesc;

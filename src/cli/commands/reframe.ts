@@ -11,14 +11,14 @@ export const reframeCommand: Command = {
   name: ['reframe'],
   summary: 'Make a captured stream loadable from a file (and by an older QEMU with --to): drops return-path commands, turns switchover-ack markers into END_OF_STATE, refuses what a file cannot replay.',
   usage: `reframe IN OUT [--to ${REFRAME_TARGETS[0]}..${REFRAME_TARGETS[REFRAME_TARGETS.length - 1]}] [--multifd CHANNELFILE...] [--vmdesc JSONFILE]`,
+  operands: ['IN', 'OUT'],
   options: {
     to: { type: 'string' },
     vmdesc: { type: 'string' },
     multifd: { type: 'string', multiple: true },
   },
   async run(args, io) {
-    const [inPath, outPath, ...extra] = args.positionals;
-    if (!inPath || !outPath || extra.length) throw new UsageError('reframe takes IN and OUT');
+    const [inPath, outPath] = args.positionals as [string, string];
     const opts: ReframeOptions = {};
     const to = args.values.to;
     if (typeof to === 'string') {

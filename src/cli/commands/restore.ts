@@ -38,6 +38,7 @@ export const restoreCommand: Command = {
   name: ['restore'],
   summary: "Restore devices from a QEMU migration stream's VFIO sections, in parallel.",
   usage: 'restore (-i FILE [--multifd CHANNELFILE...] | --fd N | --from unix:PATH) --device SPEC... [--map IDSTR=SPEC...] [--idstr IDSTR...]',
+  operands: [],
   options: {
     input: { type: 'string', short: 'i' },
     fd: { type: 'string' },

@@ -24,6 +24,7 @@ export const saveCommand: Command = {
   name: ['save'],
   summary: 'Save the state of one or more devices, in parallel, into a QEMU migration stream.',
   usage: 'save --device SPEC... (-o FILE | --fd N | --to unix:PATH) [--precopy] [--max-downtime MS] [--resume-source] [--machine TYPE] [--idstr IDSTR...] [--read-timeout MS] [--no-init-data-sent] [--interleave]',
+  operands: [],
   options: {
     device: { type: 'string', multiple: true },
     'output-file': { type: 'string', short: 'o' },
