@@ -1,6 +1,6 @@
 // CLI entry: global flags, command dispatch, exit codes (0 ok, 1 failed, 2 usage).
 import { readFileSync } from 'node:fs';
-import { MigbridgeError, UsageError } from '../errors.js';
+import { errorJSON, MigbridgeError, UsageError } from '../errors.js';
 import type { Command, CommandIO, OutputMode } from './command.js';
 import { commands } from './commands/index.js';
 import { commandHelp, parseCommandArgs, SEVERAL_VALUES_NOTE } from './parse.js';
@@ -126,10 +126,11 @@ export async function main(argv: string[]): Promise<number> {
 function reportError(e: unknown, io: CommandIO): number {
   const usage = e instanceof UsageError;
   if (io.output === 'json') {
-    const body = e instanceof MigbridgeError ? e.toJSON() : { name: 'Error', message: String((e as Error)?.message ?? e) };
-    process.stderr.write(JSON.stringify({ error: body }, jsonReplacer) + '\n');
+    process.stderr.write(JSON.stringify({ error: errorJSON(e) }, jsonReplacer) + '\n');
   } else {
-    const msg = e instanceof Error ? e.message : String(e);
+    let msg = e instanceof Error ? e.message : String(e);
+    // A typed error that knows its file but does not say it: name the file first.
+    if (e instanceof MigbridgeError && e.path !== undefined && !msg.includes(e.path)) msg = `${e.path}: ${msg}`;
     process.stderr.write(`migbridge: ${usage ? 'usage: ' : ''}${msg}\n`);
     if (!(e instanceof MigbridgeError) && e instanceof Error && e.stack && process.env.MIGBRIDGE_DEBUG) {
       process.stderr.write(e.stack + '\n');

@@ -4,6 +4,8 @@
 // consumer does not keep them.
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import { constants } from 'node:os';
+import { MigbridgeError, SysError } from '../errors.js';
 import { StreamDecoder, type DecoderOptions } from './decoder.js';
 import type { StreamEvent } from './records.js';
 import { readTailVmDesc, type VmDesc } from './vmdesc.js';
@@ -53,6 +55,8 @@ export interface StreamFileInfo {
 /** Stats a stream file and, when it is a regular (seekable) file, reads its vmdesc from the tail. */
 export async function probeStreamFile(path: string, opts: FileReadOptions = {}): Promise<StreamFileInfo> {
   const st = await stat(path);
+  // A directory would fail only at the first read, with an error that names no path.
+  if (st.isDirectory()) throw new SysError('open', constants.errno.EISDIR, `${path}: is a directory, not a stream file`, { path });
   if (!st.isFile()) return { size: undefined, vmdesc: opts.vmdesc };
   const vmdesc = opts.vmdesc ?? (await readTailVmDesc(path, opts.vmdescSearchBytes))?.desc;
   return { size: st.size, vmdesc };
@@ -71,6 +75,8 @@ export async function* readStreamFile(path: string, opts: FileReadOptions = {}):
       ...(info.size !== undefined ? { totalSize: info.size } : {}),
       ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}),
     });
+  } catch (e) {
+    throw e instanceof MigbridgeError ? e.inFile(path) : e;
   } finally {
     source.destroy();
   }
