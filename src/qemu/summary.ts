@@ -1,6 +1,7 @@
 // Builds the `inspect` report from the event stream: every record with its
 // offset and length, a RAM summary, and a per-device VFIO summary with the
 // QEMU-version flavour the chunks show (§9.3-9.6).
+import { machineTypeRelease } from './machine-type.js';
 import { type RecordKind, type SectionKind, CAP_X_IGNORE_SHARED, DEFAULT_TARGET_PAGE_SIZE } from './constants.js';
 import type { StreamEvent, RamBlockInfo, SectionRef } from './records.js';
 import { decodeVmstate, type DumpValue } from './vmstate.js';
@@ -166,8 +167,8 @@ export class Inspector {
           capabilities: caps,
           subsections: ev.subsections.map((s) => ({ name: s.name, version: s.version, bytes: s.body.length })),
         };
-        const m = /-(\d+)\.(\d+)$/.exec(ev.machineType);
-        if (m) this.machineVersion = Number(m[1]) + Number(m[2]) / 100;
+        const release = machineTypeRelease(ev.machineType);
+        if (release) this.machineVersion = release.major + release.minor / 100;
         this.record(ev.offset, 'CONFIGURATION');
         return;
       }

@@ -3,6 +3,7 @@
 import { UsageError } from '../../errors.js';
 import { extractStreamFile } from '../../qemu/extract.js';
 import type { Command } from '../command.js';
+import { configText } from './inspect.js';
 
 export const extractCommand: Command = {
   name: ['extract'],
@@ -27,7 +28,7 @@ export const extractCommand: Command = {
       const lines: string[] = [];
       for (const b of res.ram) lines.push(`ram block ${b.name}: ${b.usedLength} bytes -> ${b.file}`);
       for (const d of res.vfio?.devices ?? []) {
-        lines.push(`vfio ${d.idstr}: ${d.dataBytes} data bytes in ${d.chunks.length} records -> ${d.dataFile}; config ${d.configBytes ?? 'none'} bytes${d.configFile ? ` -> ${d.configFile}` : ''}`);
+        lines.push(`vfio ${d.idstr}: ${d.dataBytes} data bytes in ${d.chunks.length} records -> ${d.dataFile}; ${configText(d.configBytes)}${d.configFile ? ` -> ${d.configFile}` : ''}`);
       }
       if (res.vfio) lines.push(`manifest: ${outDir}/manifest.json`);
       return lines.join('\n');
