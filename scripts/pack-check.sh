@@ -45,5 +45,6 @@ sed "s|'../src/index.js'|'migbridge'|" "$work/copy/dist/examples/save-restore.js
 grep -q "from 'migbridge'" example.mjs || fail "example import not rewritten"
 node example.mjs "$work/app/example.mig" > example.out 2>&1 || { cat example.out >&2; fail "library example"; }
 [ "$(grep -c 'state matches' example.out)" = 2 ] || { cat example.out >&2; fail "library example: states do not match"; }
+grep -q "^left behind: $work/app/example.mig " example.out || { cat example.out >&2; fail "library example: does not say what it leaves behind"; }
 echo "pack-check: library example: $(grep -c 'state matches' example.out) devices restored, states match"
 echo "pack-check: ok"

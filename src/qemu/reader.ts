@@ -6,6 +6,7 @@ import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { MigbridgeError, SysError } from '../errors.js';
+import { StreamError } from './errors.js';
 import { StreamDecoder, type DecoderOptions } from './decoder.js';
 import type { StreamEvent } from './records.js';
 import { readTailVmDesc, type VmDesc } from './vmdesc.js';
@@ -63,6 +64,20 @@ export async function probeStreamFile(path: string, opts: FileReadOptions = {}):
 }
 
 /**
+ * A seekable file whose records need the vmdesc but that has no vmdesc trailer: QEMU writes
+ * the trailer last, so the file was cut short (or its QEMU suppressed the vmdesc). Said so,
+ * as truncation, instead of only "cannot delimit".
+ */
+function missingTrailer(e: MigbridgeError, info: StreamFileInfo): MigbridgeError {
+  if (!(e instanceof StreamError) || e.code !== 'ESTREAM_CANNOT_DELIMIT' || info.size === undefined || info.vmdesc) return e;
+  return new StreamError(
+    'ESTREAM_TRUNCATED',
+    `the file ends without the vmdesc trailer QEMU writes last, so it looks truncated (or its vmdesc was suppressed: pass one with --vmdesc JSONFILE); the first record that needs it`,
+    { ...(e.offset !== undefined ? { offset: e.offset } : {}), ...(e.sectionId !== undefined ? { sectionId: e.sectionId } : {}), ...(e.idstr !== undefined ? { idstr: e.idstr } : {}), cause: e },
+  );
+}
+
+/**
  * Decodes a stream file. A seekable file's vmdesc (written last) is read from
  * the tail first so FULL sections can be framed while streaming from the start.
  */
@@ -76,7 +91,7 @@ export async function* readStreamFile(path: string, opts: FileReadOptions = {}):
       ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}),
     });
   } catch (e) {
-    throw e instanceof MigbridgeError ? e.inFile(path) : e;
+    throw e instanceof MigbridgeError ? missingTrailer(e, info).inFile(path) : e;
   } finally {
     source.destroy();
   }

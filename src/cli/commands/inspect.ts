@@ -3,7 +3,7 @@
 // per-device VFIO summary (see src/qemu/summary.ts for the JSON shape).
 import { MigbridgeError, UsageError } from '../../errors.js';
 import { readStreamFile } from '../../qemu/reader.js';
-import { inspectStreamFile, type InspectReport } from '../../qemu/summary.js';
+import { inspectStreamFileUpTo, type InspectReport } from '../../qemu/summary.js';
 import { parseVmDesc } from '../../qemu/vmdesc.js';
 import { readFile } from 'node:fs/promises';
 import type { Command } from '../command.js';
@@ -70,7 +70,12 @@ export const inspectCommand: Command = {
     }
     const vmdescFile = args.values.vmdesc;
     const vmdesc = typeof vmdescFile === 'string' ? parseVmDesc(await readFile(vmdescFile)) : undefined;
-    const report = await inspectStreamFile(file, { dumpState: dump === 'state', ...(vmdesc ? { vmdesc } : {}) });
+    const { report, error } = await inspectStreamFileUpTo(file, { dumpState: dump === 'state', ...(vmdesc ? { vmdesc } : {}) });
+    if (error) {
+      // What decoded before the error is shown (stdout), then the error itself (stderr, exit 1).
+      io.result({ ...report, complete: false }, () => `${human(report)}\n\nincomplete: decoded up to offset ${error.offset ?? report.size}, then:`);
+      throw error;
+    }
     if (dump === 'state' && io.output === 'human') {
       io.stdout(JSON.stringify(report.state, null, 4));
       return 0;
