@@ -97,3 +97,22 @@ test('the demo says which files it leaves behind', (t) => {
   t.regex(own.stdout, /delete it when done/);
   t.true(existsSync(stream));
 });
+
+test('a sim restore says what "verified" checked, and a device given another seed than the source is not called verified', (t) => {
+  const file = path.join(dir, 'seed11.mig');
+  t.is(run('save', '--device', 'sim:seed=11,size=1MiB', '-o', file).status, 0);
+  const same = run('restore', '-i', file, '--device', 'sim:seed=11,size=1MiB');
+  t.is(same.status, 0, same.stderr);
+  t.regex(same.stdout, /ok, verified against the state digest the stream carries, of a sim source with seed=0xb/);
+  t.regex(same.stdout, /\(verified: the restored state matches the digest its source wrote into the stream, so it arrived intact/);
+  const unseeded = JSON.parse(run('restore', '-i', file, '--device', 'sim:size=1MiB', '--output=json').stdout);
+  t.like(unseeded.devices[0], { verified: true });
+  t.is(unseeded.devices[0].sourceMismatch, undefined);
+  const wrong = run('restore', '-i', file, '--device', 'sim:seed=99,size=1MiB');
+  t.is(wrong.status, 1);
+  t.notRegex(wrong.stdout, /ok, verified/);
+  t.regex(wrong.stdout, /NOT the expected state: the stream holds the state of a seed=0xb source, this device was given seed=0x63/);
+  const json = run('restore', '-i', file, '--device', 'sim:seed=99,size=1MiB', '--output=json');
+  t.is(json.status, 1);
+  t.like(JSON.parse(json.stderr).error, { code: 'ESOURCEMISMATCH', device: 'sim0' });
+});
