@@ -116,3 +116,25 @@ test('a sim restore says what "verified" checked, and a device given another see
   t.is(json.status, 1);
   t.like(JSON.parse(json.stderr).error, { code: 'ESOURCEMISMATCH', device: 'sim0' });
 });
+
+test('extract: manifest.json names its files relative to itself; a failed extract leaves no directory it made', (t) => {
+  // Run from another directory with a relative --out: the manifest must not depend on the cwd.
+  const r = spawnSync(process.execPath, [bin, 'extract', fixture, '--out', 'vfio-out'], { cwd: dir, encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  const outDir = path.join(dir, 'vfio-out');
+  const manifest = JSON.parse(readFileSync(path.join(outDir, 'manifest.json'), 'utf8'));
+  t.is(manifest.stream, path.relative(outDir, fixture));
+  const d = manifest.devices[0];
+  t.is(d.dataFile, '0000:00:04.0%2Fvfio.data');
+  t.is(d.configFile, '0000:00:04.0%2Fvfio.config');
+  t.is(readFileSync(path.join(outDir, d.dataFile)).length, d.dataBytes);
+  t.is(readFileSync(path.join(outDir, d.configFile)).length, d.configBytes);
+
+  const cut = path.join(dir, 'cut-for-extract.mig');
+  writeFileSync(cut, readFileSync(fixture).subarray(0, 200_000));
+  const ramDir = path.join(dir, 'new-parent', 'ram');
+  const bad = run('extract', cut, '--ram', ramDir);
+  t.is(bad.status, 1);
+  t.regex(bad.stderr, /stream ends inside/);
+  t.false(existsSync(path.join(dir, 'new-parent')), 'no directory left behind');
+});
