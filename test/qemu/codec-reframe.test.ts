@@ -125,10 +125,10 @@ test('HAND-BUILT multifd captures are refused at the VFIO FULL section (reframe)
     t.like(err, { code: 'ESTREAM_UNSUPPORTED', idstr: DEV, sectionId: 42, found: marker }, name);
     t.regex(err!.message, /multifd/);
     t.deepEqual(await leftovers(dir), [], name);
-    // extract --out refuses it too, and takes back the device file it had started.
+    // extract --out refuses it too, and takes back the device file it had started (and its directory).
     const outDir = join(dir, 'extract');
     await t.throwsAsync(extractStreamFile(input, { outDir }), { code: 'ESTREAM_UNSUPPORTED', message: /multifd channels/ }, name);
-    t.deepEqual(await readdir(outDir), [], `${name}: nothing left in the extract directory`);
+    t.false(existsSync(outDir), `${name}: nothing left, not even the directory extract made`);
   }
 });
 
