@@ -17,3 +17,4 @@ restored.devices.forEach((d, i) => {
   console.log(`${d.id} <- ${d.idstr}: ${d.bytes} bytes, state ${same ? 'matches' : 'DIFFERS from'} ${sources[i]!.id}`);
 });
 await Promise.all([...sources, ...targets].map((d) => d.close()));
+console.log(`left behind: ${file} (${saved.totalBytes} bytes of device state); delete it when done`);

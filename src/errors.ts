@@ -25,6 +25,8 @@ export function errnoNumber(name: string): number | undefined {
 
 export interface ErrorDetails {
   errno?: number;
+  /** The file-system path the error concerns. */
+  path?: string;
   offset?: number;
   section?: string;
   device?: string;
@@ -34,6 +36,7 @@ export interface ErrorDetails {
 export class MigbridgeError extends Error {
   readonly code: string;
   readonly errno?: number;
+  readonly path?: string;
   readonly offset?: number;
   readonly section?: string;
   readonly device?: string;
@@ -43,15 +46,23 @@ export class MigbridgeError extends Error {
     this.name = new.target.name;
     this.code = code;
     if (details.errno !== undefined) this.errno = details.errno;
+    if (details.path !== undefined) this.path = details.path;
     if (details.offset !== undefined) this.offset = details.offset;
     if (details.section !== undefined) this.section = details.section;
     if (details.device !== undefined) this.device = details.device;
+  }
+
+  /** Names the file the error concerns, unless it names one already; returns this (for `throw e.inFile(p)`). */
+  inFile(path: string): this {
+    if (this.path === undefined) (this as { path?: string }).path = path;
+    return this;
   }
 
   /** Plain object for --output=json error reports. */
   toJSON(): Record<string, unknown> {
     const out: Record<string, unknown> = { name: this.name, code: this.code, message: this.message };
     if (this.errno !== undefined) out.errno = this.errno;
+    if (this.path !== undefined) out.path = this.path;
     if (this.offset !== undefined) out.offset = this.offset;
     if (this.section !== undefined) out.section = this.section;
     if (this.device !== undefined) out.device = this.device;
@@ -79,4 +90,22 @@ export class UsageError extends MigbridgeError {
   constructor(message: string) {
     super('EUSAGE', message);
   }
+}
+
+/**
+ * The JSON shape of any thrown value, as the CLI reports it: always `name`, `code` and
+ * `message`; a Node file-system error keeps its errno name as `code` and its `path`
+ * and `syscall`; an error we did not expect is `EINTERNAL`.
+ */
+export function errorJSON(e: unknown): Record<string, unknown> {
+  if (e instanceof MigbridgeError) return e.toJSON();
+  const n = e as NodeJS.ErrnoException | undefined;
+  if (e instanceof Error && typeof n?.code === 'string') {
+    const out: Record<string, unknown> = { name: typeof n.errno === 'number' ? 'SysError' : e.name, code: n.code, message: e.message };
+    if (typeof n.errno === 'number') out.errno = Math.abs(n.errno);
+    if (n.syscall) out.syscall = n.syscall;
+    if (n.path) out.path = n.path;
+    return out;
+  }
+  return { name: e instanceof Error ? e.name : 'Error', code: 'EINTERNAL', message: e instanceof Error ? e.message : String(e) };
 }

@@ -1,5 +1,5 @@
-// The contract every CLI command implements. Commands parse their own options
-// with node:util parseArgs (declared in `options`) and print through `out`.
+// The contract every CLI command implements. Commands declare their options and
+// operands; src/cli/parse.ts parses them (one parser for all) and `run` prints through `io`.
 import type { ParseArgsConfig } from 'node:util';
 
 export type OutputMode = 'human' | 'json';
@@ -29,6 +29,8 @@ export interface Command {
   /** One usage line (after "migbridge "). */
   readonly usage: string;
   readonly options: OptionSpec;
+  /** Names of the operands (positional words), in order; every one is required, no others are accepted. */
+  readonly operands: readonly string[];
   /** Exit status: 0 success, 1 operation failed (2 is raised as UsageError). */
   run(args: ParsedCommandArgs, io: CommandIO): Promise<number>;
 }

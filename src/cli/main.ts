@@ -1,8 +1,9 @@
 // CLI entry: global flags, command dispatch, exit codes (0 ok, 1 failed, 2 usage).
-import { parseArgs } from 'node:util';
-import { MigbridgeError, UsageError } from '../errors.js';
+import { readFileSync } from 'node:fs';
+import { errorJSON, MigbridgeError, UsageError } from '../errors.js';
 import type { Command, CommandIO, OutputMode } from './command.js';
 import { commands } from './commands/index.js';
+import { commandHelp, parseCommandArgs, SEVERAL_VALUES_NOTE } from './parse.js';
 
 function makeIO(output: OutputMode): CommandIO {
   return {
@@ -40,8 +41,23 @@ function findCommand(argv: string[]): { cmd: Command; rest: string[] } | undefin
 export function helpText(): string {
   const lines = ['usage: migbridge <command> [options] [--output=human|json]', '', 'commands:'];
   for (const c of commands) lines.push(`  ${c.usage}`, `      ${c.summary}`);
-  lines.push('', 'exit status: 0 success, 1 operation failed, 2 usage error');
+  lines.push('', SEVERAL_VALUES_NOTE, 'migbridge --version prints the version', '', 'exit status: 0 success, 1 operation failed, 2 usage error');
   return lines.join('\n');
+}
+
+/** The package's version, from the package.json shipped beside dist/. */
+export function versionText(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { name: string; version: string };
+  return `${pkg.name} ${pkg.version}`;
+}
+
+/** Commands under a group word (`fsm` -> fsm path, fsm table); empty when `word` is no group. */
+function commandsUnder(word: string): Command[] {
+  return commands.filter((c) => c.name.length > 1 && c.name[0] === word);
+}
+
+function groupHelp(group: readonly Command[]): string {
+  return group.map(commandHelp).join('\n\n');
 }
 
 /** Splits the global --output flag out of argv (it may appear anywhere). */
@@ -77,20 +93,31 @@ export async function main(argv: string[]): Promise<number> {
       io.stdout(helpText());
       return rest.length === 0 ? 2 : 0;
     }
-    const found = findCommand(rest);
-    if (!found) throw new UsageError(`unknown command: ${rest.join(' ')} (see migbridge help)`);
-    const { cmd } = found;
-    if (found.rest.includes('--help') || found.rest.includes('-h')) {
-      io.stdout(`usage: migbridge ${cmd.usage}\n${cmd.summary}`);
+    if (rest[0] === '--version' || rest[0] === '-V') {
+      if (rest.length > 1) throw new UsageError(`--version takes no arguments, got ${JSON.stringify(rest[1])}`);
+      io.result({ version: versionText().split(' ')[1] }, versionText);
       return 0;
     }
-    let parsed;
-    try {
-      parsed = parseArgs({ args: found.rest, options: cmd.options, allowPositionals: true, strict: true });
-    } catch (e) {
-      throw new UsageError(`${(e as Error).message}\nusage: migbridge ${cmd.usage}`);
+    const found = findCommand(rest);
+    const wantsHelp = rest.includes('--help') || rest.includes('-h');
+    if (!found) {
+      // `migbridge fsm`: a group word without its subcommand prints the group's help.
+      const group = commandsUnder(rest[0]!);
+      if (group.length === 0) throw new UsageError(`unknown command: ${rest.join(' ')} (see migbridge help)`);
+      if (wantsHelp) {
+        io.stdout(groupHelp(group));
+        return 0;
+      }
+      const names = group.map((c) => c.name.slice(1).join(' ')).join(' or ');
+      const given = rest[1] === undefined ? '' : `, got ${JSON.stringify(rest[1])}`;
+      throw new UsageError(`${rest[0]} needs a subcommand (${names})${given}\n${groupHelp(group)}`);
     }
-    return await cmd.run(parsed, io);
+    const { cmd } = found;
+    if (wantsHelp) {
+      io.stdout(commandHelp(cmd));
+      return 0;
+    }
+    return await cmd.run(parseCommandArgs(cmd, found.rest), io);
   } catch (e) {
     return reportError(e, io);
   }
@@ -99,10 +126,11 @@ export async function main(argv: string[]): Promise<number> {
 function reportError(e: unknown, io: CommandIO): number {
   const usage = e instanceof UsageError;
   if (io.output === 'json') {
-    const body = e instanceof MigbridgeError ? e.toJSON() : { name: 'Error', message: String((e as Error)?.message ?? e) };
-    process.stderr.write(JSON.stringify({ error: body }, jsonReplacer) + '\n');
+    process.stderr.write(JSON.stringify({ error: errorJSON(e) }, jsonReplacer) + '\n');
   } else {
-    const msg = e instanceof Error ? e.message : String(e);
+    let msg = e instanceof Error ? e.message : String(e);
+    // A typed error that knows its file but does not say it: name the file first.
+    if (e instanceof MigbridgeError && e.path !== undefined && !msg.includes(e.path)) msg = `${e.path}: ${msg}`;
     process.stderr.write(`migbridge: ${usage ? 'usage: ' : ''}${msg}\n`);
     if (!(e instanceof MigbridgeError) && e instanceof Error && e.stack && process.env.MIGBRIDGE_DEBUG) {
       process.stderr.write(e.stack + '\n');

@@ -37,6 +37,10 @@ export interface DeviceRestoreReport {
   readonly recovery?: string;
   /** Devices that check their own state on the exit from RESUMING (the simulator's digest) say whether it matched. */
   readonly verified?: boolean;
+  /** What `verified` checked, in words (it proves the state arrived intact, not which source sent it). */
+  readonly verifiedAgainst?: string;
+  /** The state arrived intact but from another source than the device's spec names (sim seed=). */
+  readonly sourceMismatch?: string;
   readonly seconds: number;
 }
 
@@ -165,9 +169,18 @@ function nameDevices(e: unknown, targets: Target[], bySection: Map<number, Targe
 }
 
 /** The simulator verifies a digest when it leaves RESUMING; kernel devices validate inside the SET itself. */
-function selfCheck(dev: MigrationDevice): { verified?: boolean } {
-  const result = (dev as { resumeResult?: { verified: boolean } }).resumeResult;
-  return result ? { verified: result.verified } : {};
+function selfCheck(dev: MigrationDevice): { verified?: boolean; verifiedAgainst?: string; sourceMismatch?: string } {
+  const result = (dev as { resumeResult?: { verified: boolean; sourceSeed?: bigint; givenSeed?: bigint } }).resumeResult;
+  if (!result) return {};
+  if (!result.verified || result.sourceSeed === undefined) return { verified: result.verified };
+  const hex = (n: bigint): string => `0x${n.toString(16)}`;
+  return {
+    verified: true,
+    verifiedAgainst: `the state digest the stream carries, of a sim source with seed=${hex(result.sourceSeed)}`,
+    ...(result.givenSeed !== undefined && result.givenSeed !== result.sourceSeed
+      ? { sourceMismatch: `the stream holds the state of a seed=${hex(result.sourceSeed)} source, this device was given seed=${hex(result.givenSeed)}` }
+      : {}),
+  };
 }
 
 /** load_setup: every device to RESUMING in parallel (a new data_fd each). */

@@ -3,9 +3,9 @@
 //    pages applied), like analyze-migration.py -x;
 //  - VFIO: per device its raw device data (DATA_STATE payloads in order), its
 //    config blob, and a manifest.json saying where each piece came from.
-import { open, mkdir, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { open, mkdir, rm, rmdir, writeFile, type FileHandle } from 'node:fs/promises';
 import { createHash, type Hash } from 'node:crypto';
-import { join } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { inflateSync } from 'node:zlib';
 import { DEFAULT_TARGET_PAGE_SIZE } from './constants.js';
 import { StreamError } from './errors.js';
@@ -107,23 +107,36 @@ interface BlockOut {
  */
 export async function extractStreamFile(path: string, opts: ExtractOptions): Promise<ExtractResult> {
   const created: string[] = [];
+  const madeDirs: string[] = [];
   try {
-    return await extractInto(path, opts, created);
+    return await extractInto(path, opts, created, madeDirs);
   } catch (e) {
     for (const f of created) await rm(f, { force: true });
+    // Directories this call made go too (deepest first), each only if nothing else is in it.
+    for (const d of madeDirs.reverse()) await rmdir(d).catch(() => undefined);
     throw e;
   }
 }
 
-async function extractInto(path: string, opts: ExtractOptions, created: string[]): Promise<ExtractResult> {
+/** mkdir -p that notes the directories it made (for removal on failure). */
+async function makeDir(dir: string, madeDirs: string[]): Promise<void> {
+  const first = await mkdir(dir, { recursive: true });
+  if (first === undefined) return;
+  // mkdir names the topmost directory it made; every one from there down to `dir` is new.
+  const made: string[] = [];
+  for (let d = resolve(dir); d.length >= resolve(first).length; d = dirname(d)) made.unshift(d);
+  madeDirs.push(...made);
+}
+
+async function extractInto(path: string, opts: ExtractOptions, created: string[], madeDirs: string[]): Promise<ExtractResult> {
   const info = await probeStreamFile(path, opts);
   const pageSize = opts.pageSize ?? info.vmdesc?.page_size ?? DEFAULT_TARGET_PAGE_SIZE;
   const insp = new Inspector({ pageSize });
   const blocks = new Map<string, BlockOut>();
   const devs = new Map<number, { fh: FileHandle; file: string; hash: Hash; config?: { file: string } }>();
   const zero = Buffer.alloc(pageSize);
-  if (opts.ramDir) await mkdir(opts.ramDir, { recursive: true });
-  if (opts.outDir) await mkdir(opts.outDir, { recursive: true });
+  if (opts.ramDir) await makeDir(opts.ramDir, madeDirs);
+  if (opts.outDir) await makeDir(opts.outDir, madeDirs);
   const ramOut: RamImage[] = [];
   try {
     for await (const ev of readStreamFile(path, { ...opts, ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}) })) {
@@ -224,7 +237,15 @@ async function extractInto(path: string, opts: ExtractOptions, created: string[]
         };
       }),
     };
-    await writeFile(join(opts.outDir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
+    // The file names in manifest.json are relative to it, so the directory can move as a whole.
+    const outDir = opts.outDir;
+    const near = (f: string): string => relative(outDir, f);
+    const onDisk: ExtractManifest = {
+      ...manifest,
+      stream: relative(outDir, path),
+      devices: manifest.devices.map((d) => ({ ...d, dataFile: near(d.dataFile), configFile: d.configFile === null ? null : near(d.configFile) })),
+    };
+    await writeFile(join(outDir, 'manifest.json'), JSON.stringify(onDisk, null, 2) + '\n');
   }
   return { ram: ramOut, vfio: manifest, report };
 }

@@ -4,6 +4,9 @@
 // consumer does not keep them.
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import { constants } from 'node:os';
+import { MigbridgeError, SysError } from '../errors.js';
+import { StreamError } from './errors.js';
 import { StreamDecoder, type DecoderOptions } from './decoder.js';
 import type { StreamEvent } from './records.js';
 import { readTailVmDesc, type VmDesc } from './vmdesc.js';
@@ -53,9 +56,25 @@ export interface StreamFileInfo {
 /** Stats a stream file and, when it is a regular (seekable) file, reads its vmdesc from the tail. */
 export async function probeStreamFile(path: string, opts: FileReadOptions = {}): Promise<StreamFileInfo> {
   const st = await stat(path);
+  // A directory would fail only at the first read, with an error that names no path.
+  if (st.isDirectory()) throw new SysError('open', constants.errno.EISDIR, `${path}: is a directory, not a stream file`, { path });
   if (!st.isFile()) return { size: undefined, vmdesc: opts.vmdesc };
   const vmdesc = opts.vmdesc ?? (await readTailVmDesc(path, opts.vmdescSearchBytes))?.desc;
   return { size: st.size, vmdesc };
+}
+
+/**
+ * A seekable file whose records need the vmdesc but that has no vmdesc trailer: QEMU writes
+ * the trailer last, so the file was cut short (or its QEMU suppressed the vmdesc). Said so,
+ * as truncation, instead of only "cannot delimit".
+ */
+function missingTrailer(e: MigbridgeError, info: StreamFileInfo): MigbridgeError {
+  if (!(e instanceof StreamError) || e.code !== 'ESTREAM_CANNOT_DELIMIT' || info.size === undefined || info.vmdesc) return e;
+  return new StreamError(
+    'ESTREAM_TRUNCATED',
+    `the file ends without the vmdesc trailer QEMU writes last, so it looks truncated (or its vmdesc was suppressed: pass one with --vmdesc JSONFILE); the first record that needs it`,
+    { ...(e.offset !== undefined ? { offset: e.offset } : {}), ...(e.sectionId !== undefined ? { sectionId: e.sectionId } : {}), ...(e.idstr !== undefined ? { idstr: e.idstr } : {}), cause: e },
+  );
 }
 
 /**
@@ -71,6 +90,8 @@ export async function* readStreamFile(path: string, opts: FileReadOptions = {}):
       ...(info.size !== undefined ? { totalSize: info.size } : {}),
       ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}),
     });
+  } catch (e) {
+    throw e instanceof MigbridgeError ? missingTrailer(e, info).inFile(path) : e;
   } finally {
     source.destroy();
   }

@@ -22,6 +22,7 @@ import type { SectionRef, StreamEvent } from './records.js';
 import { indexMultifdChannels } from './multifd-index.js';
 import { MultifdMerge, withMultifdDeviceState, type DeviceStateMerged } from './reframe-multifd.js';
 import { StreamWriter, writableSink } from './writer.js';
+import { machineTypeRelease } from './machine-type.js';
 import { writeFileAtomically } from '../util/atomic-file.js';
 
 /** A QEMU version as major.minor. */
@@ -48,6 +49,8 @@ export interface ReframeOptions extends FileReadOptions {
   target?: QemuRelease;
   /** Captures of the migration's multifd channels (the proxy's FILE.multifd-N tees), merged in. */
   multifd?: readonly string[];
+  /** Write the stream even when `target` cannot load it (a newer machine type): a warning instead of a refusal. */
+  force?: boolean;
 }
 
 export type ReframeAction = 'dropped' | 'replaced' | 'inserted';
@@ -68,6 +71,8 @@ export interface ReframeResult {
   bytesIn: number;
   bytesOut: number;
   changes: ReframeChange[];
+  /** What the target QEMU will refuse although --force wrote it anyway. */
+  warnings: string[];
   /** The multifd channel captures merged in (channel id, file, bytes). */
   multifd: { channelId: number; path: string; bytes: number }[];
 }
@@ -101,7 +106,10 @@ function commandChange(ev: Extract<StreamEvent, { type: 'command' }>, target: Qe
  * output). A stream that needs no change comes out byte-identical.
  */
 export async function reframeStreamFile(inPath: string, outPath: string, opts: ReframeOptions = {}): Promise<ReframeResult> {
+  // Before writing: with OUT = IN (in place) the file is the output afterwards.
+  const bytesIn = (await stat(inPath)).size;
   const changes: ReframeChange[] = [];
+  const warnings: string[] = [];
   let merge: MultifdMerge | undefined;
   let channels: ReframeResult['multifd'] = [];
   const channelFiles = opts.multifd ?? [];
@@ -113,12 +121,28 @@ export async function reframeStreamFile(inPath: string, outPath: string, opts: R
     merge = new MultifdMerge(index);
     channels = index.channels.map((c) => ({ channelId: c.channelId, path: c.path, bytes: c.bytes }));
   }
-  const bytesOut = await writeFileAtomically(outPath, (out) => reframeInto(out, inPath, opts, merge, changes)).finally(() => merge?.close());
-  return { bytesIn: (await stat(inPath)).size, bytesOut, changes, multifd: channels };
+  const bytesOut = await writeFileAtomically(outPath, (out) => reframeInto(out, inPath, opts, merge, changes, warnings))
+    .catch((e: unknown) => {
+      throw e instanceof StreamError ? e.inFile(inPath) : e;
+    })
+    .finally(() => merge?.close());
+  return { bytesIn, bytesOut, changes, warnings, multifd: channels };
+}
+
+/**
+ * A versioned machine type newer than the target: that QEMU has no such machine and refuses
+ * the stream at its configuration section. Refused, or (with `warnings`, i.e. --force) noted.
+ */
+function checkMachineType(machineType: string, target: QemuRelease, offset: number, warnings: string[] | undefined): void {
+  const release = machineTypeRelease(machineType);
+  if (!release || atLeast(target, release.major, release.minor)) return;
+  const why = `machine type ${machineType} is new in QEMU ${release.major}.${release.minor}; QEMU ${target.major}.${target.minor} has no such machine and refuses the stream`;
+  if (!warnings) throw new StreamError('ESTREAM_UNSUPPORTED', `${why} (--force writes it anyway)`, { offset, found: machineType });
+  warnings.push(why);
 }
 
 /** The event loop of reframeStreamFile, writing into `out`; returns the bytes written. */
-async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, merge: MultifdMerge | undefined, changes: ReframeChange[]): Promise<number> {
+async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, merge: MultifdMerge | undefined, changes: ReframeChange[], warnings: string[]): Promise<number> {
   const w = new StreamWriter(writableSink(out));
   let mappedRam = false;
   // A VFIO FULL section just opened, until its first body event says what it carries.
@@ -143,6 +167,7 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
     switch (ev.type) {
       case 'configuration':
         mappedRam = ev.subsections.some((s) => s.capabilities?.includes(CAP_MAPPED_RAM));
+        if (opts.target) checkMachineType(ev.machineType, opts.target, ev.offset, opts.force ? warnings : undefined);
         if (mappedRam && opts.target && !atLeast(opts.target, 9, 0)) {
           throw new StreamError('ESTREAM_UNSUPPORTED', `mapped-ram is new in QEMU 9.0; ${opts.target.major}.${opts.target.minor} cannot load this stream`, { offset: ev.offset });
         }

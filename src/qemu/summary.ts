@@ -1,6 +1,8 @@
 // Builds the `inspect` report from the event stream: every record with its
 // offset and length, a RAM summary, and a per-device VFIO summary with the
 // QEMU-version flavour the chunks show (§9.3-9.6).
+import { machineTypeRelease } from './machine-type.js';
+import { StreamError } from './errors.js';
 import { type RecordKind, type SectionKind, CAP_X_IGNORE_SHARED, DEFAULT_TARGET_PAGE_SIZE } from './constants.js';
 import type { StreamEvent, RamBlockInfo, SectionRef } from './records.js';
 import { decodeVmstate, type DumpValue } from './vmstate.js';
@@ -166,8 +168,8 @@ export class Inspector {
           capabilities: caps,
           subsections: ev.subsections.map((s) => ({ name: s.name, version: s.version, bytes: s.body.length })),
         };
-        const m = /-(\d+)\.(\d+)$/.exec(ev.machineType);
-        if (m) this.machineVersion = Number(m[1]) + Number(m[2]) / 100;
+        const release = machineTypeRelease(ev.machineType);
+        if (release) this.machineVersion = release.major + release.minor / 100;
         this.record(ev.offset, 'CONFIGURATION');
         return;
       }
@@ -306,9 +308,24 @@ export class Inspector {
 
 /** Decodes a whole stream file and returns its inspect report. */
 export async function inspectStreamFile(path: string, opts: FileReadOptions & { dumpState?: boolean } = {}): Promise<InspectReport> {
+  const { report, error } = await inspectStreamFileUpTo(path, opts);
+  if (error) throw error;
+  return report;
+}
+
+/**
+ * Like inspectStreamFile, but a bad or truncated stream still gives the report of what
+ * decoded before the error (its last record ends at the error's offset), with the error.
+ */
+export async function inspectStreamFileUpTo(path: string, opts: FileReadOptions & { dumpState?: boolean } = {}): Promise<{ report: InspectReport; error?: StreamError }> {
   const info = await probeStreamFile(path, opts);
   const pageSize = opts.pageSize ?? info.vmdesc?.page_size;
   const insp = new Inspector({ ...(opts.dumpState ? { dumpState: true } : {}), ...(pageSize ? { pageSize } : {}) });
-  for await (const ev of readStreamFile(path, { ...opts, ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}) })) insp.add(ev);
-  return insp.finish(info.size ?? undefined);
+  try {
+    for await (const ev of readStreamFile(path, { ...opts, ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}) })) insp.add(ev);
+  } catch (e) {
+    if (!(e instanceof StreamError)) throw e;
+    return { report: insp.finish(e.offset ?? info.size ?? undefined), error: e };
+  }
+  return { report: insp.finish(info.size ?? undefined) };
 }

@@ -106,8 +106,9 @@ for (const fx of FIXTURES) {
     t.deepEqual(manifest.devices.map((d) => d.idstr), fx.devices);
     for (const d of manifest.devices) {
       const exp = DEVICES[d.idstr]!;
-      t.is(d.dataFile, join(dir, 'vfio', exp.file + '.data'));
-      const data = await readFile(d.dataFile);
+      // Names relative to manifest.json, so the directory can move as a whole.
+      t.is(d.dataFile, exp.file + '.data');
+      const data = await readFile(join(dir, 'vfio', d.dataFile));
       t.is(data.length, 60);
       // The data is exactly the DATA_STATE payloads at the offsets the manifest gives.
       t.true(data.equals(Buffer.concat(d.chunks.map((c) => bytes.subarray(c.payloadOffset, c.payloadOffset + c.size)))));
@@ -117,7 +118,8 @@ for (const fx of FIXTURES) {
       t.is(m.scr, exp.scr);
       t.is(m.fifo, exp.fifo);
       // Config blob: VFIOPCIDevice vmstate = int32 version, 4096 bytes of config space, irq state.
-      const cfg = await readFile(d.configFile!);
+      t.is(d.configFile, exp.file + '.config');
+      const cfg = await readFile(join(dir, 'vfio', d.configFile!));
       t.is(cfg.length, 4116);
       t.true(cfg.equals(bytes.subarray(d.configOffset!, d.configOffset! + 4116)));
       t.is(bytes.readBigUInt64BE(d.configOffset! - 8), 0xffffffffef100002n, 'DEV_CONFIG_STATE before the blob');
@@ -153,7 +155,7 @@ test('two-mtty.mig: inject of modified data changes only that device\'s payload 
   const orig = await readFile(TWO_MTTY);
   const manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')) as ExtractManifest;
   const dev = manifest.devices[0]!;
-  const data = await readFile(dev.dataFile);
+  const data = await readFile(join(dir, dev.dataFile));
   data[24 + 7] = 0x77; // SCR
   data[30] = 0x41; // port byte inside the END chunk
   data[3] ^= 0xff; // header byte inside the PART chunk

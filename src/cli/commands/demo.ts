@@ -1,4 +1,5 @@
 // `migbridge demo`: parallel save/restore of simulated devices, verified end to end.
+import * as path from 'node:path';
 import type { WriteStream } from 'node:tty';
 import { UsageError } from '../../errors.js';
 import { type DemoReport, runDemo } from '../../engine/demo.js';
@@ -6,7 +7,8 @@ import { formatBytes, formatRate } from '../../engine/progress.js';
 import type { Command } from '../command.js';
 import { optionalNumber, optionalString } from './transfer-args.js';
 
-function human(r: DemoReport): string {
+/** `ownDir`: the demo made the stream's directory (no --dir), so that is what to delete. */
+function human(r: DemoReport, ownDir: boolean): string {
   const lines = ['device   restored-into   bytes        save rate     verified'];
   for (const d of r.devices) {
     lines.push(
@@ -20,6 +22,7 @@ function human(r: DemoReport): string {
     `restore: ${formatBytes(r.totalBytes)} into ${r.devices.length} devices in ${r.restore.seconds.toFixed(2)} s = ${formatRate(r.restore.bytesPerSecond)}`,
     `verified: ${r.devices.filter((d) => d.verified).length}/${r.devices.length} devices match their source's state digest`,
     `stream:  ${r.stream} (${formatBytes(r.streamBytes)}); inspect it with: migbridge inspect ${r.stream}`,
+    `left behind: ${r.stream} (${formatBytes(r.streamBytes)}); delete ${ownDir ? `${path.dirname(r.stream)} (made for this demo)` : 'it'} when done`,
   );
   return lines.join('\n');
 }
@@ -28,6 +31,7 @@ export const demoCommand: Command = {
   name: ['demo'],
   summary: 'Save N simulated devices in parallel, inspect the stream, restore into N fresh devices, verify every one.',
   usage: 'demo [--devices 8] [--size 64MiB] [--spec KEY=VALUE,...] [--precopy] [--dir DIR]',
+  operands: [],
   options: {
     devices: { type: 'string' },
     size: { type: 'string' },
@@ -48,7 +52,7 @@ export const demoCommand: Command = {
       ...(dir ? { dir } : {}),
       ...(io.isTTY && io.output === 'human' ? { progressTo: process.stderr as WriteStream } : {}),
     });
-    io.result(report, () => human(report));
+    io.result(report, () => human(report, dir === undefined));
     return report.verified ? 0 : 1;
   },
 };

@@ -49,7 +49,8 @@ function human(rows: DeviceRow[]): string {
 export const devicesCommand: Command = {
   name: ['devices'],
   summary: 'List VFIO migration devices: id, kind, migration flags, state, stop-copy size (host devices by default).',
-  usage: 'devices [--sim N [--sim-spec SPEC]] [--device SPEC]...',
+  usage: 'devices [--sim N [--sim-spec SPEC]] [--device SPEC...]',
+  operands: [],
   options: {
     sim: { type: 'string' },
     'sim-spec': { type: 'string' },
@@ -68,7 +69,6 @@ export const devicesCommand: Command = {
     } else if (args.values['sim-spec'] !== undefined) {
       throw new UsageError('--sim-spec needs --sim N');
     }
-    if (args.positionals.length) throw new UsageError(`unexpected argument ${JSON.stringify(args.positionals[0])} (devices are given with --device SPEC)`);
     const list = specs.length || simRaw !== undefined ? specs : listHostDevices();
     const rows: DeviceRow[] = [];
     for (const s of list) rows.push(await describe(s));

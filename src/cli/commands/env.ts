@@ -17,6 +17,7 @@ export const envCommand: Command = {
   name: ['env'],
   summary: 'Print the I/O backend (io_uring or threadpool) and why; MIGBRIDGE_IO=threadpool|io_uring forces one.',
   usage: 'env',
+  operands: [],
   options: {},
   async run(_args, io) {
     const engine = defaultEngine();

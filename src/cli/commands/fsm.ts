@@ -40,6 +40,7 @@ export const fsmPathCommand: Command = {
   name: ['fsm', 'path'],
   summary: 'Print the arcs the kernel walks for one VFIO_DEVICE_FEATURE SET (or its errno).',
   usage: 'fsm path --flags stop-copy,p2p,pre-copy --from STATE --to STATE',
+  operands: [],
   options: { flags: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' } },
   async run(args, io) {
     const flags = flagsArg(args);
@@ -59,6 +60,7 @@ export const fsmTableCommand: Command = {
   name: ['fsm', 'table'],
   summary: 'Print the kernel answer for every (from, to) pair for a flag set.',
   usage: 'fsm table --flags stop-copy,pre-copy',
+  operands: [],
   options: { flags: { type: 'string' } },
   async run(args, io) {
     const flags = flagsArg(args);

@@ -7,14 +7,14 @@ import type { Command } from '../command.js';
 export const injectCommand: Command = {
   name: ['inject'],
   summary: 'Replace a VFIO device\'s data in a QEMU stream (everything else, config blob included, stays byte-identical).',
-  usage: 'inject FILE --device-data IDSTR=RAWFILE [--device-data ...] -o OUT',
+  usage: 'inject FILE -o OUT --device-data IDSTR=RAWFILE...',
+  operands: ['FILE'],
   options: {
     'device-data': { type: 'string', multiple: true },
     out: { type: 'string', short: 'o' },
   },
   async run(args, io) {
-    const [file, ...extra] = args.positionals;
-    if (!file || extra.length) throw new UsageError('inject takes exactly one FILE');
+    const [file] = args.positionals as [string];
     const out = args.values.out;
     if (typeof out !== 'string') throw new UsageError('inject needs -o OUT');
     const specs = (args.values['device-data'] ?? []) as string[];

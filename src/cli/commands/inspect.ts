@@ -1,11 +1,17 @@
 // `migbridge inspect FILE [--dump state]`: every record of a QEMU migration
 // stream with its offset and length, the configuration, a RAM summary and a
 // per-device VFIO summary (see src/qemu/summary.ts for the JSON shape).
-import { UsageError } from '../../errors.js';
-import { inspectStreamFile, type InspectReport } from '../../qemu/summary.js';
+import { MigbridgeError, UsageError } from '../../errors.js';
+import { readStreamFile } from '../../qemu/reader.js';
+import { inspectStreamFileUpTo, type InspectReport } from '../../qemu/summary.js';
 import { parseVmDesc } from '../../qemu/vmdesc.js';
 import { readFile } from 'node:fs/promises';
 import type { Command } from '../command.js';
+
+/** A VFIO device's config blob size, or that the stream carries none for it. */
+export function configText(bytes: number | null): string {
+  return bytes === null ? 'no config blob' : `config ${bytes} bytes`;
+}
 
 function human(r: InspectReport): string {
   const lines: string[] = [];
@@ -31,29 +37,45 @@ function human(r: InspectReport): string {
   if (r.vfio.length) {
     lines.push('', 'vfio:');
     for (const d of r.vfio) {
-      lines.push(`  ${d.idstr} (section ${d.sectionId}): ${d.dataBytes} data bytes in ${d.chunks} DATA_STATE records (precopy ${d.precopyBytes}, stop-copy ${d.stopCopyBytes}), config ${d.configBytes ?? 'none'} bytes; ${d.flavour}`);
+      lines.push(`  ${d.idstr} (section ${d.sectionId}): ${d.dataBytes} data bytes in ${d.chunks} DATA_STATE records (precopy ${d.precopyBytes}, stop-copy ${d.stopCopyBytes}), ${configText(d.configBytes)}; ${d.flavour}`);
     }
   }
   if (r.vmdesc) lines.push('', `vmdesc: ${r.vmdesc.bytes} bytes of JSON at ${r.vmdesc.offset}, ${r.vmdesc.devices} devices`);
   return lines.join('\n');
 }
 
+/** The vmdesc JSON the stream carries (QEMU writes it after EOF), as QEMU wrote it. */
+async function streamVmDesc(file: string): Promise<unknown> {
+  for await (const ev of readStreamFile(file)) if (ev.type === 'vmdesc') return JSON.parse(ev.json.toString('utf8'));
+  throw new MigbridgeError('ENOVMDESC', `${file} carries no vmdesc (QEMU writes it after EOF unless the stream was cut short or the migration was not precopy to a file or socket)`, { path: file });
+}
+
 export const inspectCommand: Command = {
   name: ['inspect'],
-  summary: 'Decode a QEMU migration stream: records, configuration, RAM and VFIO summaries (--dump state: decoded vmstate fields).',
-  usage: 'inspect FILE [--dump state] [--vmdesc JSONFILE]',
+  summary: 'Decode a QEMU migration stream: records, configuration, RAM and VFIO summaries (--dump state: decoded vmstate fields; --dump desc: the stream\'s vmdesc JSON).',
+  usage: 'inspect FILE [--dump state|desc] [--vmdesc JSONFILE]',
+  operands: ['FILE'],
   options: {
     dump: { type: 'string' },
     vmdesc: { type: 'string' },
   },
   async run(args, io) {
-    const [file, ...extra] = args.positionals;
-    if (!file || extra.length) throw new UsageError('inspect takes exactly one FILE');
+    const [file] = args.positionals as [string];
     const dump = args.values.dump;
-    if (dump !== undefined && dump !== 'state') throw new UsageError(`--dump supports only "state", got ${JSON.stringify(dump)}`);
+    if (dump !== undefined && dump !== 'state' && dump !== 'desc') throw new UsageError(`--dump takes "state" or "desc", got ${JSON.stringify(dump)}`);
+    if (dump === 'desc') {
+      const desc = await streamVmDesc(file);
+      io.result(desc, () => JSON.stringify(desc, null, 4));
+      return 0;
+    }
     const vmdescFile = args.values.vmdesc;
     const vmdesc = typeof vmdescFile === 'string' ? parseVmDesc(await readFile(vmdescFile)) : undefined;
-    const report = await inspectStreamFile(file, { dumpState: dump === 'state', ...(vmdesc ? { vmdesc } : {}) });
+    const { report, error } = await inspectStreamFileUpTo(file, { dumpState: dump === 'state', ...(vmdesc ? { vmdesc } : {}) });
+    if (error) {
+      // What decoded before the error is shown (stdout), then the error itself (stderr, exit 1).
+      io.result({ ...report, complete: false }, () => `${human(report)}\n\nincomplete: decoded up to offset ${error.offset ?? report.size}, then:`);
+      throw error;
+    }
     if (dump === 'state' && io.output === 'human') {
       io.stdout(JSON.stringify(report.state, null, 4));
       return 0;

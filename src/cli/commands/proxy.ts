@@ -98,6 +98,7 @@ export const proxyCommand: Command = {
   name: ['proxy'],
   summary: 'Forward a live QEMU migration between a source and a destination QEMU (both ways), tee and decode it on the side.',
   usage: 'proxy --listen unix:IN --to unix:OUT [--tee FILE] [--vmdesc JSONFILE] [--progress] [--close-timeout MS]',
+  operands: [],
   options: {
     listen: { type: 'string' },
     to: { type: 'string' },
@@ -107,7 +108,6 @@ export const proxyCommand: Command = {
     'close-timeout': { type: 'string' },
   },
   async run(args, io) {
-    if (args.positionals.length) throw new UsageError(`proxy takes no positional arguments, got ${JSON.stringify(args.positionals)}`);
     const listen = unixPath(optionalString(args, 'listen'), 'listen');
     const to = unixPath(optionalString(args, 'to'), 'to');
     if (listen === to) throw new UsageError('--listen and --to name the same socket');

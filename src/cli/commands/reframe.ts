@@ -10,15 +10,16 @@ import type { Command } from '../command.js';
 export const reframeCommand: Command = {
   name: ['reframe'],
   summary: 'Make a captured stream loadable from a file (and by an older QEMU with --to): drops return-path commands, turns switchover-ack markers into END_OF_STATE, refuses what a file cannot replay.',
-  usage: `reframe IN OUT [--to ${REFRAME_TARGETS[0]}..${REFRAME_TARGETS[REFRAME_TARGETS.length - 1]}] [--multifd CHANNELFILE...] [--vmdesc JSONFILE]`,
+  usage: `reframe IN OUT [--to ${REFRAME_TARGETS[0]}..${REFRAME_TARGETS[REFRAME_TARGETS.length - 1]}] [--multifd CHANNELFILE...] [--vmdesc JSONFILE] [--force]`,
+  operands: ['IN', 'OUT'],
   options: {
     to: { type: 'string' },
     vmdesc: { type: 'string' },
     multifd: { type: 'string', multiple: true },
+    force: { type: 'boolean' },
   },
   async run(args, io) {
-    const [inPath, outPath, ...extra] = args.positionals;
-    if (!inPath || !outPath || extra.length) throw new UsageError('reframe takes IN and OUT');
+    const [inPath, outPath] = args.positionals as [string, string];
     const opts: ReframeOptions = {};
     const to = args.values.to;
     if (typeof to === 'string') {
@@ -26,12 +27,17 @@ export const reframeCommand: Command = {
       if (!target) throw new UsageError(`--to wants one of ${REFRAME_TARGETS.join(', ')}; got ${JSON.stringify(to)}`);
       opts.target = target;
     }
+    if (args.values.force) {
+      if (!opts.target) throw new UsageError('--force goes with --to VERSION (it writes a stream that QEMU version will refuse)');
+      opts.force = true;
+    }
     const vmdescFile = args.values.vmdesc;
     if (typeof vmdescFile === 'string') opts.vmdesc = parseVmDesc(await readFile(vmdescFile));
     // The proxy tees multifd channel N beside the main stream as IN.multifd-N: found by default.
     const given = (args.values.multifd ?? []) as string[];
     opts.multifd = given.length > 0 ? given : await channelCapturesBeside(inPath);
     const r = await reframeStreamFile(inPath, outPath, opts);
+    if (io.output === 'human') for (const w of r.warnings) io.stderr(`migbridge: warning: ${w}`);
     io.result({ in: inPath, out: outPath, to: typeof to === 'string' ? to : null, ...r }, () =>
       [
         ...r.multifd.map((c) => `multifd channel ${c.channelId}: ${c.path} (${c.bytes} bytes)`),

@@ -1,7 +1,6 @@
 // `migbridge rewrite IN OUT`: decode a stream completely and encode it again
 // from the decoded records. Byte-identical output for every supported stream.
 import { stat } from 'node:fs/promises';
-import { UsageError } from '../../errors.js';
 import { readStreamFile } from '../../qemu/reader.js';
 import { StreamWriter, writableSink } from '../../qemu/writer.js';
 import { writeFileAtomically } from '../../util/atomic-file.js';
@@ -11,10 +10,10 @@ export const rewriteCommand: Command = {
   name: ['rewrite'],
   summary: 'Parse a QEMU migration stream fully and write it back from the decoded records (byte-identical).',
   usage: 'rewrite IN OUT',
+  operands: ['IN', 'OUT'],
   options: {},
   async run(args, io) {
-    const [inPath, outPath, ...extra] = args.positionals;
-    if (!inPath || !outPath || extra.length) throw new UsageError('rewrite takes IN and OUT');
+    const [inPath, outPath] = args.positionals as [string, string];
     const t0 = performance.now();
     const events = await writeFileAtomically(outPath, async (out) => {
       const w = new StreamWriter(writableSink(out));

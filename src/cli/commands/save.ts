@@ -24,6 +24,7 @@ export const saveCommand: Command = {
   name: ['save'],
   summary: 'Save the state of one or more devices, in parallel, into a QEMU migration stream.',
   usage: 'save --device SPEC... (-o FILE | --fd N | --to unix:PATH) [--precopy] [--max-downtime MS] [--resume-source] [--machine TYPE] [--idstr IDSTR...] [--read-timeout MS] [--no-init-data-sent] [--interleave]',
+  operands: [],
   options: {
     device: { type: 'string', multiple: true },
     'output-file': { type: 'string', short: 'o' },
@@ -45,6 +46,11 @@ export const saveCommand: Command = {
     if (idstrs.length && idstrs.length !== specs.length) throw new UsageError(`--idstr given ${idstrs.length} times for ${specs.length} devices`);
     const target = sinkTarget(args);
     const maxDowntimeMs = optionalNumber(args, 'max-downtime');
+    // The downtime estimate divides the stop-copy size by a transfer rate; only PRE_COPY
+    // measures one. Without it the rate would be a guess, and the limit would guard nothing.
+    if (maxDowntimeMs !== undefined && !args.values.precopy) {
+      throw new UsageError('--max-downtime needs --precopy: the downtime estimate needs a transfer rate measured in PRE_COPY (without one it would assume 1 GiB/s and protect nothing)');
+    }
     const machineType = optionalString(args, 'machine');
     const readTimeoutMs = optionalNumber(args, 'read-timeout');
     const devices = await openDevices(specs);

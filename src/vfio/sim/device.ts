@@ -69,6 +69,10 @@ export interface SimResumeResult {
   bytes: number;
   /** State digest carried by the stream and recomputed from what arrived (when verified). */
   digest?: bigint;
+  /** The seed of the source device whose state the stream carried (when verified). */
+  sourceSeed?: bigint;
+  /** This device's spec named a seed (seed=): the source it was meant to receive, to compare with sourceSeed. */
+  givenSeed?: bigint;
   reason?: string;
   /** The exit from RESUMING succeeded and the device's state is now what the stream carried (damaged when !verified). */
   loaded: boolean;
@@ -686,11 +690,12 @@ export class SimDevice implements MigrationDevice {
       signal(s, CTRL_FINISH_REQ);
     });
     if (status.phase === 'complete' && !this.config.faults.some((f) => f.kind === 'bad-resume')) {
+      const givenSeed = this.config.seedGiven ? { givenSeed: this.config.seed } : {};
       this.#seed = status.seed!;
       this.#gens.set(status.gens!);
       this.#regs.set(status.regs!);
       this.#loads++;
-      this.#lastResume = { verified: true, bytes: status.bytes, digest: status.digest!, loaded: true };
+      this.#lastResume = { verified: true, bytes: status.bytes, digest: status.digest!, sourceSeed: status.seed!, ...givenSeed, loaded: true };
       await this.#endResume();
       return;
     }

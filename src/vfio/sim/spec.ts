@@ -1,7 +1,7 @@
 // Parses the simulated device spec: `sim:size=256MiB,seed=1,rate=2GiB/s,...` (every key
 // is documented in README "Devices"). Bad input -> UsageError naming the key and value.
 import { UsageError } from '../../errors.js';
-import { MigState, parseFlags, parseState, stateName } from '../../fsm/index.js';
+import { MigFlag, MigState, parseFlags, parseState, stateName } from '../../fsm/index.js';
 
 export type SimFault =
   | { kind: 'eio'; at: number }
@@ -179,6 +179,11 @@ export function parseSimSpec(spec: string): SimConfig {
           throw new UsageError(`sim flags=${value}: ${(e as Error).message}`);
         }
         if (cfg.flags < 0 || cfg.flags > 0xffffffff) throw new UsageError(`sim flags=${value}: out of range`);
+        // The kernel registers no migration driver without STOP_COPY (vfio_main refuses it), so
+        // such a spec describes no device that can exist; flags=0 (no migration at all) can.
+        if (cfg.flags !== 0 && (cfg.flags & MigFlag.STOP_COPY) === 0) {
+          throw new UsageError(`sim flags=${value}: a migration device always has stop-copy (write stop-copy+${value})`);
+        }
         break;
       case 'fail':
         cfg.faults.push(parseFault(value));
