@@ -28,6 +28,8 @@ export interface ErrorDetails {
   offset?: number;
   section?: string;
   device?: string;
+  /** The user's file or socket path the error concerns. */
+  path?: string;
   cause?: unknown;
 }
 
@@ -37,6 +39,7 @@ export class MigbridgeError extends Error {
   readonly offset?: number;
   readonly section?: string;
   readonly device?: string;
+  readonly path?: string;
 
   constructor(code: string, message: string, details: ErrorDetails = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
@@ -46,6 +49,7 @@ export class MigbridgeError extends Error {
     if (details.offset !== undefined) this.offset = details.offset;
     if (details.section !== undefined) this.section = details.section;
     if (details.device !== undefined) this.device = details.device;
+    if (details.path !== undefined) this.path = details.path;
   }
 
   /** Plain object for --output=json error reports. */
@@ -55,6 +59,7 @@ export class MigbridgeError extends Error {
     if (this.offset !== undefined) out.offset = this.offset;
     if (this.section !== undefined) out.section = this.section;
     if (this.device !== undefined) out.device = this.device;
+    if (this.path !== undefined) out.path = this.path;
     return out;
   }
 }
