@@ -205,10 +205,11 @@ export class StreamedOutput {
   /** `highWaterMark`: how many bytes may queue before write() asks the producer to wait. */
   static async create(path: string, highWaterMark: number, opts: OutputFileOptions = {}): Promise<StreamedOutput> {
     const file = await OutputFile.create(path, opts);
-    // fs.WriteStream closes its fd when destroyed even with autoClose off: its close is a
-    // no-op here, the OutputFile closes the fd (once) after the stream settled.
+    // The stream's close is a no-op: the OutputFile closes the fd (once) after the stream
+    // settled. autoClose stays on so that a failed write destroys the stream, and later
+    // writes fail at once instead of waiting for a 'drain' that never comes.
     const fsOps = { open: fs.open, write: fs.write, writev: fs.writev, close: (_fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => cb(null) };
-    return new StreamedOutput(file, createWriteStream('', { fd: file.fd, autoClose: false, highWaterMark, fs: fsOps }));
+    return new StreamedOutput(file, createWriteStream('', { fd: file.fd, highWaterMark, fs: fsOps }));
   }
 
   /** Ends the stream; resolves once every byte reached the file, rejects with the write failure. */
