@@ -3,7 +3,7 @@
 //    pages applied), like analyze-migration.py -x;
 //  - VFIO: per device its raw device data (DATA_STATE payloads in order), its
 //    config blob, and a manifest.json saying where each piece came from.
-import { mkdir, stat, unlink } from 'node:fs/promises';
+import { mkdir, rmdir, stat, unlink } from 'node:fs/promises';
 import { createHash, type Hash } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { OutputFile, OutputFileError, outputFileError, syncDirectory } from '../util/atomic-file.js';
@@ -111,12 +111,15 @@ interface BlockOut {
  */
 export async function extractStreamFile(path: string, opts: ExtractOptions): Promise<ExtractResult> {
   const outputs: OutputFile[] = [];
+  const madeDirs: string[] = [];
   let result: ExtractResult;
   try {
-    result = await extractInto(path, opts, outputs);
+    result = await extractInto(path, opts, outputs, madeDirs);
     for (const o of outputs) await o.sync();
   } catch (e) {
     for (const o of outputs) await o.abort();
+    // A directory this call created is removed again (only if empty: rmdir, never recursive).
+    for (const d of madeDirs.reverse()) await rmdir(d).catch(() => undefined);
     throw e;
   }
   await publishSet(outputs, opts.outDir !== undefined ? join(opts.outDir, MANIFEST) : undefined);
@@ -145,10 +148,11 @@ function dirOf(o: OutputFile): string {
   return dirname(resolve(o.path));
 }
 
-/** The output directory: created when missing (one level, owner only); anything else in the way is an error. */
-async function prepareOutputDir(dir: string): Promise<void> {
+/** The output directory: created when missing (one level, owner only; listed in `made`); anything else in the way is an error. */
+async function prepareOutputDir(dir: string, made: string[]): Promise<void> {
   try {
     await mkdir(dir, { mode: 0o700 });
+    made.push(dir);
     return;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw outputFileError(e, dir, 'cannot create the output directory');
@@ -157,7 +161,7 @@ async function prepareOutputDir(dir: string): Promise<void> {
   if (!st.isDirectory()) throw new OutputFileError('ENOTDIR', `cannot use ${dir} as the output directory: it exists and is not a directory (ENOTDIR)`, { path: dir });
 }
 
-async function extractInto(path: string, opts: ExtractOptions, outputs: OutputFile[]): Promise<ExtractResult> {
+async function extractInto(path: string, opts: ExtractOptions, outputs: OutputFile[], madeDirs: string[]): Promise<ExtractResult> {
   const create = async (file: string, readable = false): Promise<OutputFile> => {
     const o = await OutputFile.create(file, { readable });
     outputs.push(o);
@@ -169,8 +173,8 @@ async function extractInto(path: string, opts: ExtractOptions, outputs: OutputFi
   const blocks = new Map<string, BlockOut>();
   const devs = new Map<number, { out: OutputFile; file: string; hash: Hash; config?: { file: string } }>();
   const zero = Buffer.alloc(pageSize);
-  if (opts.ramDir) await prepareOutputDir(opts.ramDir);
-  if (opts.outDir) await prepareOutputDir(opts.outDir);
+  if (opts.ramDir) await prepareOutputDir(opts.ramDir, madeDirs);
+  if (opts.outDir) await prepareOutputDir(opts.outDir, madeDirs);
   const ramOut: RamImage[] = [];
   for await (const ev of readStreamFile(path, { ...opts, ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}) })) {
     insp.add(ev);

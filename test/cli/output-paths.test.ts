@@ -152,3 +152,15 @@ test('output is the input: rewrite/inject/reframe read it to the end before the 
   t.true(readFileSync(join(dir, 'x', '0000:00:04.0%2Fvfio.data')).equals(Buffer.alloc(60, 7)), 'inject in place: the new data is in the file');
   noTemporaries(t, dir, 'in place');
 });
+
+test('extract creates a missing output directory (one level) and removes it again when the extraction fails', async (t) => {
+  const dir = scratchDir(t);
+  const cut = join(dir, 'cut.mig');
+  writeFileSync(cut, readFileSync(TWO_MTTY).subarray(0, 100_000));
+  for (const opt of ['--ram', '--out']) {
+    const r = await runCli(t, ['extract', cut, opt, join(dir, 'new')]);
+    t.is(r.code, 1, describeRun(r));
+    t.regex(r.stderr, /truncated/);
+    t.false(existsSync(join(dir, 'new')), `${opt}: the directory extract created is gone`);
+  }
+});
