@@ -26,10 +26,14 @@ function sharedDir(t: ExecutionContext): { dir: string; out: string } {
   return { dir, out };
 }
 
-/** The old temporary names (`.NAME.partial-PID`) for the next PIDs, planted as symlinks by nobody. */
+/**
+ * The old temporary names (`.NAME.partial-PID`) for the next 3000 PIDs, planted as symlinks by
+ * nobody from one process (a process per link would use up the very PIDs it plants).
+ */
 function plantPidNames(dir: string, name: string, target: string): void {
-  const next = Number(readFileSync('/proc/sys/kernel/ns_last_pid', 'utf8'));
-  asNobody(`i=${next}; while [ $i -lt ${next + 400} ]; do ln -s ${target} ${dir}/.${name}.partial-$i; i=$((i+1)); done`);
+  const script = `const fs=require('fs');const n=Number(fs.readFileSync('/proc/sys/kernel/ns_last_pid','utf8'));for(let i=n+1;i<=n+3000;i++)fs.symlinkSync(${JSON.stringify(target)},${JSON.stringify(dir + '/.' + name + '.partial-')}+i)`;
+  const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', script], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`planting links as nobody: ${r.stderr}`);
 }
 
 test('save -o: symlinks planted at the final name and at guessable temporary names never redirect the write', async (t) => {
