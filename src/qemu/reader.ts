@@ -5,6 +5,7 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { StreamDecoder, type DecoderOptions } from './decoder.js';
+import { StreamError } from './errors.js';
 import type { StreamEvent } from './records.js';
 import { readTailVmDesc, type VmDesc } from './vmdesc.js';
 
@@ -71,6 +72,13 @@ export async function* readStreamFile(path: string, opts: FileReadOptions = {}):
       ...(info.size !== undefined ? { totalSize: info.size } : {}),
       ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}),
     });
+  } catch (e) {
+    // QEMU writes the vmdesc last: a file without one was most likely cut short (a killed
+    // proxy's tee, an interrupted copy), which is what the user needs to hear.
+    if (e instanceof StreamError && e.code === 'ESTREAM_CANNOT_DELIMIT' && info.size !== undefined && !info.vmdesc) {
+      e.message += `; ${path} has no vmdesc trailer: the file is probably truncated`;
+    }
+    throw e;
   } finally {
     source.destroy();
   }

@@ -7,7 +7,7 @@ import test, { type ExecutionContext } from 'ava';
 import { copyFileSync, existsSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { proxyListening, waitFor } from '../helpers/cli-run.js';
-import { describeRun, runCli, scratchDir, startCli, temporaries } from '../helpers/output-safety.js';
+import { describeRun, runCli, scratchDir, startCli, temporaries, TWO_MTTY } from '../helpers/output-safety.js';
 
 const PREVIOUS = Buffer.from('the previous, complete file\n');
 
@@ -120,4 +120,17 @@ test.serial('a proxy killed mid-migration: no tee under the final name, the part
   const ins = await runCli(t, ['inspect', join(dir, partial[0]!)]);
   t.is(ins.code, 1, describeRun(ins));
   t.regex(ins.stderr, /truncated/);
+});
+
+test.serial('a QEMU capture cut short (FULL sections, no vmdesc trailer): inspect names the truncation', async (t) => {
+  const dir = scratchDir(t);
+  const cut = join(dir, 'cut.mig');
+  copyFileSync(TWO_MTTY, cut);
+  truncateSync(cut, statSync(TWO_MTTY).size - 20_000);
+  const ins = await runCli(t, ['inspect', cut, '--output=json']);
+  t.is(ins.code, 1, describeRun(ins));
+  const err = (JSON.parse(ins.stderr.trim()) as { error: { code: string; message: string; offset: number } }).error;
+  t.is(err.code, 'ESTREAM_CANNOT_DELIMIT');
+  t.regex(err.message, /no vmdesc trailer: the file is probably truncated/);
+  t.is(typeof err.offset, 'number');
 });
