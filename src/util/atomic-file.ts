@@ -16,6 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { constants as fsc, createWriteStream, promises as fsp, type WriteStream } from 'node:fs';
+import { constants as osc } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { finished } from 'node:stream/promises';
 import { MigbridgeError } from '../errors.js';
@@ -106,8 +107,9 @@ export class OutputFile {
   static async create(path: string, opts: OutputFileOptions = {}): Promise<OutputFile> {
     const final = resolve(path);
     // Found now rather than after all the bytes were written (rename would refuse then).
-    const st = await fsp.stat(final).catch(() => undefined);
-    if (st?.isDirectory()) throw outputFileError(Object.assign(new Error('EISDIR'), { code: 'EISDIR' }), path);
+    // lstat: a symlink at the final name is replaced by the rename, whatever it points to.
+    const st = await fsp.lstat(final).catch(() => undefined);
+    if (st?.isDirectory()) throw outputFileError(Object.assign(new Error('EISDIR'), { code: 'EISDIR', errno: osc.errno.EISDIR }), path);
     const tempPath = temporaryNameFor(final);
     const flags = fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW | (opts.readable ? fsc.O_RDWR : fsc.O_WRONLY);
     const mode = opts.mode ?? OUTPUT_MODE;
