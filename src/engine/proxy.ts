@@ -61,6 +61,8 @@ export interface ProxyOptions {
   onListening?: () => void;
   /** Aborts waiting for the source, or the forwarding (both connections are closed). */
   signal?: AbortSignal;
+  /** Mode of the listening socket (default 0600: only the owner may connect); e.g. 0o660 for a QEMU of the same group. */
+  socketMode?: number;
 }
 
 export type ProxyNote =
@@ -179,14 +181,14 @@ class Tail {
   }
 }
 
-async function listen(path: string, signal?: AbortSignal): Promise<net.Server> {
+async function listen(path: string, signal: AbortSignal | undefined, mode: number | undefined): Promise<net.Server> {
   // pauseOnConnect: nothing is read from the source before the destination is connected.
   const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
   const aborted = new Promise<never>((_, reject) => {
     signal?.addEventListener('abort', () => { server.close(); reject(new ProxyError('EPROXY_ABORTED', 'aborted while starting')); }, { once: true });
   });
   aborted.catch(() => undefined);
-  await Promise.race([listenUnix(server, path), aborted]);
+  await Promise.race([listenUnix(server, path, mode), aborted]);
   return server;
 }
 
@@ -261,7 +263,7 @@ export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
   }, opts.tee);
   let server: net.Server;
   try {
-    server = await listen(opts.listen, opts.signal);
+    server = await listen(opts.listen, opts.signal, opts.socketMode);
   } catch (err) {
     await dropTee(tee);
     throw err;

@@ -167,3 +167,14 @@ test('an existing path at the listen location is refused (file, live socket); a 
   t.true(statSync(join(dir, 'stale2.sock')).isSocket(), 'a stale socket left by a killed process');
   await proxyRun(t, dir, 'stale2.sock', '022');
 });
+
+test('proxy --socket-mode widens the listening socket on request (660), and takes only an octal mode', async (t) => {
+  const dir = scratchDir(t);
+  const proxy = startCli(t, ['proxy', '--listen', 'unix:in.sock', '--to', 'unix:out.sock', '--socket-mode', '660', '--progress', '--output=json'], { cwd: dir, umask: '077' });
+  await proxyListening(proxy, 30_000);
+  t.is(modeOf(join(dir, 'in.sock')), 0o660);
+  proxy.kill();
+  const bad = await runCli(t, ['proxy', '--listen', 'unix:in2.sock', '--to', 'unix:out.sock', '--socket-mode', 'a+rw'], { cwd: dir });
+  t.is(bad.code, 2, describeRun(bad));
+  t.false(existsSync(join(dir, 'in2.sock')));
+});
