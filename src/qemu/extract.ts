@@ -134,6 +134,8 @@ async function publishSet(outputs: OutputFile[], manifest: string | undefined): 
     if (manifest !== undefined) {
       // An old manifest must never describe a mix of old and new files.
       await unlink(manifest).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT') throw outputFileError(e, manifest, 'cannot replace'); });
+      // Durable before any file it described is replaced (a power loss, not only a kill).
+      await syncDirectory(dirname(resolve(manifest)));
     }
     const last = outputs.filter((o) => o.path === manifest);
     for (const o of outputs.filter((x) => x.path !== manifest).concat(last)) await o.publish();
