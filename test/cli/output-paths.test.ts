@@ -2,9 +2,10 @@
 // reframe, extract): exit 1, a message naming the user's path and the reason, the errno name
 // as `code` and the path in JSON, no stack trace, and no temporary file left behind.
 import test, { type ExecutionContext } from 'ava';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { describeRun, isRoot, missing, runCli, scratchDir, temporaries, tmpfsAt, TWO_MTTY } from '../helpers/output-safety.js';
+import { CLI, describeRun, isRoot, missing, runCli, scratchDir, temporaries, tmpfsAt, TWO_MTTY } from '../helpers/output-safety.js';
 
 /** Each command, writing its output to OUT (a file; a directory for extract). */
 const COMMANDS: { name: string; args: (out: string, dir: string) => string[]; big?: boolean }[] = [
@@ -88,16 +89,11 @@ test('a read-only file system: EROFS', async (t) => {
   }
 });
 
-test('a read-only directory as an unprivileged user: EACCES', async (t) => {
+test('a read-only directory as an unprivileged user: EACCES', (t) => {
   const dir = scratchDir(t, 0o755);
   const ro = join(dir, 'ro');
   mkdirSync(ro, { mode: 0o555 });
-  // Root ignores directory permissions: run the CLI as nobody when we are root.
-  if (isRoot()) {
-    t.log('root: the permission case is checked as nobody');
-  }
-  const { spawnSync } = await import('node:child_process');
-  const { CLI } = await import('../helpers/output-safety.js');
+  // Root ignores directory permissions: as root, the CLI runs as nobody for this case.
   for (const cmd of COMMANDS) {
     const out = join(ro, 'out');
     const argv = [...cmd.args(out, dir), '--output=json'];
