@@ -201,12 +201,13 @@ class MultifdChannel {
 
   /** Connects the destination side and opens the tee, then forwards. */
   async start(teeBase: string | undefined): Promise<void> {
-    const [dst, tee] = await Promise.allSettled([
-      connectUnixWhenListening(this.host.to, { waitMs: this.host.connectWaitMs, allowHalfOpen: true }),
-      teeBase !== undefined ? openChannelTee(teeBase) : Promise.resolve(undefined),
-    ]);
+    // The tee first, the connection last: from the connect to wire() nothing is awaited, so
+    // the destination socket is never without an 'error' listener (a destination dying in
+    // that gap crashed the proxy with an unhandled ECONNRESET).
+    const [tee] = await Promise.allSettled([teeBase !== undefined ? openChannelTee(teeBase) : Promise.resolve(undefined)]);
     if (tee.status === 'fulfilled') this.tee = tee.value;
     else this.teeOpenError = tee.reason;
+    const [dst] = await Promise.allSettled([connectUnixWhenListening(this.host.to, { waitMs: this.host.connectWaitMs, allowHalfOpen: true })]);
     if (dst.status === 'rejected') {
       this.dstGone = true;
       this.dstClosed = true;
