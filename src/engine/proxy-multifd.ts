@@ -9,12 +9,10 @@
 // A multifd channel failing mid-migration fails the migration like the main channel does:
 // every source connection is closed, so the source's migration fails instead of
 // completing into nothing, and the report names the channel and its offset.
-import { createWriteStream, type WriteStream } from 'node:fs';
-import { rename, rm } from 'node:fs/promises';
 import * as net from 'node:net';
 import { MigbridgeError, errorCode as errCode } from '../errors.js';
 import { MULTIFD_MAGIC, MultifdDecoder, MultifdTallier, type MultifdTally } from '../qemu/multifd.js';
-import { temporaryNameFor } from '../util/atomic-file.js';
+import { StreamedOutput } from '../util/atomic-file.js';
 import { connectUnixWhenListening } from '../util/unix-connect.js';
 import type { DecodeStop } from './proxy-decode.js';
 import type { ProxyFailure, ProxyNote, SideResult } from './proxy.js';
@@ -146,8 +144,8 @@ export interface ChannelHost {
 }
 
 interface ChannelTee {
-  tmp: string;
-  out: WriteStream;
+  output: StreamedOutput;
+  out: StreamedOutput['out'];
   error: unknown;
 }
 
@@ -202,13 +200,14 @@ class MultifdChannel {
   }
 
   /** Connects the destination side and opens the tee, then forwards. */
-  async start(teeTmp: string | undefined): Promise<void> {
-    const [dst, tee] = await Promise.allSettled([
-      connectUnixWhenListening(this.host.to, { waitMs: this.host.connectWaitMs, allowHalfOpen: true }),
-      teeTmp !== undefined ? openChannelTee(teeTmp) : Promise.resolve(undefined),
-    ]);
+  async start(teeBase: string | undefined): Promise<void> {
+    // The tee first, the connection last: from the connect to wire() nothing is awaited, so
+    // the destination socket is never without an 'error' listener (a destination dying in
+    // that gap crashed the proxy with an unhandled ECONNRESET).
+    const [tee] = await Promise.allSettled([teeBase !== undefined ? openChannelTee(teeBase) : Promise.resolve(undefined)]);
     if (tee.status === 'fulfilled') this.tee = tee.value;
     else this.teeOpenError = tee.reason;
+    const [dst] = await Promise.allSettled([connectUnixWhenListening(this.host.to, { waitMs: this.host.connectWaitMs, allowHalfOpen: true })]);
     if (dst.status === 'rejected') {
       this.dstGone = true;
       this.dstClosed = true;
@@ -389,16 +388,16 @@ class MultifdChannel {
     const tee = this.tee;
     this.teePath = path;
     if (!tee) return;
-    await new Promise<void>((resolve) => {
-      if (tee.out.closed) return resolve();
-      tee.out.once('close', () => resolve());
-      tee.out.end();
-    });
+    await tee.output.end().catch((e: unknown) => { tee.error ??= e; });
     if (keep && path !== null && !tee.error) {
-      await rename(tee.tmp, path);
-      this.teeKept = true;
+      try {
+        await tee.output.commitAs(path);
+        this.teeKept = true;
+      } catch (e) {
+        tee.error = e;
+      }
     } else {
-      await rm(tee.tmp, { force: true });
+      await tee.output.abort();
     }
   }
 
@@ -430,14 +429,10 @@ class MultifdChannel {
   }
 }
 
-async function openChannelTee(tmp: string): Promise<ChannelTee> {
+async function openChannelTee(base: string): Promise<ChannelTee> {
   // The same deep write queue as the main channel's tee.
-  const out = createWriteStream(tmp, { flags: 'wx', highWaterMark: 8 << 20 });
-  await new Promise<void>((resolve, reject) => {
-    out.once('open', () => resolve());
-    out.once('error', (e) => reject(e));
-  });
-  return { tmp, out, error: undefined };
+  const output = await StreamedOutput.create(base, 8 << 20);
+  return { output, out: output.out, error: undefined };
 }
 
 /** The multifd channels of one migration through the proxy. */
@@ -452,8 +447,8 @@ export class MultifdChannels {
     const ch = new MultifdChannel(connection, src, this.host);
     this.channels.push(ch);
     // The channel id is only known once its init packet went through: the temp name uses the connection.
-    const tmp = this.teeBase !== undefined ? temporaryNameFor(`${this.teeBase}.multifd-conn${connection}`) : undefined;
-    this.started.push(ch.start(tmp));
+    const base = this.teeBase !== undefined ? `${this.teeBase}.multifd-conn${connection}` : undefined;
+    this.started.push(ch.start(base));
     this.host.note({ type: 'multifd-accepted', connection });
   }
 

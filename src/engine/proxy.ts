@@ -15,10 +15,10 @@
 // source with the `multifd` capability can open its extra channels; each connection is
 // routed by its first 4 bytes (proxy-multifd.ts). A multifd channel failing fails the
 // migration the same way, and the proxy's exit waits for every channel to close.
-import { createWriteStream, type WriteStream } from 'node:fs';
-import { rename, rm } from 'node:fs/promises';
-import { temporaryNameFor } from '../util/atomic-file.js';
+import { rm } from 'node:fs/promises';
+import { StreamedOutput } from '../util/atomic-file.js';
 import { connectUnixWhenListening } from '../util/unix-connect.js';
+import { listenUnix } from '../util/unix-listen.js';
 import * as net from 'node:net';
 import { MigbridgeError, errnoNumber, errorCode as errCode } from '../errors.js';
 import { RecordType } from '../qemu/constants.js';
@@ -61,6 +61,8 @@ export interface ProxyOptions {
   onListening?: () => void;
   /** Aborts waiting for the source, or the forwarding (both connections are closed). */
   signal?: AbortSignal;
+  /** Mode of the listening socket (default 0600: only the owner may connect); e.g. 0o660 for a QEMU of the same group. */
+  socketMode?: number;
 }
 
 export type ProxyNote =
@@ -193,14 +195,15 @@ class Tail {
   }
 }
 
-function listen(path: string, signal?: AbortSignal): Promise<net.Server> {
-  return new Promise((resolve, reject) => {
-    // pauseOnConnect: nothing is read from the source before the destination is connected.
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
-    server.once('error', (e) => reject(sysError(`cannot listen on unix:${path}`, e)));
-    server.listen(path, () => resolve(server));
+async function listen(path: string, signal: AbortSignal | undefined, mode: number | undefined): Promise<net.Server> {
+  // pauseOnConnect: nothing is read from the source before the destination is connected.
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
+  const aborted = new Promise<never>((_, reject) => {
     signal?.addEventListener('abort', () => { server.close(); reject(new ProxyError('EPROXY_ABORTED', 'aborted while starting')); }, { once: true });
   });
+  aborted.catch(() => undefined);
+  await Promise.race([listenUnix(server, path, mode), aborted]);
+  return server;
 }
 
 /** Resolves with the main channel's socket; rejects on abort, or when a multifd channel failed first. */
@@ -226,32 +229,20 @@ async function connect(path: string, waitMs: number): Promise<net.Socket> {
   }
 }
 
-/** The tee's temp file, created before listening so a bad path fails before any QEMU connects. */
-interface TeeFile {
-  path: string;
-  tmp: string;
-  out: WriteStream;
-}
+/**
+ * The tee: an output file (temporary `.FILE.partial-XXXX` until the migration completed, so a
+ * killed proxy never leaves a capture that looks complete), created before listening so a bad
+ * path fails before any QEMU connects. A deep write queue: the tee pauses the source only
+ * when the disk really falls behind.
+ */
+type TeeFile = StreamedOutput;
 
-async function openTee(path: string): Promise<TeeFile> {
-  const tmp = temporaryNameFor(path);
-  // A deep write queue: the tee pauses the source only when the disk really falls behind.
-  const out = createWriteStream(tmp, { flags: 'wx', highWaterMark: 8 << 20 });
-  await new Promise<void>((resolve, reject) => {
-    out.once('open', () => resolve());
-    out.once('error', (e) => reject(sysError(`cannot create the tee file ${tmp}`, e)));
-  });
-  return { path, tmp, out };
+function openTee(path: string): Promise<TeeFile> {
+  return StreamedOutput.create(path, 8 << 20);
 }
 
 async function dropTee(tee: TeeFile | undefined): Promise<void> {
-  if (!tee) return;
-  await new Promise<void>((resolve) => {
-    if (tee.out.closed) return resolve();
-    tee.out.once('close', () => resolve());
-    tee.out.destroy();
-  });
-  await rm(tee.tmp, { force: true });
+  await tee?.abort();
 }
 
 /** Runs one migration through the proxy; resolves with the report, or rejects with ProxyFailedError (report attached). */
@@ -286,7 +277,7 @@ export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
   }, opts.tee);
   let server: net.Server;
   try {
-    server = await listen(opts.listen, opts.signal);
+    server = await listen(opts.listen, opts.signal, opts.socketMode);
   } catch (err) {
     await dropTee(tee);
     throw err;
@@ -386,7 +377,7 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
   });
 
   const teeOut = teeFile?.out;
-  const teeTmp = teeFile?.tmp;
+  const teeTmp = teeFile?.file.tempPath;
   let teeError: unknown;
   // A tee that cannot be written is reported; the migration itself goes on.
   teeOut?.on('error', (e) => {
@@ -574,12 +565,8 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
 
   // The tee: closed, decoded in full when live decoding could not, kept only when complete.
   let tee: ProxyReport['tee'] = null;
-  if (teeOut && teeTmp && opts.tee) {
-    await new Promise<void>((resolve) => {
-      if (teeOut!.closed) return resolve();
-      teeOut!.once('close', () => resolve());
-      teeOut!.end();
-    });
+  if (teeFile && teeOut && teeTmp && opts.tee) {
+    await teeFile.end().catch((e: unknown) => { teeError ??= e; });
     tee = { path: opts.tee, bytes: teeOut.bytesWritten, kept: false, why: '', report: null, error: null };
     if (teeError) tee.error = { code: errCode(teeError), message: `writing the tee file failed: ${(teeError as Error).message ?? String(teeError)}`, offset: teeOut.bytesWritten };
     else if (!live.complete && sourceClean && link.failure === null) {
@@ -610,11 +597,16 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
     else if (link.failure) tee.why = `not kept: ${link.failure.message}`;
     else if (channelTeeProblem) tee.why = `not kept: ${channelTeeProblem}`;
     else {
-      await rename(teeTmp!, tee.path);
-      tee.kept = true;
-      tee.why = `complete stream (${eof ? `EOF at ${eof.offset}` : 'the destination sent SHUT 0'}, source closed cleanly)`;
+      try {
+        await teeFile!.commit();
+        tee.kept = true;
+        tee.why = `complete stream (${eof ? `EOF at ${eof.offset}` : 'the destination sent SHUT 0'}, source closed cleanly)`;
+      } catch (e) {
+        tee.error = { code: errCode(e), message: e instanceof Error ? e.message : String(e), offset: teeOut!.bytesWritten };
+        tee.why = tee.error.message;
+      }
     }
-    if (!tee.kept) await rm(teeTmp!, { force: true });
+    if (!tee.kept) await teeFile!.abort();
   }
 
   const report: ProxyReport = {

@@ -1,12 +1,11 @@
-// Where a saved stream goes: a file (written under a temporary name and renamed only when
-// complete, so a failed save never leaves a file that looks complete), an fd handed in,
-// or a unix socket.
-import { promises as fsp } from 'node:fs';
+// Where a saved stream goes: a file (an OutputFile: written under an unpredictable temporary
+// name, 0600, fsync'd and renamed only when complete, so a failed save never leaves a file
+// that looks complete), an fd handed in, or a unix socket.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { MigbridgeError } from '../errors.js';
-import { temporaryNameFor } from '../util/atomic-file.js';
+import { OutputFile, outputFileError } from '../util/atomic-file.js';
 import { connectUnixWhenListening } from '../util/unix-connect.js';
 
 /** A QEMU started beside `save --to unix:` may not listen yet: wait this long for it. */
@@ -76,31 +75,21 @@ class SocketSink implements ByteSink {
   }
 }
 
+/** A file sink whose failed writes name the user's path and the reason (ENOSPC, EIO, ...). */
+function withOutputErrors(sink: ByteSink, userPath: string): ByteSink {
+  return {
+    description: sink.description,
+    write: (data) => sink.write(data).catch((e: unknown) => { throw outputFileError(e, userPath); }),
+    commit: () => sink.commit(),
+    abort: () => sink.abort(),
+    bytesWritten: () => sink.bytesWritten(),
+  };
+}
+
 export async function openSink(target: SinkTarget): Promise<ByteSink> {
   if ('file' in target) {
-    const final = path.resolve(target.file);
-    const temp = temporaryNameFor(final);
-    const fd = fs.openSync(temp, 'w', 0o644);
-    let closed = false;
-    const close = () => {
-      if (!closed) {
-        closed = true;
-        fs.closeSync(fd);
-      }
-    };
-    return new FdSink(
-      final,
-      fd,
-      async () => {
-        fs.fsyncSync(fd);
-        close();
-        await fsp.rename(temp, final);
-      },
-      async () => {
-        close();
-        await fsp.rm(temp, { force: true });
-      },
-    );
+    const file = await OutputFile.create(target.file);
+    return withOutputErrors(new FdSink(path.resolve(target.file), file.fd, () => file.commit(), () => file.abort()), target.file);
   }
   if ('fd' in target) {
     return new FdSink(`fd ${target.fd}`, target.fd, async () => {}, async () => {});

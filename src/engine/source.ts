@@ -5,6 +5,7 @@ import * as net from 'node:net';
 import { DEFAULT_TARGET_PAGE_SIZE, type StreamEvent, probeStreamFile, readStream, readStreamFile } from '../qemu/index.js';
 import { indexMultifdChannels } from '../qemu/multifd-index.js';
 import { withMultifdDeviceState } from '../qemu/reframe-multifd.js';
+import { listenUnix } from '../util/unix-listen.js';
 
 /** A file may come with the captures of its multifd channels (a proxy tee's FILE.multifd-N). */
 export type SourceTarget = { file: string; multifd?: readonly string[] } | { fd: number } | { unix: string };
@@ -20,10 +21,7 @@ export async function openEvents(source: SourceTarget): Promise<AsyncIterable<St
   }
   if ('fd' in source) return readStream(fs.createReadStream('', { fd: source.fd, highWaterMark: 1 << 20, autoClose: false }));
   const server = net.createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(source.unix, resolve);
-  });
+  await listenUnix(server, source.unix);
   const socket = await new Promise<net.Socket>((resolve) => server.once('connection', resolve));
   server.close();
   fs.rmSync(source.unix, { force: true });

@@ -104,7 +104,8 @@ export class DecodeContext {
     if (this.totalSize !== undefined) {
       const remaining = this.totalSize - this.r.offset;
       if (n > remaining) {
-        throw this.error('ESTREAM_LIMIT', `${what} runs past the end of the input`, { ...where, expected: `<= ${remaining} remaining bytes`, found: String(n) });
+        // A file cut short and a corrupt length look alike here: name both.
+        throw this.error('ESTREAM_LIMIT', `${what} runs past the end of the input (truncated, or a corrupt length)`, { ...where, expected: `<= ${remaining} remaining bytes`, found: String(n) });
       }
     }
     return n;

@@ -32,7 +32,8 @@ export class StreamError extends MigbridgeError {
   readonly found?: string;
 
   constructor(code: StreamErrorCode, what: string, where: StreamErrorWhere = {}) {
-    const parts = [what];
+    // "truncated" is the word a user looks for when a capture was cut (a killed proxy's tee).
+    const parts = [code === 'ESTREAM_TRUNCATED' && !/truncated/i.test(what) ? `truncated: ${what}` : what];
     if (where.expected !== undefined) parts.push(`expected ${where.expected}`);
     if (where.found !== undefined) parts.push(`found ${where.found}`);
     const loc: string[] = [];

@@ -3,9 +3,10 @@
 //    pages applied), like analyze-migration.py -x;
 //  - VFIO: per device its raw device data (DATA_STATE payloads in order), its
 //    config blob, and a manifest.json saying where each piece came from.
-import { open, mkdir, rm, rmdir, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, rmdir, stat, unlink } from 'node:fs/promises';
 import { createHash, type Hash } from 'node:crypto';
 import { dirname, join, relative, resolve } from 'node:path';
+import { OutputFile, OutputFileError, outputFileError, syncDirectory } from '../util/atomic-file.js';
 import { inflateSync } from 'node:zlib';
 import { DEFAULT_TARGET_PAGE_SIZE } from './constants.js';
 import { StreamError } from './errors.js';
@@ -94,120 +95,151 @@ export interface ExtractResult {
 }
 
 interface BlockOut {
-  fh: FileHandle;
+  out: OutputFile;
   info: RamImage;
   /** One bit per page: already holds data (a later ZERO page must then write zeros). */
   dirty: Uint8Array;
 }
 
 /**
- * Extracts what `opts` asks for. A stream that fails part-way (truncated, corrupt, refused)
- * leaves none of the files this call created: a half-written image or device file must not
- * pass for the real thing.
+ * Extracts what `opts` asks for. Every file is written under a temporary name (OutputFile) and
+ * the set is published only when the whole stream was extracted: the previous manifest is
+ * removed first, then the data, config and image files are renamed into place, then the new
+ * manifest. A failure before that leaves the directory as it was (earlier extractions
+ * included); a kill during the renames leaves no manifest pointing at mismatched files.
+ * An output directory that does not exist is created (one level, 0700); its parent must exist.
  */
 export async function extractStreamFile(path: string, opts: ExtractOptions): Promise<ExtractResult> {
-  const created: string[] = [];
+  const outputs: OutputFile[] = [];
   const madeDirs: string[] = [];
+  let result: ExtractResult;
   try {
-    return await extractInto(path, opts, created, madeDirs);
+    result = await extractInto(path, opts, outputs, madeDirs);
+    for (const o of outputs) await o.sync();
   } catch (e) {
-    for (const f of created) await rm(f, { force: true });
-    // Directories this call made go too (deepest first), each only if nothing else is in it.
+    for (const o of outputs) await o.abort();
+    // A directory this call created is removed again (only if empty: rmdir, never recursive).
     for (const d of madeDirs.reverse()) await rmdir(d).catch(() => undefined);
+    throw e;
+  }
+  await publishSet(outputs, opts.outDir !== undefined ? join(opts.outDir, MANIFEST) : undefined);
+  return result;
+}
+
+const MANIFEST = 'manifest.json';
+
+/** Renames synced outputs into place, the manifest (when one is among them) last. */
+async function publishSet(outputs: OutputFile[], manifest: string | undefined): Promise<void> {
+  try {
+    if (manifest !== undefined) {
+      // An old manifest must never describe a mix of old and new files.
+      await unlink(manifest).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT') throw outputFileError(e, manifest, 'cannot replace'); });
+      // Durable before any file it described is replaced (a power loss, not only a kill).
+      await syncDirectory(dirname(resolve(manifest)));
+    }
+    const last = outputs.filter((o) => o.path === manifest);
+    for (const o of outputs.filter((x) => x.path !== manifest).concat(last)) await o.publish();
+    for (const dir of new Set(outputs.map((o) => dirOf(o)))) await syncDirectory(dir);
+  } catch (e) {
+    for (const o of outputs) await o.abort();
     throw e;
   }
 }
 
-/** mkdir -p that notes the directories it made (for removal on failure). */
-async function makeDir(dir: string, madeDirs: string[]): Promise<void> {
-  const first = await mkdir(dir, { recursive: true });
-  if (first === undefined) return;
-  // mkdir names the topmost directory it made; every one from there down to `dir` is new.
-  const made: string[] = [];
-  for (let d = resolve(dir); d.length >= resolve(first).length; d = dirname(d)) made.unshift(d);
-  madeDirs.push(...made);
+function dirOf(o: OutputFile): string {
+  return dirname(resolve(o.path));
 }
 
-async function extractInto(path: string, opts: ExtractOptions, created: string[], madeDirs: string[]): Promise<ExtractResult> {
+/** The output directory: created when missing (one level, owner only; listed in `made`); anything else in the way is an error. */
+async function prepareOutputDir(dir: string, made: string[]): Promise<void> {
+  try {
+    await mkdir(dir, { mode: 0o700 });
+    made.push(dir);
+    return;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw outputFileError(e, dir, 'cannot create the output directory');
+  }
+  const st = await stat(dir).catch((e: unknown) => { throw outputFileError(e, dir, 'cannot use the output directory'); });
+  if (!st.isDirectory()) throw new OutputFileError('ENOTDIR', `cannot use ${dir} as the output directory: it exists and is not a directory (ENOTDIR)`, { path: dir });
+}
+
+async function extractInto(path: string, opts: ExtractOptions, outputs: OutputFile[], madeDirs: string[]): Promise<ExtractResult> {
+  const create = async (file: string, readable = false): Promise<OutputFile> => {
+    const o = await OutputFile.create(file, { readable });
+    outputs.push(o);
+    return o;
+  };
   const info = await probeStreamFile(path, opts);
   const pageSize = opts.pageSize ?? info.vmdesc?.page_size ?? DEFAULT_TARGET_PAGE_SIZE;
   const insp = new Inspector({ pageSize });
   const blocks = new Map<string, BlockOut>();
-  const devs = new Map<number, { fh: FileHandle; file: string; hash: Hash; config?: { file: string } }>();
+  const devs = new Map<number, { out: OutputFile; file: string; hash: Hash; config?: { file: string } }>();
   const zero = Buffer.alloc(pageSize);
-  if (opts.ramDir) await makeDir(opts.ramDir, madeDirs);
-  if (opts.outDir) await makeDir(opts.outDir, madeDirs);
+  if (opts.ramDir) await prepareOutputDir(opts.ramDir, madeDirs);
+  if (opts.outDir) await prepareOutputDir(opts.outDir, madeDirs);
   const ramOut: RamImage[] = [];
-  try {
-    for await (const ev of readStreamFile(path, { ...opts, ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}) })) {
-      insp.add(ev);
-      if (opts.ramDir) {
-        if (ev.type === 'ram-mem-size') {
-          for (const b of ev.blocks) {
-            if (blocks.has(b.name)) continue;
-            const file = join(opts.ramDir, safeFileName(b.name));
-            created.push(file);
-            const fh = await open(file, 'w+');
-            await fh.truncate(b.usedLength);
-            const img = { name: b.name, file, usedLength: b.usedLength, pagesWritten: 0 };
-            ramOut.push(img);
-            blocks.set(b.name, { fh, info: img, dirty: new Uint8Array(Math.ceil(b.usedLength / pageSize / 8)) });
-          }
-        } else if (ev.type === 'ram-multifd-flush') {
-          // The pages went over multifd channels: images from this stream alone would be
-          // silently empty.
-          throw new StreamError('ESTREAM_UNSUPPORTED', 'the RAM pages of this migration travelled on multifd channels, not in this stream: merge the channel captures first (migbridge reframe IN OUT --multifd CHANNELFILE...), then extract from that', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr });
-        } else if (ev.type === 'ram-page' || ev.type === 'ram-zero' || ev.type === 'ram-xbzrle' || ev.type === 'ram-compressed') {
-          const out = blocks.get(ev.block)!;
-          const pg = ev.address / pageSize;
-          const wasDirty = (out.dirty[pg >>> 3]! & (1 << (pg & 7))) !== 0;
-          let data: Buffer | undefined;
-          if (ev.type === 'ram-page') data = ev.data;
-          else if (ev.type === 'ram-zero') data = ev.fill !== 0 ? Buffer.alloc(pageSize, ev.fill) : wasDirty ? zero : undefined;
-          else if (ev.type === 'ram-compressed') {
-            try {
-              data = inflateSync(ev.data, { maxOutputLength: pageSize });
-            } catch (e) {
-              throw new StreamError('ESTREAM_FORMAT', 'COMPRESS_PAGE does not inflate to a page', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr, cause: e });
-            }
-            if (data.length !== pageSize) throw new StreamError('ESTREAM_FORMAT', 'COMPRESS_PAGE inflates to the wrong size', { offset: ev.offset, expected: String(pageSize), found: String(data.length) });
-          } else {
-            const page = Buffer.alloc(pageSize);
-            if (wasDirty) await out.fh.read(page, 0, pageSize, ev.address);
-            try {
-              xbzrleDecode(ev.data, page);
-            } catch (e) {
-              throw new StreamError('ESTREAM_FORMAT', 'bad XBZRLE delta', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr, cause: e });
-            }
-            data = page;
-          }
-          if (data) {
-            await out.fh.write(data, 0, data.length, ev.address);
-            out.info.pagesWritten++;
-            out.dirty[pg >>> 3]! |= 1 << (pg & 7);
-          }
+  for await (const ev of readStreamFile(path, { ...opts, ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}) })) {
+    insp.add(ev);
+    if (opts.ramDir) {
+      if (ev.type === 'ram-mem-size') {
+        for (const b of ev.blocks) {
+          if (blocks.has(b.name)) continue;
+          const file = join(opts.ramDir, safeFileName(b.name));
+          const out = await create(file, true);
+          await out.truncate(b.usedLength);
+          const img = { name: b.name, file, usedLength: b.usedLength, pagesWritten: 0 };
+          ramOut.push(img);
+          blocks.set(b.name, { out, info: img, dirty: new Uint8Array(Math.ceil(b.usedLength / pageSize / 8)) });
         }
-      }
-      if (opts.outDir) {
-        if (ev.type === 'section' && ev.section.handler === 'vfio' && !devs.has(ev.section.sectionId)) {
-          const file = join(opts.outDir, safeFileName(ev.section.idstr) + '.data');
-          created.push(file);
-          devs.set(ev.section.sectionId, { fh: await open(file, 'w'), file, hash: createHash('sha256') });
-        } else if (ev.type === 'vfio-data-chunk') {
-          const d = devs.get(ev.section.sectionId)!;
-          d.hash.update(ev.data);
-          await d.fh.write(ev.data);
-        } else if (ev.type === 'vfio-config') {
-          const file = join(opts.outDir, safeFileName(ev.section.idstr) + '.config');
-          created.push(file);
-          await writeFile(file, ev.data);
-          devs.get(ev.section.sectionId)!.config = { file };
+      } else if (ev.type === 'ram-multifd-flush') {
+        // The pages went over multifd channels: images from this stream alone would be
+        // silently empty.
+        throw new StreamError('ESTREAM_UNSUPPORTED', 'the RAM pages of this migration travelled on multifd channels, not in this stream: merge the channel captures first (migbridge reframe IN OUT --multifd CHANNELFILE...), then extract from that', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr });
+      } else if (ev.type === 'ram-page' || ev.type === 'ram-zero' || ev.type === 'ram-xbzrle' || ev.type === 'ram-compressed') {
+        const img = blocks.get(ev.block)!;
+        const pg = ev.address / pageSize;
+        const wasDirty = (img.dirty[pg >>> 3]! & (1 << (pg & 7))) !== 0;
+        let data: Buffer | undefined;
+        if (ev.type === 'ram-page') data = ev.data;
+        else if (ev.type === 'ram-zero') data = ev.fill !== 0 ? Buffer.alloc(pageSize, ev.fill) : wasDirty ? zero : undefined;
+        else if (ev.type === 'ram-compressed') {
+          try {
+            data = inflateSync(ev.data, { maxOutputLength: pageSize });
+          } catch (e) {
+            throw new StreamError('ESTREAM_FORMAT', 'COMPRESS_PAGE does not inflate to a page', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr, cause: e });
+          }
+          if (data.length !== pageSize) throw new StreamError('ESTREAM_FORMAT', 'COMPRESS_PAGE inflates to the wrong size', { offset: ev.offset, expected: String(pageSize), found: String(data.length) });
+        } else {
+          const page = Buffer.alloc(pageSize);
+          if (wasDirty) await img.out.handle.read(page, 0, pageSize, ev.address);
+          try {
+            xbzrleDecode(ev.data, page);
+          } catch (e) {
+            throw new StreamError('ESTREAM_FORMAT', 'bad XBZRLE delta', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr, cause: e });
+          }
+          data = page;
+        }
+        if (data) {
+          await img.out.write(data, ev.address);
+          img.info.pagesWritten++;
+          img.dirty[pg >>> 3]! |= 1 << (pg & 7);
         }
       }
     }
-  } finally {
-    for (const b of blocks.values()) await b.fh.close();
-    for (const d of devs.values()) await d.fh.close();
+    if (opts.outDir) {
+      if (ev.type === 'section' && ev.section.handler === 'vfio' && !devs.has(ev.section.sectionId)) {
+        const file = join(opts.outDir, safeFileName(ev.section.idstr) + '.data');
+        devs.set(ev.section.sectionId, { out: await create(file), file, hash: createHash('sha256') });
+      } else if (ev.type === 'vfio-data-chunk') {
+        const d = devs.get(ev.section.sectionId)!;
+        d.hash.update(ev.data);
+        await d.out.write(ev.data);
+      } else if (ev.type === 'vfio-config') {
+        const file = join(opts.outDir, safeFileName(ev.section.idstr) + '.config');
+        await (await create(file)).write(ev.data);
+        devs.get(ev.section.sectionId)!.config = { file };
+      }
+    }
   }
   const report = insp.finish(info.size ?? undefined);
   let manifest: ExtractManifest | null = null;
@@ -245,7 +277,7 @@ async function extractInto(path: string, opts: ExtractOptions, created: string[]
       stream: relative(outDir, path),
       devices: manifest.devices.map((d) => ({ ...d, dataFile: near(d.dataFile), configFile: d.configFile === null ? null : near(d.configFile) })),
     };
-    await writeFile(join(outDir, 'manifest.json'), JSON.stringify(onDisk, null, 2) + '\n');
+    await (await create(join(opts.outDir, MANIFEST))).write(Buffer.from(JSON.stringify(onDisk, null, 2) + '\n'));
   }
   return { ram: ramOut, vfio: manifest, report };
 }

@@ -33,20 +33,27 @@ export interface ByteSink {
 
 /** A sink over a Node Writable that waits for 'drain' when its buffer is full. */
 export function writableSink(stream: Writable): ByteSink {
+  // A stream that failed emits 'error' once and is destroyed: later writes get no event at
+  // all, so each write checks first and a waiting one also ends on 'close'.
+  const failed = (): Error => stream.errored ?? new Error('the output stream was closed');
   return {
     write(chunk) {
+      if (stream.destroyed || stream.errored) return Promise.reject(failed());
       if (stream.write(chunk)) return;
       return new Promise<void>((resolve, reject) => {
-        const onDrain = (): void => {
-          stream.off('error', onError);
-          resolve();
-        };
-        const onError = (e: Error): void => {
+        const done = (e?: Error): void => {
           stream.off('drain', onDrain);
-          reject(e);
+          stream.off('error', onError);
+          stream.off('close', onClose);
+          if (e) reject(e);
+          else resolve();
         };
+        const onDrain = (): void => done();
+        const onError = (e: Error): void => done(e);
+        const onClose = (): void => done(failed());
         stream.once('drain', onDrain);
         stream.once('error', onError);
+        stream.once('close', onClose);
       });
     },
   };

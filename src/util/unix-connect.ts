@@ -3,6 +3,7 @@
 // a connect gets ECONNREFUSED; before the bind the file is missing (ENOENT). Both mean "not
 // listening yet" and are retried until the wait runs out; any other error is final.
 import * as net from 'node:net';
+import { unixSocketPath } from './unix-listen.js';
 
 const NOT_YET_LISTENING = new Set(['ENOENT', 'ECONNREFUSED', 'EAGAIN']);
 
@@ -15,7 +16,7 @@ export interface UnixConnectOptions {
 
 function connectOnce(path: string, allowHalfOpen: boolean): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const s = net.connect({ path, allowHalfOpen });
+    const s = net.connect({ path: unixSocketPath(path), allowHalfOpen });
     s.once('error', (e) => {
       s.destroy();
       reject(e);

@@ -762,6 +762,9 @@ test.serial('10.0: multifd, the destination killed mid-migration: proxy exits 1 
   const before = await queryMigrate(src);
   t.is(before.status, 'active');
   t.true(Number(before.ram?.['multifd-bytes']) > 0, `pages go over the channels: ${JSON.stringify(before.ram)}`);
+  // Both channels identified by the proxy before the kill (under load the second one could
+  // still be on its way after 100 KiB, and the report would then hold one channel).
+  await waitFor('both multifd channels identified by the proxy', () => proxyNotes(proxy.stderr()).filter((n) => n.type === 'multifd-channel').length === 2, 60_000);
   await dst.kill();
   const r = await proxy.done;
   t.is(r.code, 1, describe(r));

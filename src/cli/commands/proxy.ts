@@ -94,10 +94,17 @@ function liveNotes(io: CommandIO, force: boolean): ((n: ProxyNote) => void) | un
   };
 }
 
+/** `--socket-mode 660`: an octal permission mode, at most 0777 (no set-id or sticky bits). */
+function octalMode(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^0?[0-7]{1,3}$/.test(v)) throw new UsageError(`--${name} takes an octal mode like 600 or 660, got ${JSON.stringify(v)}`);
+  return parseInt(v, 8);
+}
+
 export const proxyCommand: Command = {
   name: ['proxy'],
   summary: 'Forward a live QEMU migration between a source and a destination QEMU (both ways), tee and decode it on the side.',
-  usage: 'proxy --listen unix:IN --to unix:OUT [--tee FILE] [--vmdesc JSONFILE] [--progress] [--close-timeout MS]',
+  usage: 'proxy --listen unix:IN --to unix:OUT [--tee FILE] [--vmdesc JSONFILE] [--progress] [--close-timeout MS] [--socket-mode OCTAL]',
   operands: [],
   options: {
     listen: { type: 'string' },
@@ -106,6 +113,7 @@ export const proxyCommand: Command = {
     vmdesc: { type: 'string' },
     progress: { type: 'boolean' },
     'close-timeout': { type: 'string' },
+    'socket-mode': { type: 'string' },
   },
   async run(args, io) {
     const listen = unixPath(optionalString(args, 'listen'), 'listen');
@@ -113,6 +121,7 @@ export const proxyCommand: Command = {
     if (listen === to) throw new UsageError('--listen and --to name the same socket');
     const tee = optionalString(args, 'tee');
     const closeTimeoutMs = optionalNumber(args, 'close-timeout');
+    const socketMode = octalMode(optionalString(args, 'socket-mode'), 'socket-mode');
     const vmdescFile = optionalString(args, 'vmdesc');
     const vmdesc = vmdescFile !== undefined ? parseVmDesc(await readFile(vmdescFile)) : undefined;
     const onNote = liveNotes(io, args.values.progress === true);
@@ -127,6 +136,7 @@ export const proxyCommand: Command = {
         ...(vmdesc ? { vmdesc } : {}),
         ...(onNote ? { onNote } : {}),
         ...(closeTimeoutMs !== undefined ? { closeTimeoutMs } : {}),
+        ...(socketMode !== undefined ? { socketMode } : {}),
       });
       io.result(report, () => proxyHuman(report));
       return 0;
