@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { MigbridgeError } from '../errors.js';
+import { defaultEngine, type IoEngine } from '../native/index.js';
 import { temporaryNameFor } from '../util/atomic-file.js';
 import { connectUnixWhenListening } from '../util/unix-connect.js';
 
@@ -14,8 +15,10 @@ const UNIX_CONNECT_WAIT_MS = 3000;
 
 export interface ByteSink {
   readonly description: string;
-  /** Resolves once `data` may be reused (backpressure). */
+  /** Takes `data` (the caller does not touch it again); resolves when the caller may go on (backpressure). */
   write(data: Buffer): Promise<void>;
+  /** Zero-copy record write: `done` is called once the sink no longer needs `bufs` (see the qemu ByteSink). */
+  writeOwned?(bufs: Buffer[], done: () => void): Promise<void>;
   /** Everything written: make it durable and visible under its final name. */
   commit(): Promise<void>;
   /** The save failed: remove partial output where possible. */
@@ -27,28 +30,73 @@ export type SinkTarget = { file: string } | { fd: number } | { unix: string };
 
 export class SinkError extends MigbridgeError {}
 
+/** Writes in flight at once on a seekable output (each at its own explicit offset). */
+const MAX_WRITES_IN_FLIGHT = 8;
+
+/**
+ * An open fd written through the io engine (the ring on io_uring): every record leaves as one
+ * writev of the buffers handed over, without copying. On a seekable output each write carries
+ * its explicit offset, so several are in flight at once; on a pipe or socket they go one
+ * after another in order. The first failure is kept and thrown by later writes and commit().
+ */
 class FdSink implements ByteSink {
   private written = 0;
+  private offset = 0;
+  private inFlight = new Set<Promise<void>>();
+  private tail: Promise<void> = Promise.resolve();
+  private failure: unknown;
   constructor(
     readonly description: string,
     private readonly fd: number,
+    /** The fd is a file we opened at offset 0: explicit offsets, writes in parallel. */
+    private readonly seekable: boolean,
+    private readonly io: IoEngine,
     private readonly onCommit: () => Promise<void>,
     private readonly onAbort: () => Promise<void>,
   ) {}
-  async write(data: Buffer): Promise<void> {
-    let off = 0;
-    while (off < data.length) {
-      const n = await new Promise<number>((resolve, reject) =>
-        fs.write(this.fd, data, off, data.length - off, null, (err, written) => (err ? reject(err) : resolve(written))),
-      );
-      off += n;
-    }
-    this.written += data.length;
+  write(data: Buffer): Promise<void> {
+    // StreamWriter hands over fresh buffers (it never reuses them): the same path as owned ones.
+    return this.writeOwned([data], () => {});
   }
-  commit(): Promise<void> {
+  async writeOwned(bufs: Buffer[], done: () => void): Promise<void> {
+    if (this.failure !== undefined) {
+      done();
+      throw this.failure;
+    }
+    const length = bufs.reduce((s, b) => s + b.length, 0);
+    const at = this.offset;
+    this.offset += length;
+    const run = (): Promise<void> =>
+      // Queued behind a failed write on a stream: nothing after a gap may go out.
+      this.failure !== undefined
+        ? Promise.resolve(done())
+        : this.io.writev(this.fd, bufs, this.seekable ? { offset: at } : {}).then(
+        () => {
+          this.written += length;
+          done();
+        },
+        (e: unknown) => {
+          this.failure ??= e;
+          done();
+        },
+      );
+    const op = this.seekable ? run() : (this.tail = this.tail.then(run));
+    this.inFlight.add(op);
+    void op.then(() => this.inFlight.delete(op));
+    while (this.inFlight.size >= MAX_WRITES_IN_FLIGHT) await Promise.race(this.inFlight);
+    if (this.failure !== undefined) throw this.failure;
+  }
+  /** Every write handed over has completed (or failed: then the first failure is thrown). */
+  private async settle(): Promise<void> {
+    while (this.inFlight.size) await Promise.all(this.inFlight);
+    if (this.failure !== undefined) throw this.failure;
+  }
+  async commit(): Promise<void> {
+    await this.settle();
     return this.onCommit();
   }
-  abort(): Promise<void> {
+  async abort(): Promise<void> {
+    await this.settle().catch(() => {});
     return this.onAbort();
   }
   bytesWritten(): number {
@@ -91,6 +139,8 @@ export async function openSink(target: SinkTarget): Promise<ByteSink> {
     return new FdSink(
       final,
       fd,
+      true,
+      defaultEngine(),
       async () => {
         fs.fsyncSync(fd);
         close();
@@ -103,7 +153,7 @@ export async function openSink(target: SinkTarget): Promise<ByteSink> {
     );
   }
   if ('fd' in target) {
-    return new FdSink(`fd ${target.fd}`, target.fd, async () => {}, async () => {});
+    return new FdSink(`fd ${target.fd}`, target.fd, false, defaultEngine(), async () => {}, async () => {});
   }
   let socket: net.Socket;
   try {
