@@ -379,7 +379,10 @@ async function saveCompletePrecopy(ctxs: DeviceCtx[], w: StreamWriter, io: IoEng
     (c) =>
       new ChunkReader(io, c.dataFd!.fd, {
         chunkSize: chunk,
-        quota: poolShare(io, ctxs.length),
+        // Interleaved: every reader drains, one buffer each at least. QEMU framing: a share
+        // of the pool that may be 0 (more devices than buffers), so that the device being
+        // written can never wait for a buffer held by one that is not.
+        quota: opts.interleave ? poolShare(io, ctxs.length) : Math.floor(io.info().bufferCount / ctxs.length),
         timeoutMs: opts.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS,
         onError: (e) => wrapDeviceError(c, `read stop-copy data (state ${stateName(MigState.STOP_COPY)})`, e),
       }),
@@ -405,10 +408,14 @@ async function saveCompletePrecopy(ctxs: DeviceCtx[], w: StreamWriter, io: IoEng
         continue;
       }
       remaining.splice(remaining.indexOf(pick), 1);
-      // The device being written gets the pool share of the finished ones; the others keep theirs.
-      const share = Math.floor(io.info().bufferCount / (remaining.length + 1));
+      // The device being written gets at least half the pool (its reads and the sink's writes
+      // in flight), the others share the rest for read-ahead. Quotas always sum to the pool,
+      // so a buffer the written device needs is never held by a reader over its quota for
+      // good: what the others hold beyond a smaller new share was within the old one.
+      const pool = io.info().bufferCount;
+      const share = Math.floor(pool / 2 / Math.max(1, remaining.length));
       for (const i of remaining) readers[i]!.setQuota(share);
-      readers[pick]!.setQuota(io.info().bufferCount - share * remaining.length);
+      readers[pick]!.setQuota(pool - share * remaining.length);
       const c = ctxs[pick]!;
       const reader = readers[pick]!;
       await w.sectionEnd(c.sectionId);
