@@ -161,5 +161,21 @@ export async function openSink(target: SinkTarget): Promise<ByteSink> {
   } catch (e) {
     throw new SinkError('ECONNREFUSED', `cannot connect to unix:${target.unix}: ${(e as Error).message}`, { cause: e });
   }
+  // The connected socket's fd goes through the io engine like any output (records as one
+  // writev, no copy); libuv keeps the handle only to close it. SocketSink is the fallback
+  // should the handle not expose its fd.
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd === 'number' && fd >= 0) {
+    return new FdSink(
+      `unix:${target.unix}`,
+      fd,
+      false,
+      defaultEngine(),
+      () => new Promise<void>((resolve) => socket.end(resolve)),
+      async () => {
+        socket.destroy();
+      },
+    );
+  }
   return new SocketSink(`unix:${target.unix}`, socket);
 }
