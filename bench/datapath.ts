@@ -23,12 +23,19 @@ interface Point {
   size: number;
 }
 interface Sample {
+  /** Bytes over `window`. */
   gbps: number;
+  /** From all devices stopped to the last byte written (migbridge save: its measured downtime; the loops: first to last byte; restore: the whole call). */
+  window: number;
+  /** The whole call (migbridge: FSM steps, stream header/trailer, fsync and rename included). */
   seconds: number;
   cpuSeconds: number;
   peakRssMiB: number;
   rssOverheadMiB: number;
+  /** migbridge save: its downtime estimate before the stop (the JSON keeps it beside `window`, the actual). */
+  downtimeEstimateMs?: number;
 }
+type Measured = Exclude<keyof Sample, 'downtimeEstimateMs'>;
 type Contender = (p: Point, dir: string) => Promise<ChildResult>;
 
 const latencyUs = (m: Point['model']) => (m === 'b' ? 200 : 0);
@@ -129,12 +136,15 @@ export async function main(args: string[]): Promise<void> {
       const samples: Sample[] = [];
       for (let i = 0; i < repeats; i++) {
         const r = await run(point, dir);
+        const window = r.downtimeActualMs !== undefined ? r.downtimeActualMs / 1000 : r.seconds;
         samples.push({
-          gbps: r.bytes / r.seconds / 1e9,
+          gbps: r.bytes / window / 1e9,
+          window,
           seconds: r.seconds,
           cpuSeconds: r.cpuSeconds,
           peakRssMiB: r.peakRssKiB / 1024,
           rssOverheadMiB: r.idleRssKiB ? (r.peakRssKiB - r.idleRssKiB) / 1024 : 0,
+          ...(r.downtimeEstimateMs !== undefined ? { downtimeEstimateMs: r.downtimeEstimateMs } : {}),
         });
       }
       results.push({ point, contender: name, samples });
@@ -142,7 +152,7 @@ export async function main(args: string[]): Promise<void> {
     }
   }
   rmSync(dir, { recursive: true, force: true });
-  const med = (c: string, p: Point, k: keyof Sample = 'gbps') => median(results.find((r) => r.contender === c && same(r.point, p))!.samples.map((s) => s[k]));
+  const med = (c: string, p: Point, k: Measured = 'gbps') => median(results.find((r) => r.contender === c && same(r.point, p))!.samples.map((s) => s[k]));
   const a = points.find((p) => p.model === 'a' && p.n === 8 && p.size === (quick ? quickSize : 256 * MiB))!;
   const b = points.find((p) => p.model === 'b' && p.n === 8 && p.size === (quick ? quickSize : 256 * MiB))!;
   const ratios = {
@@ -178,12 +188,12 @@ function table(results: { point: Point; contender: string; samples: Sample[] }[]
   const lines = [
     `Machine: ${JSON.stringify(machine)}; ${repeats} runs per cell, median (min..max).`,
     '',
-    '| workload | contender | GB/s | seconds | CPU s | peak RSS MiB | RSS overhead MiB |',
-    '|---|---|---|---|---|---|---|',
+    '| workload | contender | GB/s | stop to last byte s | whole call s | CPU s | peak RSS MiB | RSS overhead MiB |',
+    '|---|---|---|---|---|---|---|---|',
   ];
   for (const r of results) {
-    const col = (k: keyof Sample) => fmt(r.samples.map((s) => s[k]));
-    lines.push(`| ${label(r.point)} | ${r.contender} | ${col('gbps')} | ${col('seconds')} | ${col('cpuSeconds')} | ${col('peakRssMiB')} | ${r.contender.startsWith('migbridge') ? col('rssOverheadMiB') : '-'} |`);
+    const col = (k: Measured) => fmt(r.samples.map((s) => s[k]));
+    lines.push(`| ${label(r.point)} | ${r.contender} | ${col('gbps')} | ${col('window')} | ${col('seconds')} | ${col('cpuSeconds')} | ${col('peakRssMiB')} | ${r.contender.startsWith('migbridge') ? col('rssOverheadMiB') : '-'} |`);
   }
   lines.push('', `Ratios: ${JSON.stringify(ratios)}`);
   return lines.join('\n');
