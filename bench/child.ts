@@ -30,6 +30,8 @@ export interface ChildResult {
   io: string;
   downtimeEstimateMs?: number;
   downtimeActualMs?: number;
+  /** io engine counters (completions per byte tell the mean read size). */
+  engine?: Record<string, number>;
 }
 
 function statusKiB(field: 'VmRSS' | 'VmHWM'): number {
@@ -76,5 +78,6 @@ const cpu0 = process.cpuUsage();
 const r = await run(job);
 const cpu = process.cpuUsage(cpu0);
 const result: ChildResult = { ...r, cpuSeconds: (cpu.user + cpu.system) / 1e6, peakRssKiB: statusKiB('VmHWM'), idleRssKiB, io };
+if (job.mode !== 'seq') result.engine = { ...defaultEngine().stats() };
 process.stdout.write(JSON.stringify(result) + '\n');
 process.exit(0);
