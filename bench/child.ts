@@ -72,8 +72,10 @@ async function run(job: ChildJob): Promise<Omit<ChildResult, 'cpuSeconds' | 'pea
 }
 
 const job = JSON.parse(process.argv[2]!) as ChildJob;
-const io = job.mode === 'seq' ? 'none' : defaultEngine().info().io;
+// Idle = modules loaded, before the io engine exists: its buffer pool (registered, so
+// faulted in at once on io_uring) is part of the overhead being measured.
 const idleRssKiB = statusKiB('VmRSS');
+const io = job.mode === 'seq' ? 'none' : defaultEngine().info().io;
 const cpu0 = process.cpuUsage();
 const r = await run(job);
 const cpu = process.cpuUsage(cpu0);
