@@ -130,31 +130,37 @@ export async function main(args: string[]): Promise<void> {
   // The C limit's producers on model (c) are uniform: it and c-sequential run (a)/(b) only.
   const results: { point: Point; contender: string; samples: Sample[] }[] = [];
   const load0 = loadavg()[0]!;
-  for (const point of points) {
-    for (const [name, run] of Object.entries(contenders)) {
-      if (point.model === 'c' && name.startsWith('c-')) continue;
-      const samples: Sample[] = [];
-      for (let i = 0; i < repeats; i++) {
-        const r = await run(point, dir);
-        // Outputs other than the one restore reads go at once: GiBs left on tmpfs make the
-        // next runs pay for page reclaim (charged to whoever allocates), which is noise.
-        for (const f of ['c.bin', 'n.bin', 'i.mig', 't.mig']) rmSync(path.join(dir, f), { force: true });
-        const window = r.downtimeActualMs !== undefined ? r.downtimeActualMs / 1000 : r.seconds;
-        samples.push({
-          gbps: r.bytes / window / 1e9,
-          window,
-          seconds: r.seconds,
-          cpuSeconds: r.cpuSeconds,
-          peakRssMiB: r.peakRssKiB / 1024,
-          rssOverheadMiB: r.idleRssKiB ? (r.peakRssKiB - r.idleRssKiB) / 1024 : 0,
-          ...(r.downtimeEstimateMs !== undefined ? { downtimeEstimateMs: r.downtimeEstimateMs } : {}),
-        });
+  try {
+    await runAll();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  async function runAll(): Promise<void> {
+    for (const point of points) {
+      for (const [name, run] of Object.entries(contenders)) {
+        if (point.model === 'c' && name.startsWith('c-')) continue;
+        const samples: Sample[] = [];
+        for (let i = 0; i < repeats; i++) {
+          const r = await run(point, dir);
+          // Outputs other than the one restore reads go at once: GiBs left on tmpfs make the
+          // next runs pay for page reclaim (charged to whoever allocates), which is noise.
+          for (const f of ['c.bin', 'n.bin', 'i.mig', 't.mig']) rmSync(path.join(dir, f), { force: true });
+          const window = r.downtimeActualMs !== undefined ? r.downtimeActualMs / 1000 : r.seconds;
+          samples.push({
+            gbps: r.bytes / window / 1e9,
+            window,
+            seconds: r.seconds,
+            cpuSeconds: r.cpuSeconds,
+            peakRssMiB: r.peakRssKiB / 1024,
+            rssOverheadMiB: r.idleRssKiB ? (r.peakRssKiB - r.idleRssKiB) / 1024 : 0,
+            ...(r.downtimeEstimateMs !== undefined ? { downtimeEstimateMs: r.downtimeEstimateMs } : {}),
+          });
+        }
+        results.push({ point, contender: name, samples });
+        process.stderr.write(`${label(point)} ${name}: ${fmt(samples.map((s) => s.gbps))} GB/s\n`);
       }
-      results.push({ point, contender: name, samples });
-      process.stderr.write(`${label(point)} ${name}: ${fmt(samples.map((s) => s.gbps))} GB/s\n`);
     }
   }
-  rmSync(dir, { recursive: true, force: true });
   const med = (c: string, p: Point, k: Measured = 'gbps') => median(results.find((r) => r.contender === c && same(r.point, p))!.samples.map((s) => s[k]));
   const a = points.find((p) => p.model === 'a' && p.n === 8 && p.size === (quick ? quickSize : 256 * MiB))!;
   const b = points.find((p) => p.model === 'b' && p.n === 8 && p.size === (quick ? quickSize : 256 * MiB))!;
