@@ -1,4 +1,5 @@
-// Benchmark dispatcher: `node dist/bench/run.js <name> [args]` runs bench/<name>.ts.
+// Benchmark dispatcher: `node dist/bench/run.js <name> [args]` runs bench/<name>.ts
+// (`npm run bench` alone runs bench/datapath.ts).
 // Benchmarks print measurements and ratios; they are not tests and assert nothing.
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -8,7 +9,9 @@ interface Bench {
   main(args: string[]): Promise<void>;
 }
 
-const [name, ...args] = process.argv.slice(2);
+// No name (or options first, as in `npm run bench -- --quick`): the data-path bench.
+const argv = process.argv.slice(2);
+const [name, ...args] = argv.length === 0 || argv[0]!.startsWith('--') ? ['datapath', ...argv] : argv;
 const here = dirname(fileURLToPath(import.meta.url));
 if (!name || !/^[a-z0-9-]+$/.test(name) || name === 'run' || !existsSync(join(here, `${name}.js`))) {
   process.stderr.write(`usage: node dist/bench/run.js <name> [args]   (name = bench/<name>.ts, e.g. uring)\n`);

@@ -280,10 +280,11 @@ class Engine : public Napi::ObjectWrap<Engine> {
     // A page-cache read/write of a regular file would run inline inside
     // io_uring_enter, i.e. on the JS thread, one stream after another; punting
     // it to io-wq spreads the copies over all cores (bench: 1.0x -> ~2.4x the
-    // serial C loop on tmpfs). Pipes, sockets and data_fds keep the default
-    // path (poll-armed retry, no kernel thread while they wait).
-    struct stat st;
-    if (fstat(op.fd, &st) == 0 && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) sqe->flags |= IOSQE_ASYNC;
+    // serial C loop on tmpfs). An explicit offset is what marks a seekable fd
+    // (TypeScript passes one for every file it reads or writes), so no fstat()
+    // is needed per op; pipes, sockets and data_fds (offset -1) keep the
+    // default path (poll-armed retry, no kernel thread while they wait).
+    if (op.offset >= 0) sqe->flags |= IOSQE_ASYNC;
     Finish(sqe, id, op, timeoutMs);
   }
 

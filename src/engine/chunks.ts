@@ -1,43 +1,70 @@
-// Reads one data_fd ahead of the stream writer: up to `readAhead` chunks in buffers owned
-// by this reader (allocated once), so a device whose END section is not being written yet
-// keeps its data flowing without unbounded memory, and no reader can starve another of
-// buffers (each has its own).
-import type { IoEngine } from '../native/index.js';
+// Reads one data_fd ahead of the stream writer into the io engine's registered buffer
+// pool (READ_FIXED on io_uring): one read in flight per fd (reads of one pipe must stay
+// in order), at most `quota` pool buffers held at once (being read, waiting to be
+// written, or being written by the sink). The pool is the one bound on data memory for
+// reads and writes alike; the caller sets quotas so that their sum fits the pool, which
+// is what keeps one device's read-ahead from starving the device being written.
+import { MigbridgeError } from '../errors.js';
+import type { IoEngine, PooledBuffer } from '../native/index.js';
 
 export interface Chunk {
   readonly data: Buffer;
+  /** Returns the buffer to the pool (after the sink wrote it). Idempotent. */
   release(): void;
 }
 
 export interface ChunkReaderOptions {
   readonly chunkSize: number;
-  readonly readAhead: number;
+  /** Pool buffers this reader may hold at once (0 = none for now; raise it with setQuota). */
+  readonly quota: number;
   /** Per-read deadline. */
   readonly timeoutMs: number;
+  /** Stop after this many bytes (a precopy round reads what PRECOPY_INFO reported). Default: until EOF. */
+  readonly limit?: number;
+  /** ENOMSG ends the data like EOF (a PRE_COPY data_fd with nothing more for now). */
+  readonly enomsgIsEnd?: boolean;
   /** Turns a read failure into the error the consumer sees (adds device context). */
   readonly onError: (e: unknown) => Error;
 }
 
 export class ChunkReader {
-  private readonly free: Buffer[] = [];
   private readonly filled: Chunk[] = [];
+  private held = 0;
+  private quota: number;
   private bufferedBytes = 0;
+  private got = 0;
   private eof = false;
   private error: Error | undefined;
   private stopped = false;
   private wake: (() => void) | undefined;
-  private freeWake: (() => void) | undefined;
+  private roomWake: (() => void) | undefined;
 
   constructor(
     private readonly io: IoEngine,
     private readonly fd: number,
     private readonly opts: ChunkReaderOptions,
   ) {
-    for (let i = 0; i < Math.max(1, opts.readAhead); i++) this.free.push(Buffer.allocUnsafe(opts.chunkSize));
+    this.quota = opts.quota;
   }
 
   start(): void {
     void this.loop();
+  }
+
+  /** Changes how many pool buffers this reader may hold (e.g. when it becomes the one being written). */
+  setQuota(quota: number): void {
+    this.quota = quota;
+    this.wakeRoom();
+  }
+
+  /** Pool buffers this reader may hold now. */
+  get quotaNow(): number {
+    return this.quota;
+  }
+
+  /** Bytes read so far. */
+  get bytesRead(): number {
+    return this.got;
   }
 
   private notify(): void {
@@ -46,34 +73,52 @@ export class ChunkReader {
     w?.();
   }
 
+  private wakeRoom(): void {
+    const fw = this.roomWake;
+    this.roomWake = undefined;
+    fw?.();
+  }
+
   private async loop(): Promise<void> {
+    const limit = this.opts.limit ?? Number.POSITIVE_INFINITY;
     try {
-      while (!this.stopped) {
-        let buf = this.free.pop();
-        if (!buf) {
-          await new Promise<void>((r) => (this.freeWake = r));
+      while (!this.stopped && this.got < limit) {
+        if (this.held >= this.quota) {
+          await new Promise<void>((r) => (this.roomWake = r));
           continue;
         }
-        const n = await this.io.readInto(this.fd, buf, { timeoutMs: this.opts.timeoutMs });
-        if (n === 0) {
-          this.free.push(buf);
-          this.eof = true;
-          break;
+        this.held++;
+        let piece: PooledBuffer;
+        try {
+          piece = await this.io.read(this.fd, { length: Math.min(this.opts.chunkSize, limit - this.got), timeoutMs: this.opts.timeoutMs });
+        } catch (e) {
+          this.held--;
+          if (this.opts.enomsgIsEnd && e instanceof MigbridgeError && e.code === 'ENOMSG') break;
+          throw e;
         }
-        const owned = buf;
+        const n = piece.data.length;
+        if (n === 0 || this.stopped) {
+          piece.release();
+          this.held--;
+          if (n === 0) break;
+          continue;
+        }
+        let released = false;
         this.filled.push({
-          data: owned.subarray(0, n),
+          data: piece.data,
           release: () => {
-            this.free.push(owned);
-            const fw = this.freeWake;
-            this.freeWake = undefined;
-            fw?.();
+            if (released) return;
+            released = true;
+            piece.release();
+            this.held--;
+            this.wakeRoom();
           },
         });
+        this.got += n;
         this.bufferedBytes += n;
-        buf = undefined;
         this.notify();
       }
+      this.eof = true;
     } catch (e) {
       this.error = this.opts.onError(e);
     }
@@ -120,15 +165,16 @@ export class ChunkReader {
     return out;
   }
 
-  /** EOF reached and every chunk taken. */
+  /** EOF (or the limit) reached and every chunk taken. */
   finished(): boolean {
     return this.eof && this.filled.length === 0;
   }
 
+  /** Stops reading; chunks not taken yet go back to the pool. */
   stop(): void {
     this.stopped = true;
-    const fw = this.freeWake;
-    this.freeWake = undefined;
-    fw?.();
+    for (const c of this.filled.splice(0)) c.release();
+    this.bufferedBytes = 0;
+    this.wakeRoom();
   }
 }

@@ -22,7 +22,7 @@ export interface RestoreOptions {
   readonly map?: ReadonlyMap<string, number>;
   readonly io?: IoEngine;
   readonly progress?: Progress;
-  /** Bytes written but not yet completed, over all devices (default 64 MiB). */
+  /** Bytes written but not yet completed, over all devices (default 16 MiB: with the read-ahead of the stream, part of the 64 MiB memory budget). */
   readonly maxInFlight?: number;
 }
 
@@ -79,7 +79,7 @@ const now = () => process.hrtime.bigint();
 
 export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
   const io = opts.io ?? defaultEngine();
-  const maxInFlight = opts.maxInFlight ?? 64 << 20;
+  const maxInFlight = opts.maxInFlight ?? 16 << 20;
   const t0 = now();
   if (opts.devices.length === 0) throw new MigbridgeError('EUSAGE', 'restore needs at least one device');
   const events = opts.events ?? (opts.source ? readStream(opts.source) : undefined);

@@ -36,10 +36,8 @@ export interface SaveOptions {
   readonly initDataSent?: boolean;
   readonly io?: IoEngine;
   readonly progress?: Progress;
-  /** Bytes per data_fd read (default 1 MiB). */
+  /** Bytes per data_fd read (default 1 MiB, at most the io engine's buffer size). */
   readonly chunkSize?: number;
-  /** Read-ahead chunks buffered per device while another device's END section is written (default: 256 MiB shared by all devices, 2..64 each). */
-  readonly readAhead?: number;
   /**
    * Frame stop-copy data as PART sections interleaved across devices as it arrives, each
    * device's END then carrying only END_OF_STATE. QEMU loads this (its VFIO load handler
@@ -116,7 +114,7 @@ function firstFailure(results: Awaited<ReturnType<typeof setStates>>): Error | u
 
 export async function save(opts: SaveOptions): Promise<SaveReport> {
   const io = opts.io ?? defaultEngine();
-  const chunk = opts.chunkSize ?? DEFAULT_CHUNK;
+  const chunk = Math.min(opts.chunkSize ?? DEFAULT_CHUNK, io.info().bufferSize);
   const t0 = now();
   if (opts.devices.length === 0) throw new MigbridgeError('EUSAGE', 'save needs at least one device');
   const ctxs: DeviceCtx[] = opts.devices.map((dev, i) => ({
@@ -246,44 +244,61 @@ async function savePrecopy(
   let rounds = 0;
   while (rounds < maxRounds) {
     rounds++;
-    // Read each device's pending precopy data concurrently, then frame it in device order.
-    const pending = await Promise.all(
+    const wants = await Promise.all(
       pre.map(async (c) => {
         try {
           const info = await c.dev.precopyInfo();
-          const want = Number(info.initialBytes + info.dirtyBytes);
-          const chunks = want > 0 ? await readPrecopy(io, c, want, chunk, opts.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS) : [];
-          const after = await c.dev.precopyInfo();
-          return { c, chunks, initial: Number(after.initialBytes), dirty: Number(after.dirtyBytes) };
+          return Number(info.initialBytes + info.dirtyBytes);
         } catch (e) {
-          throw wrapDeviceError(c, 'precopy read', e);
+          throw wrapDeviceError(c, 'precopy info', e);
         }
       }),
     );
+    // Every device's pending precopy data is read concurrently through the same bounded
+    // pool as stop-copy and leaves as PART sections as it arrives (a round never sits in
+    // memory); the section that drains a device's initial bytes carries INIT_DATA_SENT.
     let dirtyTotal = 0;
     let initialTotal = 0;
-    for (const p of pending) {
-      const bytes = p.chunks.reduce((s, b) => s + b.length, 0);
-      const drainedNow = p.initial === 0 && !p.c.initialDrained;
-      if (bytes === 0 && !drainedNow) {
-        dirtyTotal += p.dirty;
-        initialTotal += p.initial;
-        continue;
-      }
-      await w.sectionPart(p.c.sectionId);
-      for (const b of p.chunks) await w.vfioData(b);
-      if (drainedNow && sendInit) {
-        await w.vfioMarker('DEV_INIT_DATA_SENT');
-      } else {
-        await w.vfioMarker('END_OF_STATE');
-      }
-      if (drainedNow) p.c.initialDrained = true;
-      await w.endSection();
-      p.c.precopyBytes += bytes;
-      moved += bytes;
-      if (p.c.counter) p.c.counter.bytes += bytes;
-      dirtyTotal += p.dirty;
-      initialTotal += p.initial;
+    const readers = pre.map(
+      (c, i) =>
+        new ChunkReader(io, c.dataFd!.fd, {
+          chunkSize: chunk,
+          quota: poolShare(io, pre.length),
+          timeoutMs: opts.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS,
+          limit: wants[i]!,
+          enomsgIsEnd: true,
+          onError: (e) => wrapDeviceError(c, 'precopy read', e),
+        }),
+    );
+    readers.forEach((r) => r.start());
+    try {
+      await writeInterleaved(
+        pre,
+        readers,
+        w,
+        async (c, reader) => {
+        let after;
+        try {
+          after = await c.dev.precopyInfo();
+        } catch (e) {
+          throw wrapDeviceError(c, 'precopy info', e);
+        }
+        const initial = Number(after.initialBytes);
+        dirtyTotal += Number(after.dirtyBytes);
+        initialTotal += initial;
+        moved += reader.bytesRead;
+        c.precopyBytes += reader.bytesRead;
+        if (initial === 0 && !c.initialDrained) {
+          c.initialDrained = true;
+          await w.sectionPart(c.sectionId);
+          await w.vfioMarker(sendInit ? 'DEV_INIT_DATA_SENT' : 'END_OF_STATE');
+          await w.endSection();
+        }
+      },
+      'precopy',
+      );
+    } finally {
+      readers.forEach((r) => r.stop());
     }
     // Converged: nothing initial left, and dirty data no longer shrinks (or is gone).
     if (initialTotal === 0 && (dirtyTotal === 0 || dirtyTotal >= lastDirty)) break;
@@ -292,26 +307,6 @@ async function savePrecopy(
   const secs = msBetween(t0, now()) / 1000;
   // A few header bytes say nothing about throughput: measure only on a real amount of data.
   return { rounds, rate: secs > 0 && moved >= MIN_RATE_SAMPLE ? moved / secs : 0 };
-}
-
-/** Reads up to `want` precopy bytes; a 0 read (or ENOMSG) is the temporary end of data. */
-async function readPrecopy(io: IoEngine, c: DeviceCtx, want: number, chunk: number, timeoutMs: number): Promise<Buffer[]> {
-  const out: Buffer[] = [];
-  let got = 0;
-  while (got < want) {
-    const buf = Buffer.allocUnsafe(Math.min(chunk, want - got));
-    let n: number;
-    try {
-      n = await io.readInto(c.dataFd!.fd, buf, { timeoutMs });
-    } catch (e) {
-      if (e instanceof MigbridgeError && e.code === 'ENOMSG') break;
-      throw e;
-    }
-    if (n === 0) break;
-    out.push(n === buf.length ? buf : buf.subarray(0, n));
-    got += n;
-  }
-  return out;
 }
 
 async function estimateDowntime(ctxs: DeviceCtx[], measuredRate: number): Promise<{ ms: number; bytes: number; basis: string }> {
@@ -373,35 +368,54 @@ async function saveStop(ctxs: DeviceCtx[]): Promise<boolean> {
 }
 
 /**
- * save_live_complete_precopy: every device's data_fd is read concurrently (a few chunks
- * of read-ahead each, so memory stays bounded); each device's END section is written
- * whole, the device with the most data ready first.
+ * save_live_complete_precopy: every device's data_fd is read concurrently into the io
+ * engine's buffer pool, which bounds memory; QEMU framing writes each device's END section
+ * whole, the device with the most data ready first, while the others read ahead within
+ * their share of the pool (so they stall once it is full: bounded, not fully parallel);
+ * interleaved framing writes whatever is ready as PART sections (parallel and bounded).
  */
 async function saveCompletePrecopy(ctxs: DeviceCtx[], w: StreamWriter, io: IoEngine, chunk: number, opts: SaveOptions): Promise<void> {
   const readers = ctxs.map(
     (c) =>
       new ChunkReader(io, c.dataFd!.fd, {
         chunkSize: chunk,
-        readAhead: opts.readAhead ?? defaultReadAhead(ctxs.length, chunk),
+        // Interleaved: every reader drains, one buffer each at least. QEMU framing: a share
+        // of the pool that may be 0 (more devices than buffers), so that the device being
+        // written can never wait for a buffer held by one that is not.
+        quota: opts.interleave ? poolShare(io, ctxs.length) : Math.floor(io.info().bufferCount / ctxs.length),
         timeoutMs: opts.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS,
         onError: (e) => wrapDeviceError(c, `read stop-copy data (state ${stateName(MigState.STOP_COPY)})`, e),
       }),
   );
   readers.forEach((r) => r.start());
   try {
-    if (opts.interleave) return await writeInterleaved(ctxs, readers, w);
-    const remaining = new Set(ctxs.map((_, i) => i));
-    while (remaining.size) {
+    if (opts.interleave) {
+      return await writeInterleaved(ctxs, readers, w, async (c) => {
+        await deviceDone(c);
+        await w.sectionEnd(c.sectionId);
+        await w.vfioMarker('END_OF_STATE');
+        await w.endSection();
+      });
+    }
+    const remaining = ctxs.map((_, i) => i);
+    while (remaining.length) {
       // Pick the device that is done (or has the most buffered) so the sink never idles on a slow one.
-      let pick = -1;
-      for (const i of remaining) {
-        if (pick < 0 || readers[i]!.score() > readers[pick]!.score()) pick = i;
-      }
-      if (readers[pick]!.score() === 0) {
-        await Promise.race([...remaining].map((i) => readers[i]!.ready()));
+      let pick = remaining[0]!;
+      for (const i of remaining) if (readers[i]!.score() > readers[pick]!.score()) pick = i;
+      const waitable = remaining.filter((i) => readers[i]!.quotaNow > 0);
+      if (readers[pick]!.score() === 0 && waitable.length) {
+        await Promise.race(waitable.map((i) => readers[i]!.ready()));
         continue;
       }
-      remaining.delete(pick);
+      remaining.splice(remaining.indexOf(pick), 1);
+      // The device being written gets at least half the pool (its reads and the sink's writes
+      // in flight), the others share the rest for read-ahead. Quotas always sum to the pool,
+      // so a buffer the written device needs is never held by a reader over its quota for
+      // good: what the others hold beyond a smaller new share was within the old one.
+      const pool = io.info().bufferCount;
+      const share = Math.floor(pool / 2 / Math.max(1, remaining.length));
+      for (const i of remaining) readers[i]!.setQuota(share);
+      readers[pick]!.setQuota(pool - share * remaining.length);
       const c = ctxs[pick]!;
       const reader = readers[pick]!;
       await w.sectionEnd(c.sectionId);
@@ -415,15 +429,17 @@ async function saveCompletePrecopy(ctxs: DeviceCtx[], w: StreamWriter, io: IoEng
   }
 }
 
-/** One stop-copy chunk as a DATA_STATE record; its buffer goes back to the reader. */
-async function writeChunk(c: DeviceCtx, w: StreamWriter, piece: Chunk): Promise<void> {
-  try {
-    await w.vfioData(piece.data);
-  } finally {
-    piece.release();
-  }
-  c.stopCopyBytes += piece.data.length;
-  if (c.counter) c.counter.bytes += piece.data.length;
+/** Pool buffers per reader when `readers` share the engine's pool evenly (at least 1: interleaved readers all drain). */
+function poolShare(io: IoEngine, readers: number): number {
+  return Math.max(1, Math.floor(io.info().bufferCount / Math.max(1, readers)));
+}
+
+/** One chunk as a DATA_STATE record; its pool buffer goes back once the sink wrote it. */
+async function writeChunk(c: DeviceCtx, w: StreamWriter, piece: Chunk, phase: 'precopy' | 'stop-copy' = 'stop-copy'): Promise<void> {
+  const n = piece.data.length;
+  await w.vfioDataOwned(piece.data, () => piece.release());
+  if (phase === 'stop-copy') c.stopCopyBytes += n;
+  if (c.counter) c.counter.bytes += n;
 }
 
 /** After read() returned 0: the device must confirm it delivered its whole state. */
@@ -437,13 +453,17 @@ async function deviceDone(c: DeviceCtx): Promise<void> {
   if (c.counter) c.counter.done = true;
 }
 
-/** Read-ahead chunks per device: a 256 MiB budget shared by all devices, 2 to 64 chunks each. */
-export function defaultReadAhead(devices: number, chunk: number): number {
-  return Math.max(2, Math.min(64, Math.floor((256 << 20) / Math.max(1, devices) / chunk)));
-}
-
-/** Interleaved framing: whatever any device has ready goes out as one PART section; END closes each. */
-async function writeInterleaved(ctxs: DeviceCtx[], readers: ChunkReader[], w: StreamWriter): Promise<void> {
+/**
+ * Interleaved framing: whatever any device has ready goes out as one PART section (closed
+ * by END_OF_STATE); `close` runs once per device when its reader is finished.
+ */
+async function writeInterleaved(
+  ctxs: DeviceCtx[],
+  readers: ChunkReader[],
+  w: StreamWriter,
+  close: (c: DeviceCtx, reader: ChunkReader) => Promise<void>,
+  phase: 'precopy' | 'stop-copy' = 'stop-copy',
+): Promise<void> {
   const open = new Set(ctxs.map((_, i) => i));
   while (open.size) {
     let wrote = false;
@@ -453,16 +473,13 @@ async function writeInterleaved(ctxs: DeviceCtx[], readers: ChunkReader[], w: St
       const ready = reader.takeReady();
       if (ready.length) {
         await w.sectionPart(c.sectionId);
-        for (const piece of ready) await writeChunk(c, w, piece);
+        for (const piece of ready) await writeChunk(c, w, piece, phase);
         await w.vfioMarker('END_OF_STATE');
         await w.endSection();
         wrote = true;
       }
       if (reader.finished()) {
-        await deviceDone(c);
-        await w.sectionEnd(c.sectionId);
-        await w.vfioMarker('END_OF_STATE');
-        await w.endSection();
+        await close(c, reader);
         open.delete(i);
         wrote = true;
       }

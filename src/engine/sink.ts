@@ -1,10 +1,10 @@
 // Where a saved stream goes: a file (an OutputFile: written under an unpredictable temporary
 // name, 0600, fsync'd and renamed only when complete, so a failed save never leaves a file
 // that looks complete), an fd handed in, or a unix socket.
-import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { MigbridgeError } from '../errors.js';
+import { defaultEngine, type IoEngine } from '../native/index.js';
 import { OutputFile, outputFileError } from '../util/atomic-file.js';
 import { connectUnixWhenListening } from '../util/unix-connect.js';
 
@@ -13,8 +13,10 @@ const UNIX_CONNECT_WAIT_MS = 3000;
 
 export interface ByteSink {
   readonly description: string;
-  /** Resolves once `data` may be reused (backpressure). */
+  /** Takes `data` (the caller does not touch it again); resolves when the caller may go on (backpressure). */
   write(data: Buffer): Promise<void>;
+  /** Zero-copy record write: `done` is called once the sink no longer needs `bufs` (see the qemu ByteSink). */
+  writeOwned?(bufs: Buffer[], done: () => void): Promise<void>;
   /** Everything written: make it durable and visible under its final name. */
   commit(): Promise<void>;
   /** The save failed: remove partial output where possible. */
@@ -26,28 +28,73 @@ export type SinkTarget = { file: string } | { fd: number } | { unix: string };
 
 export class SinkError extends MigbridgeError {}
 
+/** Writes in flight at once on a seekable output (each at its own explicit offset). */
+const MAX_WRITES_IN_FLIGHT = 8;
+
+/**
+ * An open fd written through the io engine (the ring on io_uring): every record leaves as one
+ * writev of the buffers handed over, without copying. On a seekable output each write carries
+ * its explicit offset, so several are in flight at once; on a pipe or socket they go one
+ * after another in order. The first failure is kept and thrown by later writes and commit().
+ */
 class FdSink implements ByteSink {
   private written = 0;
+  private offset = 0;
+  private inFlight = new Set<Promise<void>>();
+  private tail: Promise<void> = Promise.resolve();
+  private failure: unknown;
   constructor(
     readonly description: string,
     private readonly fd: number,
+    /** The fd is a file we opened at offset 0: explicit offsets, writes in parallel. */
+    private readonly seekable: boolean,
+    private readonly io: IoEngine,
     private readonly onCommit: () => Promise<void>,
     private readonly onAbort: () => Promise<void>,
   ) {}
-  async write(data: Buffer): Promise<void> {
-    let off = 0;
-    while (off < data.length) {
-      const n = await new Promise<number>((resolve, reject) =>
-        fs.write(this.fd, data, off, data.length - off, null, (err, written) => (err ? reject(err) : resolve(written))),
-      );
-      off += n;
-    }
-    this.written += data.length;
+  write(data: Buffer): Promise<void> {
+    // StreamWriter hands over fresh buffers (it never reuses them): the same path as owned ones.
+    return this.writeOwned([data], () => {});
   }
-  commit(): Promise<void> {
+  async writeOwned(bufs: Buffer[], done: () => void): Promise<void> {
+    if (this.failure !== undefined) {
+      done();
+      throw this.failure;
+    }
+    const length = bufs.reduce((s, b) => s + b.length, 0);
+    const at = this.offset;
+    this.offset += length;
+    const run = (): Promise<void> =>
+      // Queued behind a failed write on a stream: nothing after a gap may go out.
+      this.failure !== undefined
+        ? Promise.resolve(done())
+        : this.io.writev(this.fd, bufs, this.seekable ? { offset: at } : {}).then(
+        () => {
+          this.written += length;
+          done();
+        },
+        (e: unknown) => {
+          this.failure ??= e;
+          done();
+        },
+      );
+    const op = this.seekable ? run() : (this.tail = this.tail.then(run));
+    this.inFlight.add(op);
+    void op.then(() => this.inFlight.delete(op));
+    while (this.inFlight.size >= MAX_WRITES_IN_FLIGHT) await Promise.race(this.inFlight);
+    if (this.failure !== undefined) throw this.failure;
+  }
+  /** Every write handed over has completed (or failed: then the first failure is thrown). */
+  private async settle(): Promise<void> {
+    while (this.inFlight.size) await Promise.all(this.inFlight);
+    if (this.failure !== undefined) throw this.failure;
+  }
+  async commit(): Promise<void> {
+    await this.settle();
     return this.onCommit();
   }
-  abort(): Promise<void> {
+  async abort(): Promise<void> {
+    await this.settle().catch(() => {});
     return this.onAbort();
   }
   bytesWritten(): number {
@@ -77,10 +124,15 @@ class SocketSink implements ByteSink {
 
 /** A file sink whose failed writes name the user's path and the reason (ENOSPC, EIO, ...). */
 function withOutputErrors(sink: ByteSink, userPath: string): ByteSink {
+  const named = (e: unknown): never => { throw outputFileError(e, userPath); };
+  const owned = sink.writeOwned?.bind(sink);
   return {
     description: sink.description,
-    write: (data) => sink.write(data).catch((e: unknown) => { throw outputFileError(e, userPath); }),
-    commit: () => sink.commit(),
+    write: (data) => sink.write(data).catch(named),
+    // The zero-copy path stays available through the wrapper (the ring sink's fast path).
+    ...(owned ? { writeOwned: (bufs: Buffer[], done: () => void) => owned(bufs, done).catch(named) } : {}),
+    // A write failure can surface only at commit (the ring sink settles its writes there).
+    commit: () => sink.commit().catch(named),
     abort: () => sink.abort(),
     bytesWritten: () => sink.bytesWritten(),
   };
@@ -89,16 +141,32 @@ function withOutputErrors(sink: ByteSink, userPath: string): ByteSink {
 export async function openSink(target: SinkTarget): Promise<ByteSink> {
   if ('file' in target) {
     const file = await OutputFile.create(target.file);
-    return withOutputErrors(new FdSink(path.resolve(target.file), file.fd, () => file.commit(), () => file.abort()), target.file);
+    return withOutputErrors(new FdSink(path.resolve(target.file), file.fd, true, defaultEngine(), () => file.commit(), () => file.abort()), target.file);
   }
   if ('fd' in target) {
-    return new FdSink(`fd ${target.fd}`, target.fd, async () => {}, async () => {});
+    return new FdSink(`fd ${target.fd}`, target.fd, false, defaultEngine(), async () => {}, async () => {});
   }
   let socket: net.Socket;
   try {
     socket = await connectUnixWhenListening(target.unix, { waitMs: UNIX_CONNECT_WAIT_MS });
   } catch (e) {
     throw new SinkError('ECONNREFUSED', `cannot connect to unix:${target.unix}: ${(e as Error).message}`, { cause: e });
+  }
+  // The connected socket's fd goes through the io engine like any output (records as one
+  // writev, no copy); libuv keeps the handle only to close it. SocketSink is the fallback
+  // should the handle not expose its fd.
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd === 'number' && fd >= 0) {
+    return new FdSink(
+      `unix:${target.unix}`,
+      fd,
+      false,
+      defaultEngine(),
+      () => new Promise<void>((resolve) => socket.end(resolve)),
+      async () => {
+        socket.destroy();
+      },
+    );
   }
   return new SocketSink(`unix:${target.unix}`, socket);
 }

@@ -29,6 +29,13 @@ import type { VmDesc, VmDescDevice } from './vmdesc.js';
 /** Where a StreamWriter's bytes go. `write` may return a promise to apply backpressure. */
 export interface ByteSink {
   write(chunk: Buffer): Promise<void> | void;
+  /**
+   * Optional zero-copy path: the sink owns `bufs` (written in order, as one record) until it
+   * calls `done`, which it does exactly once, also on failure; the promise resolves when the
+   * caller may go on (backpressure), possibly before the bytes are out, so a sink can keep
+   * several writes in flight.
+   */
+  writeOwned?(bufs: Buffer[], done: () => void): Promise<void>;
 }
 
 /** A sink over a Node Writable that waits for 'drain' when its buffer is full. */
@@ -227,6 +234,32 @@ export class StreamWriter {
   async vfioData(data: Buffer): Promise<void> {
     await this.vfioDataHeader(data.length);
     await this.payload(data);
+  }
+
+  /**
+   * One whole DATA_STATE record whose payload buffer is handed over: `release` is called once
+   * the sink no longer needs it. A sink with writeOwned gets the bytes buffered so far, the
+   * record header and the payload as one write of three buffers, without copying the payload.
+   */
+  async vfioDataOwned(data: Buffer, release: () => void): Promise<void> {
+    if (!this.sink.writeOwned || data.length < 16 << 10) {
+      try {
+        await this.vfioData(data);
+      } finally {
+        release();
+      }
+      return;
+    }
+    try {
+      this.inSection();
+    } catch (e) {
+      release();
+      throw e;
+    }
+    this.w.be64(VFIO_MIG_FLAG_DEV_DATA_STATE).be64(data.length);
+    const head = this.w.take();
+    this.written += head.length + data.length;
+    await this.sink.writeOwned([head, data], release);
   }
 
   /** DEV_CONFIG_STATE, the config vmstate bytes, END_OF_STATE. */

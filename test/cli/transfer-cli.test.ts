@@ -116,3 +116,21 @@ test('save --fd N writes to a descriptor handed in; restore --fd N reads one', a
   t.is(r.status, 0, r.stderr);
   t.true(JSON.parse(r.stdout).devices[0].verified);
 });
+
+test('save --framing: qemu writes one END section with the data per device, interleave PART sections; both restore verified', (t) => {
+  const kinds: Record<string, string[]> = {};
+  for (const framing of ['qemu', 'interleave']) {
+    const file = path.join(dir, `framing-${framing}.mig`);
+    const s = run('save', '--device', 'sim:id=a,seed=21,size=3MiB', '--device', 'sim:id=b,seed=22,size=3MiB', '-o', file, '--framing', framing, '--output=json');
+    t.is(s.status, 0, s.stderr);
+    const i = JSON.parse(run('inspect', file, '--output=json').stdout) as { records: { kind: string; sectionId: number | null }[] };
+    kinds[framing] = i.records.filter((r) => r.sectionId === 0).map((r) => r.kind);
+    const r = run('restore', '-i', file, '--device', 'sim:id=x,size=3MiB', '--device', 'sim:id=y,size=3MiB', '--output=json');
+    t.is(r.status, 0, r.stderr);
+    t.deepEqual(JSON.parse(r.stdout).devices.map((d: { verified: boolean }) => d.verified), [true, true]);
+  }
+  t.deepEqual(kinds.qemu, ['START', 'END']);
+  t.true(kinds.interleave!.filter((k) => k === 'PART').length >= 2, kinds.interleave!.join(','));
+  t.is(kinds.interleave!.at(-1), 'END');
+  t.is(run('save', '--device', 'sim', '-o', path.join(dir, 'z.mig'), '--framing', 'bogus').status, 2);
+});

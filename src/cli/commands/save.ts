@@ -23,7 +23,7 @@ export function saveHuman(r: SaveReport, where: string): string {
 export const saveCommand: Command = {
   name: ['save'],
   summary: 'Save the state of one or more devices, in parallel, into a QEMU migration stream.',
-  usage: 'save --device SPEC... (-o FILE | --fd N | --to unix:PATH) [--precopy] [--max-downtime MS] [--resume-source] [--machine TYPE] [--idstr IDSTR...] [--read-timeout MS] [--no-init-data-sent] [--interleave]',
+  usage: 'save --device SPEC... (-o FILE | --fd N | --to unix:PATH) [--precopy] [--max-downtime MS] [--resume-source] [--machine TYPE] [--idstr IDSTR...] [--read-timeout MS] [--no-init-data-sent] [--framing qemu|interleave]',
   operands: [],
   options: {
     device: { type: 'string', multiple: true },
@@ -38,6 +38,7 @@ export const saveCommand: Command = {
     'no-init-data-sent': { type: 'boolean' },
     'read-timeout': { type: 'string' },
     interleave: { type: 'boolean' },
+    framing: { type: 'string' },
   },
   async run(args, io) {
     const specs = stringList(args, 'device');
@@ -53,6 +54,7 @@ export const saveCommand: Command = {
     }
     const machineType = optionalString(args, 'machine');
     const readTimeoutMs = optionalNumber(args, 'read-timeout');
+    const interleave = framingIsInterleave(optionalString(args, 'framing'), Boolean(args.values.interleave));
     const devices = await openDevices(specs);
     try {
       const sink = await openSink(target);
@@ -66,7 +68,7 @@ export const saveCommand: Command = {
         resumeSource: Boolean(args.values['resume-source']),
         ...(machineType ? { machineType } : {}),
         initDataSent: !args.values['no-init-data-sent'],
-        interleave: Boolean(args.values.interleave),
+        interleave,
         ...(readTimeoutMs !== undefined ? { readTimeoutMs } : {}),
         ...(progress ? { progress } : {}),
       });
@@ -77,3 +79,16 @@ export const saveCommand: Command = {
     }
   },
 };
+
+/**
+ * --framing qemu (default: one END section per device, as QEMU writes it; bounded memory
+ * makes the other devices wait while one END section is written) or interleave (PART
+ * chunks across devices as they arrive: parallel and bounded). --interleave is the old
+ * spelling of --framing interleave.
+ */
+function framingIsInterleave(framing: string | undefined, interleaveFlag: boolean): boolean {
+  if (framing === undefined) return interleaveFlag;
+  if (framing !== 'qemu' && framing !== 'interleave') throw new UsageError(`--framing must be qemu or interleave, got ${JSON.stringify(framing)}`);
+  if (interleaveFlag && framing === 'qemu') throw new UsageError('--interleave contradicts --framing qemu');
+  return framing === 'interleave';
+}
