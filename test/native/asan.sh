@@ -36,7 +36,7 @@ start=$SECONDS
 MIGBRIDGE_ADDON="$out" LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
   ASAN_OPTIONS="detect_leaks=1:log_path=$logs/asan:exitcode=0:abort_on_error=0:halt_on_error=1" \
   UBSAN_OPTIONS="log_path=$logs/ubsan:print_stacktrace=1:halt_on_error=1" \
-  npx ava "$@" || tests=$?
+  npx ava "$@" 2>&1 | tee "$logs/ava-output" || tests=$?
 node - "$logs" <<'JS' || found=$?
 const fs = require('fs'), path = require('path');
 const dir = process.argv[2];
@@ -44,7 +44,8 @@ let errors = 0, ub = 0, leaks = 0, ours = 0;
 for (const f of fs.readdirSync(dir)) {
   const text = fs.readFileSync(path.join(dir, f), 'utf8');
   if (/ERROR: AddressSanitizer/.test(text)) { errors++; process.stderr.write(text); }
-  // UBSan reports "FILE:LINE:COL: runtime error: ..." (only code built with -fsanitize=undefined reports).
+  // UBSan reports "FILE:LINE:COL: runtime error: ..." (only code built with -fsanitize=undefined
+  // reports); beside ASan it may write to the test's stderr instead of its log: ava-output has that.
   for (const line of text.split('\n')) if (/runtime error:/.test(line)) { ub++; process.stderr.write(line + '\n'); }
   for (const rec of text.split(/\n(?=(?:Direct|Indirect) leak)/).slice(1)) {
     leaks++;
