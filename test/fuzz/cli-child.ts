@@ -22,7 +22,7 @@ function cliArgs(target: TargetName, input: FuzzInput, scratch: string): string[
   const multifd = input.channels.flatMap((c) => ['--multifd', c]);
   switch (target) {
     case 'inspect':
-      return ['inspect', input.file];
+      return ['inspect', input.file, ...(input.dumpState ? ['--dump', 'state'] : [])];
     case 'rewrite':
       return ['rewrite', input.file, join(scratch, 'out.mig')];
     case 'extract':

@@ -65,7 +65,7 @@ function writeInput(entry: CorpusEntry, mutant: Mutant, channelIndex: number, in
     writeFileSync(channelFile(i), i === channelIndex ? mutant.bytes : c.bytes);
     return channelFile(i);
   });
-  return { file: inputFile, channels, devices: entry.devices, extractRam: inputIndex % 4 === 0 };
+  return { file: inputFile, channels, devices: entry.devices, extractRam: inputIndex % 4 === 0, dumpState: inputIndex % 2 === 1 };
 }
 
 interface Finding {
@@ -175,7 +175,7 @@ async function main(): Promise<number> {
   const mib = (b: number) => `${(b / 2 ** 20).toFixed(0)} MiB`;
   console.log(`fuzz: ${inputs} inputs in ${elapsed.toFixed(1)} s (${seconds} s of fuzzing after loading the corpus); target runs: ${[...runs].map(([t, n]) => `${t} ${n} (${(busy.get(t)! / 1000).toFixed(1)} s)`).join(', ')}; ${cliRuns} through the CLI`);
   console.log(`fuzz: record-boundary truncations ${nextBoundary} of ${boundaries.length}; outcomes: ${[...results].sort((a, b) => b[1] - a[1]).map(([r, n]) => `${r} ${n}`).join(', ')}`);
-  console.log(`fuzz: peak RSS in-process ${mib(peakRss)} (start ${mib(baseline)}), CLI children ${canMeasureRss ? mib(childPeak) : 'not measured (no /usr/bin/time)'}; cap ${mib(MEMORY_CAP_BYTES)}`);
+  console.log(`fuzz: peak RSS in-process ${mib(peakRss)} (start ${mib(baseline)}), CLI children ${cliRuns === 0 ? "none run" : canMeasureRss ? mib(childPeak) : 'not measured (no /usr/bin/time)'}; cap ${mib(MEMORY_CAP_BYTES)}`);
   console.log(`fuzz: ${inputs} inputs, ${findings.length} finding(s)${findings.length ? ` saved under ${findingsDir}` : ''}`);
   return findings.length ? 1 : 0;
 }

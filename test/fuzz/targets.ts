@@ -29,6 +29,8 @@ export interface FuzzInput {
   readonly devices: readonly { readonly idstr: string; readonly size: number }[];
   /** extract writes RAM block images too (--ram): the slow part of extract, so not every time. */
   readonly extractRam?: boolean;
+  /** inspect decodes every vmstate field too (--dump state, driven by the vmdesc). */
+  readonly dumpState?: boolean;
 }
 
 export interface Outcome {
@@ -44,11 +46,24 @@ export const TARGET_TIME_LIMIT_MS = 20_000;
 
 const silentIO: CommandIO = { output: 'json', isTTY: false, stdout: () => {}, stderr: () => {}, result: () => {} };
 
-/** A thrown value the contract accepts: typed, with a code. Else what is wrong with it. */
+/** The programming errors a bug throws (a SyntaxError from JSON.parse is input, not a bug). */
+const BUG_ERRORS = [TypeError, RangeError, ReferenceError];
+
+function describe(kind: string, err: Error | undefined, e: unknown): string {
+  return `${kind} ${err?.name ?? typeof e}: ${err?.message ?? String(e)}${err?.stack ? `\n${err.stack.split('\n').slice(1, 6).join('\n')}` : ''}`;
+}
+
+/**
+ * A thrown value the contract accepts: typed, with a code, and not a bug in disguise (the
+ * decoder reports an exception of its own code as ESTREAM_FORMAT "decoder failure" with the
+ * exception as cause). Else what is wrong with it.
+ */
 export function untyped(e: unknown): string | undefined {
-  if (e instanceof MigbridgeError && typeof e.code === 'string' && e.code.length > 0) return undefined;
-  const err = e as Error | undefined;
-  return `untyped ${err?.name ?? typeof e}: ${err?.message ?? String(e)}${err?.stack ? `\n${err.stack.split('\n').slice(1, 6).join('\n')}` : ''}`;
+  if (!(e instanceof MigbridgeError && typeof e.code === 'string' && e.code.length > 0)) return describe('untyped', e as Error | undefined, e);
+  for (let c: unknown = e.cause, depth = 0; c !== undefined && depth < 8; c = (c as Error).cause, depth++) {
+    if (BUG_ERRORS.some((k) => c instanceof k)) return describe(`${e.code} "${e.message}" caused by`, c as Error, c);
+  }
+  return undefined;
 }
 
 async function runCommand(cmd: Command, positionals: string[], values: Record<string, string | string[]> = {}): Promise<void> {
@@ -106,7 +121,7 @@ async function runTargetUnbounded(target: TargetName, input: FuzzInput, scratch:
   const channels: Record<string, string[]> = input.channels.length ? { multifd: [...input.channels] } : {};
   switch (target) {
     case 'inspect':
-      await runCommand(inspectCommand, [input.file]);
+      await runCommand(inspectCommand, [input.file], input.dumpState ? { dump: 'state' } : {});
       return undefined;
     case 'rewrite': {
       const out = join(scratch, 'rewrite.mig');
