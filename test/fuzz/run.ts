@@ -1,4 +1,4 @@
-// `npm run fuzz -- [--seconds 60] [--seed N] [--inputs N] [--cli-share 0.05] [--findings DIR]`
+// `npm run fuzz -- [--seconds 60] [--seed N] [--inputs N] [--cli-share 0.05] [--findings DIR] [--only TEXT]`
 // Hostile variants of real streams through inspect, rewrite, extract, reframe and restore
 // (see test/fuzz/*.ts for the corpus, the mutations and the contract each target must keep).
 // Prints the seed (same seed and corpus = same inputs), the corpus parts used, the counts;
@@ -20,6 +20,7 @@ const { values } = parseArgs({
     inputs: { type: 'string' },
     'cli-share': { type: 'string', default: '0.05' },
     findings: { type: 'string' },
+    only: { type: 'string' },
   },
 });
 const seconds = Number(values.seconds);
@@ -85,7 +86,9 @@ function saveFinding(n: number, entry: CorpusEntry, input: FuzzInput, how: strin
 
 async function main(): Promise<number> {
   const t0 = performance.now();
-  const corpus = await loadCorpus(scratch);
+  // --only TEXT: the corpus streams whose name contains TEXT (to dwell on one kind of stream).
+  const corpus = (await loadCorpus(scratch)).filter((e) => values.only === undefined || e.name.includes(values.only));
+  if (!corpus.length) throw new Error(`no corpus stream matches --only ${values.only}`);
   const parts = new Map<CorpusPart, string[]>();
   for (const e of corpus) parts.set(e.part, [...(parts.get(e.part) ?? []), e.name]);
   console.log(`fuzz: seed ${seed} (replay: npm run fuzz -- --seed ${seed} --seconds ${seconds})`);
