@@ -32,7 +32,7 @@ SRC
     apt_updated=0
   fi
   # shellcheck disable=SC2046
-  apt_install $(missing_pkgs linux-source-6.12 busybox-static flex bison libelf-dev libssl-dev bc cpio xz-utils)
+  apt_install $(missing_pkgs linux-source-6.12 busybox-static flex bison libelf-dev libssl-dev bc cpio xz-utils time)
   if ! qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 10\.'; then
     if [ $apt_updated = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
