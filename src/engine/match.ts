@@ -25,26 +25,31 @@ export class SectionMatcher {
     }
   }
 
-  /** Device index for a section idstr seen for the first time. */
-  assign(idstr: string): number {
-    const known = this.assigned.get(idstr);
-    if (known !== undefined) return known;
-    let index = this.map.get(idstr);
-    if (index === undefined) index = this.devices.findIndex((d, i) => !this.used.has(i) && !this.reserved(i) && d.idstr === idstr);
+  /**
+   * Device index for a section seen for the first time. Instances count: a second
+   * instance of an idstr is another device (QEMU's instance_id), matched by position only
+   * (--map and --idstr name instance 0).
+   */
+  assign(idstr: string, instanceId = 0): number {
+    const name = instanceId === 0 ? idstr : `${idstr} instance ${instanceId}`;
+    const known = this.assigned.get(name);
+    if (known !== undefined) throw new MatchError('EMATCH', `section ${name} appears twice`, { section: name });
+    let index = instanceId === 0 ? this.map.get(idstr) : undefined;
+    if (index === undefined) index = this.devices.findIndex((d, i) => instanceId === 0 && !this.used.has(i) && !this.reserved(i) && d.idstr === idstr);
     if (index < 0) index = this.devices.findIndex((_, i) => !this.used.has(i) && !this.reserved(i) && !this.claimedByIdstr(i));
     if (index < 0) index = this.devices.findIndex((_, i) => !this.used.has(i) && !this.reserved(i));
     if (index === undefined || index < 0) {
       throw new MatchError(
         'EMATCH',
-        `no device left for section ${idstr}: ${this.devices.length} device(s) given, already matched ${[...this.assigned.keys()].join(', ') || 'none'}`,
+        `no device left for section ${name}: ${this.devices.length} device(s) given, already matched ${[...this.assigned.keys()].join(', ') || 'none'}`,
         { section: idstr },
       );
     }
     if (this.used.has(index)) {
-      throw new MatchError('EMATCH', `device ${this.devices[index]!.name} is matched twice (section ${idstr})`, { section: idstr });
+      throw new MatchError('EMATCH', `device ${this.devices[index]!.name} is matched twice (section ${name})`, { section: name });
     }
     this.used.add(index);
-    this.assigned.set(idstr, index);
+    this.assigned.set(name, index);
     return index;
   }
 

@@ -7,9 +7,12 @@ import { MigFlag, MigState } from '../fsm/index.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
 import { type ByteSource, type StreamEvent, StreamError, readStream } from '../qemu/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
+import { CancelledError, abortReason, cancelled, throwIfCancelled, whenCancelled } from './cancel.js';
 import { SectionMatcher } from './match.js';
+import type { NoteSink } from './notes.js';
 import type { Progress, ProgressCounter } from './progress.js';
 import { resetDevice } from './recover.js';
+import { ResumeStreamCheck } from './resume-check.js';
 
 export interface RestoreOptions {
   /** Decoded stream events (e.g. readStreamFile(path)) or raw bytes to decode. */
@@ -24,6 +27,16 @@ export interface RestoreOptions {
   readonly progress?: Progress;
   /** Bytes written but not yet completed, over all devices (default 64 MiB). */
   readonly maxInFlight?: number;
+  /** Device data one section may carry (default 64 GiB): a stream past it is refused. */
+  readonly maxDeviceBytes?: number;
+  /**
+   * Cancels the restore: writes in flight are interrupted, the stream is no longer read,
+   * every destination is reset, and restore() rejects with CancelledError (its
+   * `recovery` lists each reset). Once the devices are started the restore completes.
+   */
+  readonly signal?: AbortSignal;
+  /** Milestones as they happen (all devices RESUMING, each device's first data). */
+  readonly onNote?: NoteSink;
 }
 
 export interface DeviceRestoreReport {
@@ -69,6 +82,8 @@ interface Target {
   started: bigint;
   finished: bigint;
   counter: ProgressCounter | undefined;
+  /** MIG_DATA_SIZE before RESUMING: no DATA_STATE record may be larger (undefined when the device does not say). */
+  limit: number | undefined;
 }
 
 const now = () => process.hrtime.bigint();
@@ -92,35 +107,58 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
     started: t0,
     finished: t0,
     counter: opts.progress?.counter(dev.id),
+    limit: undefined,
   }));
   const matcher = new SectionMatcher(
     opts.devices.map((d, i) => ({ name: d.id, idstr: opts.idstrs?.[i] ?? null })),
     opts.map ?? new Map(),
   );
 
+  const signal = opts.signal;
+  const note = opts.onNote ?? (() => undefined);
   const bySection = new Map<number, Target>();
+  // A cancel interrupts every data_fd write in flight (they reject with ECANCELED).
+  const unlisten = whenCancelled(signal, () => {
+    note({ type: 'cancelling', reason: abortReason(signal!) });
+    for (const t of targets) if (t.dataFd && !t.dataFd.closed) io.cancel(t.dataFd.fd).catch(() => undefined);
+  });
   try {
     await loadSetup(targets);
-    await loadState(targets, events, matcher, io, maxInFlight, bySection);
+    note({ type: 'resuming', devices: targets.length });
+    const check = new ResumeStreamCheck(opts.maxDeviceBytes);
+    await loadState(targets, events, matcher, check, io, maxInFlight, bySection, signal, note);
     matcher.finish();
+    throwIfCancelled(signal, 'restore');
   } catch (e) {
-    // The stream itself is bad (truncated, corrupt, unmatched): no device may keep half a
-    // state, so every one is reset (a SET out of RESUMING would load what it was given).
-    await Promise.all(
+    // The stream itself is bad (truncated, corrupt, unmatched) or the restore was
+    // cancelled: no device may keep half a state, so every one is reset (a SET out of
+    // RESUMING would load what it was given).
+    const recovery = await Promise.all(
       targets.map(async (t) => {
         await t.writes;
         await t.dataFd?.close();
-        await resetDevice(t.dev);
+        return resetDevice(t.dev);
       }),
     );
-    throw nameDevices(e, targets, bySection);
+    const err = e instanceof CancelledError ? e : signal?.aborted ? new CancelledError(abortReason(signal), 'restore') : nameDevices(e, targets, bySection);
+    if (err instanceof MigbridgeError) err.recovery = recovery;
+    throw err;
+  } finally {
+    unlisten();
   }
   await loadCleanupAndStart(targets);
-  // A device whose write or validation failed is reset: a SET out of RESUMING could load
+  // All or nothing: when any device failed (its writes, or its data rejected on the exit
+  // from RESUMING), every destination is reset, so none runs with a state the others do
+  // not match. A failed device is reset without a SET out of RESUMING, which could load
   // bytes it reported as bad (mtty keeps a header it rejected with EFAULT).
-  for (const t of targets.filter((x) => x.error)) {
-    const step = await resetDevice(t.dev);
-    t.recovery = `${step.action}${step.ok ? '' : ` failed: ${step.error}`}`;
+  const failed = targets.filter((x) => x.error);
+  if (failed.length) {
+    const why = `reset because ${failed.map((t) => t.dev.id).join(', ')} failed (a restore is all or nothing)`;
+    for (const t of targets) {
+      const step = await resetDevice(t.dev);
+      t.recovery = `${step.action}${step.ok ? '' : ` failed: ${step.error}`}`;
+      t.error ??= new MigbridgeError('ERESTORE_PEER', `device ${t.dev.id}: ${why}`, { device: t.dev.id });
+    }
   }
   const report: RestoreReport = {
     devices: targets.map((t) => ({
@@ -132,7 +170,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
       ...(t.error ? { error: t.error instanceof MigbridgeError ? t.error.toJSON() : { message: t.error.message } } : {}),
       ...(t.recovery ? { recovery: t.recovery } : {}),
       ...selfCheck(t.dev),
-      seconds: Number(t.finished - t.started) / 1e9,
+      seconds: Math.max(0, Number(t.finished - t.started)) / 1e9,
     })),
     totalBytes: targets.reduce((s, t) => s + t.bytes, 0),
     seconds: Number(now() - t0) / 1e9,
@@ -140,9 +178,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
   };
   opts.progress?.stop();
   if (!report.ok) {
-    const failed = targets.filter((t) => t.error);
     throw new RestoreFailedError(
-      `${failed.length} of ${targets.length} devices failed to restore: ${failed.map((t) => t.error!.message).join('; ')}`,
+      `${failed.length} of ${targets.length} devices failed to restore (every device was reset): ${failed.map((t) => t.error!.message).join('; ')}`,
       report,
     );
   }
@@ -172,6 +209,14 @@ function selfCheck(dev: MigrationDevice): { verified?: boolean } {
 
 /** load_setup: every device to RESUMING in parallel (a new data_fd each). */
 async function loadSetup(targets: Target[]): Promise<void> {
+  // MIG_DATA_SIZE of a device not saving: its whole state (mtty, the simulator); a device
+  // that does not answer gets no per-record limit.
+  await Promise.all(
+    targets.map(async (t) => {
+      const n = await t.dev.stopCopySize().catch(() => undefined);
+      if (n !== undefined && n > 0n && n <= BigInt(Number.MAX_SAFE_INTEGER)) t.limit = Number(n);
+    }),
+  );
   const results = await setStates(
     targets.map((t) => t.dev),
     MigState.RESUMING,
@@ -194,14 +239,34 @@ async function loadState(
   targets: Target[],
   events: AsyncIterable<StreamEvent>,
   matcher: SectionMatcher,
+  check: ResumeStreamCheck,
   io: IoEngine,
   maxInFlight: number,
   bySection: Map<number, Target>,
+  signal: AbortSignal | undefined,
+  note: NoteSink,
 ): Promise<void> {
   let inFlight = 0;
   const waiters: (() => void)[] = [];
   let fullOpen = false;
-  for await (const ev of events) {
+  // A stream that stopped arriving (a socket) must not hold a cancel up: each read races it.
+  const stop = cancelled(signal).then(() => null);
+  const it = events[Symbol.asyncIterator]();
+  try {
+    await routeEvents();
+  } finally {
+    // Closes the source (a file's fd) when we stop early; after a cancel a read may still
+    // be pending, and the close then happens once it settles.
+    void Promise.resolve(it.return?.()).catch(() => undefined);
+  }
+  await Promise.all(targets.map((t) => t.writes));
+
+  async function routeEvents(): Promise<void> {
+  for (;;) {
+    const step = await Promise.race([it.next(), stop]);
+    throwIfCancelled(signal, 'restore');
+    if (!step || step.done) break;
+    const ev = step.value;
     // A VFIO FULL section that is only END_OF_STATE (or CONFIG_LOAD_READY) is QEMU 10's
     // multifd dummy: the device's stop-copy data went over multifd channels, not in here.
     const fullDummy = fullOpen && ev.type === 'vfio-marker' && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY');
@@ -209,11 +274,18 @@ async function loadState(
     if (fullDummy) {
       throw new StreamError('ESTREAM_UNSUPPORTED', `the state of ${ev.section.idstr} went over multifd channels, not in this stream: give the channel captures (restore -i FILE --multifd CH..., found by default as FILE.multifd-N)`, { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr, found: ev.marker });
     }
-    if (ev.type === 'section' && ev.section.handler === 'vfio' && !bySection.has(ev.section.sectionId)) {
-      const index = matcher.assign(ev.section.idstr);
-      const t = targets[index]!;
-      t.idstr = ev.section.idstr;
-      bySection.set(ev.section.sectionId, t);
+    if (ev.type === 'section' && ev.section.handler === 'vfio') {
+      const first = check.section(ev);
+      if (first === ev.section.sectionId) {
+        const t = targets[matcher.assign(ev.section.idstr, ev.section.instanceId)]!;
+        t.idstr = ev.section.idstr;
+        bySection.set(first, t);
+      } else if (first !== undefined) bySection.set(ev.section.sectionId, bySection.get(first)!);
+      continue;
+    }
+    if (ev.type === 'vfio-data') {
+      const t = bySection.get(ev.section.sectionId);
+      if (t) check.data(ev, t.dev.id, t.limit);
       continue;
     }
     if (ev.type !== 'vfio-data-chunk') continue;
@@ -221,6 +293,8 @@ async function loadState(
     if (!t || t.error || ev.data.length === 0) continue;
     const data = ev.data;
     while (inFlight >= maxInFlight) await new Promise<void>((r) => waiters.push(r));
+    throwIfCancelled(signal, 'restore');
+    if (t.chunks === 0) note({ type: 'device-data', device: t.dev.id, section: ev.section.idstr, offset: ev.offset });
     inFlight += data.length;
     t.chunks++;
     t.writes = t.writes.then(async () => {
@@ -242,7 +316,7 @@ async function loadState(
       }
     });
   }
-  await Promise.all(targets.map((t) => t.writes));
+  }
 }
 
 /**
@@ -252,12 +326,17 @@ async function loadState(
  */
 async function loadCleanupAndStart(targets: Target[]): Promise<void> {
   await Promise.all(targets.map((t) => t.dataFd?.close()));
+  const t = now();
+  for (const x of targets) x.finished = t;
   const live = targets.filter((t) => !t.error);
   if (live.length === 0) return;
   const flags = await Promise.all(live.map((t) => t.dev.migrationFlags().catch(() => 0)));
-  const steps = flags.every((f) => f & MigFlag.P2P) ? [MigState.RUNNING_P2P, MigState.RUNNING] : [MigState.RUNNING];
+  // STOP first on every device: the exit from RESUMING is where each validates its data,
+  // and no device may run before all have accepted theirs.
+  const steps = flags.every((f) => f & MigFlag.P2P) ? [MigState.STOP, MigState.RUNNING_P2P, MigState.RUNNING] : [MigState.STOP, MigState.RUNNING];
   let current = live;
   for (const step of steps) {
+    if (current.length < live.length) return;
     const results = await setStates(
       current.map((t) => t.dev),
       step,
@@ -267,6 +346,6 @@ async function loadCleanupAndStart(targets: Target[]): Promise<void> {
     });
     current = current.filter((t) => !t.error);
   }
-  const t = now();
-  for (const x of targets) x.finished = t;
+  const end = now();
+  for (const x of targets) x.finished = end;
 }

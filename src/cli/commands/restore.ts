@@ -7,7 +7,9 @@ import { type RestoreReport, RestoreFailedError, restore } from '../../engine/re
 import { openEvents } from '../../engine/source.js';
 import { channelCapturesBeside } from '../../qemu/multifd-index.js';
 import type { Command } from '../command.js';
-import { sourceTarget, stringList } from './transfer-args.js';
+import { withSignals } from '../signals.js';
+import { optionalSize, sourceTarget, stringList } from './transfer-args.js';
+import { printRecovery, transferNotes } from './transfer-notes.js';
 
 export function restoreHuman(r: RestoreReport): string {
   const lines = r.devices.map((d) => {
@@ -37,7 +39,7 @@ export function parseMap(entries: readonly string[], specs: readonly string[]): 
 export const restoreCommand: Command = {
   name: ['restore'],
   summary: "Restore devices from a QEMU migration stream's VFIO sections, in parallel.",
-  usage: 'restore (-i FILE [--multifd CHANNELFILE...] | --fd N | --from unix:PATH) --device SPEC... [--map IDSTR=SPEC...] [--idstr IDSTR...]',
+  usage: 'restore (-i FILE [--multifd CHANNELFILE...] | --fd N | --from unix:PATH) --device SPEC... [--map IDSTR=SPEC...] [--idstr IDSTR...] [--max-device-data SIZE] [--progress]',
   options: {
     input: { type: 'string', short: 'i' },
     fd: { type: 'string' },
@@ -46,6 +48,8 @@ export const restoreCommand: Command = {
     map: { type: 'string', multiple: true },
     idstr: { type: 'string', multiple: true },
     multifd: { type: 'string', multiple: true },
+    'max-device-data': { type: 'string' },
+    progress: { type: 'boolean' },
   },
   async run(args, io) {
     const specs = stringList(args, 'device');
@@ -58,22 +62,33 @@ export const restoreCommand: Command = {
     const map = parseMap(stringList(args, 'map'), specs);
     const idstrs = stringList(args, 'idstr');
     if (idstrs.length && idstrs.length !== specs.length) throw new UsageError(`--idstr given ${idstrs.length} times for ${specs.length} devices`);
+    const maxDeviceBytes = optionalSize(args, 'max-device-data');
+    const onNote = transferNotes(io, args.values.progress === true, 'restore');
     const devices = await openDevices(specs);
     try {
       const progress = io.isTTY && io.output === 'human' ? new Progress(process.stderr as WriteStream, 'total') : undefined;
-      const events = await openEvents(source);
-      try {
-        const report = await restore({ events, devices, map, ...(idstrs.length ? { idstrs } : {}), ...(progress ? { progress } : {}) });
-        io.result(report, () => restoreHuman(report));
-        return 0;
-      } catch (e) {
-        if (e instanceof RestoreFailedError) {
-          io.result(e.report, () => restoreHuman(e.report));
-          io.stderr(io.output === 'json' ? JSON.stringify({ error: e.toJSON() }) : `migbridge: ${e.message}`);
-          return 1;
+      return await withSignals(io, async (signal) => {
+        const events = await openEvents(source, signal);
+        try {
+          const report = await restore({
+            events, devices, map, signal,
+            ...(idstrs.length ? { idstrs } : {}),
+            ...(progress ? { progress } : {}),
+            ...(onNote ? { onNote } : {}),
+            ...(maxDeviceBytes !== undefined ? { maxDeviceBytes } : {}),
+          });
+          io.result(report, () => restoreHuman(report));
+          return 0;
+        } catch (e) {
+          if (e instanceof RestoreFailedError) {
+            io.result(e.report, () => restoreHuman(e.report));
+            io.stderr(io.output === 'json' ? JSON.stringify({ error: e.toJSON() }) : `migbridge: ${e.message}`);
+            return 1;
+          }
+          printRecovery(io, e);
+          throw e;
         }
-        throw e;
-      }
+      });
     } finally {
       await closeDevices(devices);
     }

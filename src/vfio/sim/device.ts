@@ -23,7 +23,7 @@
 // fail=write-error@SIZE reproduces mtty's hazard instead: the worker stops reading at
 // SIZE (writes then fail with EPIPE) but the exit from RESUMING succeeds and loads the
 // bytes it took, so only a reset keeps the damaged data out (see #finishResume).
-import { constants as fsc, openSync, readSync } from 'node:fs';
+import { constants as fsc, openSync, readSync, writeFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { FsmError, MigState, isSavingState, path, stateName } from '../../fsm/index.js';
 import { closeSync, ioctlSync, pipe, setNonBlocking, setPipeSize } from '../../native/index.js';
@@ -155,6 +155,17 @@ class SimDataFd implements DataFd {
 
 let ordinal = 0;
 
+/**
+ * Devices with a state-file, recorded once more when the process exits: as a kernel
+ * driver does when its device fd is released (mtty, mlx5, hisi: sessions end, state
+ * RUNNING), so a process killed mid-migration shows what the kernel would leave.
+ */
+const published = new Set<SimDevice>();
+let exitHook = false;
+function onExitRelease(): void {
+  for (const d of published) d.releaseAtExit();
+}
+
 export class SimDevice implements MigrationDevice {
   readonly kind = 'sim' as const;
   readonly id: string;
@@ -219,6 +230,31 @@ export class SimDevice implements MigrationDevice {
     return this.config.flags;
   }
 
+  /** Writes the state file (config stateFile): the device's state as `GET` would report it. */
+  #publish(extra: Record<string, unknown> = {}): void {
+    const file = this.config.stateFile;
+    if (!file) return;
+    if (!exitHook) {
+      exitHook = true;
+      process.on('exit', onExitRelease);
+    }
+    published.add(this);
+    const body = { id: this.id, state: stateName(this.#state), digest: this.stateDigest().toString(16), loads: this.#loads, ...extra };
+    try {
+      writeFileSync(file, JSON.stringify(body) + '\n');
+    } catch {
+      // an observation aid: never a reason for the device to fail
+    }
+  }
+
+  /** Process exit with the device still open: the release a kernel driver does (sessions end, RUNNING). */
+  releaseAtExit(): void {
+    if (this.#closed) return;
+    const from = stateName(this.#state);
+    this.#state = MigState.RUNNING;
+    this.#publish({ releasedAtExit: true, releasedFrom: from });
+  }
+
   state(): Promise<MigState> {
     // Waits for a transition in progress, as GET waits for the driver's state mutex.
     return this.#locked(async () => {
@@ -230,35 +266,43 @@ export class SimDevice implements MigrationDevice {
 
   setState(target: MigState): Promise<DataFd | null> {
     return this.#locked(async () => {
-      this.#check('setState');
-      this.#noMigration('setState');
-      const from = this.#state;
-      if (target === from) return null; // drivers loop while (cur != target): no-op, even ERROR->ERROR
-      let steps: MigState[];
       try {
-        steps = path(this.config.flags, from, target);
-      } catch (e) {
-        if (e instanceof FsmError) throw new VfioDeviceError(this.id, 'setState', Errno.EINVAL, { requested: target, state: from, message: e.message, cause: e });
-        throw e;
+        return await this.#setState(target);
+      } finally {
+        this.#publish();
       }
-      let fd: DataFd | null = null;
-      for (const next of steps) {
-        if (fd) throw new Error(`internal: FSM opened a data_fd on an interior arc ${stateName(from)} -> ${stateName(target)}`);
-        try {
-          fd = await this.#arc(this.#state, next);
-        } catch (e) {
-          if (!(e instanceof ArcFailure)) throw e;
-          if (e.toError) {
-            this.#state = MigState.ERROR;
-            await this.#endSessions();
-          }
-          throw new VfioDeviceError(this.id, 'setState', e.errno, { requested: target, state: this.#state, message: e.message });
-        }
-        this.#state = next;
-      }
-      return fd;
     });
   }
+
+  async #setState(target: MigState): Promise<DataFd | null> {
+    this.#check('setState');
+    this.#noMigration('setState');
+    const from = this.#state;
+    if (target === from) return null; // drivers loop while (cur != target): no-op, even ERROR->ERROR
+    let steps: MigState[];
+    try {
+      steps = path(this.config.flags, from, target);
+    } catch (e) {
+      if (e instanceof FsmError) throw new VfioDeviceError(this.id, 'setState', Errno.EINVAL, { requested: target, state: from, message: e.message, cause: e });
+      throw e;
+    }
+    let fd: DataFd | null = null;
+    for (const next of steps) {
+      if (fd) throw new Error(`internal: FSM opened a data_fd on an interior arc ${stateName(from)} -> ${stateName(target)}`);
+      try {
+        fd = await this.#arc(this.#state, next);
+      } catch (e) {
+        if (!(e instanceof ArcFailure)) throw e;
+        if (e.toError) {
+          this.#state = MigState.ERROR;
+          await this.#endSessions();
+        }
+        throw new VfioDeviceError(this.id, 'setState', e.errno, { requested: target, state: this.#state, message: e.message });
+      }
+      this.#state = next;
+    }
+    return fd;
+}
 
   precopyInfo(): Promise<PrecopyInfo> {
     return this.#locked(async () => {
@@ -317,6 +361,7 @@ export class SimDevice implements MigrationDevice {
       this.#check('reset');
       await this.#endSessions();
       this.#state = MigState.RUNNING;
+      this.#publish({ reset: true });
     });
   }
 
@@ -342,7 +387,9 @@ export class SimDevice implements MigrationDevice {
     return this.#locked(async () => {
       if (this.#closed) return;
       await this.#endSessions();
+      this.#publish({ closed: true });
       this.#closed = true;
+      published.delete(this);
       const w = this.#worker;
       this.#worker = undefined;
       if (w) await w.terminate();
