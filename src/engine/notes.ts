@@ -8,6 +8,8 @@ export type TransferNote =
   | { readonly type: 'precopy'; readonly devices: number }
   /** save: one precopy round framed. */
   | { readonly type: 'precopy-round'; readonly round: number; readonly bytes: number; readonly streamBytes: number }
+  /** save: the downtime estimate passed; the devices are being stopped. */
+  | { readonly type: 'stopping'; readonly estimateMs: number }
   /** save: every device is in STOP_COPY; stop-copy data is read next. */
   | { readonly type: 'stopped'; readonly streamBytes: number }
   /** save: a device's END section is complete. */

@@ -117,6 +117,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
   const signal = opts.signal;
   const note = opts.onNote ?? (() => undefined);
   const bySection = new Map<number, Target>();
+  /** Offset of the last event read (for errors about what the stream lacked). */
+  const streamEnd = { offset: 0 };
   // A cancel interrupts every data_fd write in flight (they reject with ECANCELED).
   const unlisten = whenCancelled(signal, () => {
     note({ type: 'cancelling', reason: abortReason(signal!) });
@@ -126,8 +128,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
     await loadSetup(targets);
     note({ type: 'resuming', devices: targets.length });
     const check = new ResumeStreamCheck(opts.maxDeviceBytes);
-    await loadState(targets, events, matcher, check, io, maxInFlight, bySection, signal, note);
-    matcher.finish();
+    await loadState(targets, events, matcher, check, io, maxInFlight, bySection, signal, note, streamEnd);
+    matcher.finish(streamEnd.offset);
     throwIfCancelled(signal, 'restore');
   } catch (e) {
     // The stream itself is bad (truncated, corrupt, unmatched) or the restore was
@@ -245,6 +247,7 @@ async function loadState(
   bySection: Map<number, Target>,
   signal: AbortSignal | undefined,
   note: NoteSink,
+  streamEnd: { offset: number },
 ): Promise<void> {
   let inFlight = 0;
   const waiters: (() => void)[] = [];
@@ -267,6 +270,7 @@ async function loadState(
     throwIfCancelled(signal, 'restore');
     if (!step || step.done) break;
     const ev = step.value;
+    streamEnd.offset = ev.offset;
     // A VFIO FULL section that is only END_OF_STATE (or CONFIG_LOAD_READY) is QEMU 10's
     // multifd dummy: the device's stop-copy data went over multifd channels, not in here.
     const fullDummy = fullOpen && ev.type === 'vfio-marker' && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY');
@@ -277,7 +281,7 @@ async function loadState(
     if (ev.type === 'section' && ev.section.handler === 'vfio') {
       const first = check.section(ev);
       if (first === ev.section.sectionId) {
-        const t = targets[matcher.assign(ev.section.idstr, ev.section.instanceId)]!;
+        const t = targets[matcher.assign(ev.section.idstr, ev.section.instanceId, ev.offset)]!;
         t.idstr = ev.section.idstr;
         bySection.set(first, t);
       } else if (first !== undefined) bySection.set(ev.section.sectionId, bySection.get(first)!);

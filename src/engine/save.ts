@@ -177,6 +177,7 @@ export async function save(opts: SaveOptions): Promise<SaveReport> {
       );
     }
     throwIfCancelled(signal, 'save');
+    note({ type: 'stopping', estimateMs: estimate.ms });
     const stopAt = now();
     const p2p = await saveStop(ctxs);
     throwIfCancelled(signal, 'save');

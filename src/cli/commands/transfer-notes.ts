@@ -11,6 +11,7 @@ function noteLine(n: TransferNote): string {
     case 'setup': return `${n.devices} device(s) set up, stream header written`;
     case 'precopy': return `${n.devices} device(s) in PRE_COPY`;
     case 'precopy-round': return `precopy round ${n.round}: ${n.bytes} bytes`;
+    case 'stopping': return `stopping the devices (estimated downtime ${n.estimateMs.toFixed(1)} ms)`;
     case 'stopped': return 'every device in STOP_COPY';
     case 'device-saved': return `${n.device}: ${n.bytes} bytes saved`;
     case 'committed': return `stream complete: ${n.streamBytes} bytes`;
