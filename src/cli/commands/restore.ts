@@ -9,7 +9,7 @@ import { channelCapturesBeside } from '../../qemu/multifd-index.js';
 import type { Command } from '../command.js';
 import { withSignals } from '../signals.js';
 import { optionalSize, sourceTarget, stringList } from './transfer-args.js';
-import { printRecovery, transferNotes } from './transfer-notes.js';
+import { reportRecovered, transferNotes } from './transfer-notes.js';
 
 export function restoreHuman(r: RestoreReport): string {
   const lines = r.devices.map((d) => {
@@ -85,8 +85,7 @@ export const restoreCommand: Command = {
             io.stderr(io.output === 'json' ? JSON.stringify({ error: e.toJSON() }) : `migbridge: ${e.message}`);
             return 1;
           }
-          printRecovery(io, e);
-          throw e;
+          return reportRecovered(io, e);
         }
       });
     } finally {

@@ -8,7 +8,7 @@ import { openSink } from '../../engine/sink.js';
 import type { Command } from '../command.js';
 import { withSignals } from '../signals.js';
 import { optionalNumber, optionalString, sinkTarget, stringList } from './transfer-args.js';
-import { printRecovery, transferNotes } from './transfer-notes.js';
+import { reportRecovered, transferNotes } from './transfer-notes.js';
 
 export function saveHuman(r: SaveReport, where: string): string {
   const lines = r.devices.map(
@@ -72,10 +72,8 @@ export const saveCommand: Command = {
         interleave: Boolean(args.values.interleave),
         ...(readTimeoutMs !== undefined ? { readTimeoutMs } : {}),
         ...(progress ? { progress } : {}),
-      })).catch((e: unknown) => {
-        printRecovery(io, e);
-        throw e;
-      });
+      })).catch((e: unknown) => reportRecovered(io, e));
+      if (typeof report === 'number') return report;
       io.result({ ...report, stream: sink.description }, () => saveHuman(report, sink.description));
       return 0;
     } finally {

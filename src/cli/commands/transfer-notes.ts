@@ -27,11 +27,17 @@ export function transferNotes(io: CommandIO, enabled: boolean, command: string):
   return (n) => io.stderr(io.output === 'json' ? JSON.stringify({ note: n }) : `${command}: ${noteLine(n)}`);
 }
 
-/** In human mode, one line per device brought back (JSON mode prints them in the error's `recovery`). */
-export function printRecovery(io: CommandIO, e: unknown): void {
-  if (io.output === 'json' || !(e instanceof MigbridgeError) || !e.recovery?.length) return;
+/**
+ * A failed save or restore whose error carries the recovery it did: in human mode the
+ * error, then one line per device brought back, and exit status 1 (JSON mode prints
+ * them in the error's `recovery`, through the CLI's error report: rethrown).
+ */
+export function reportRecovered(io: CommandIO, e: unknown): number {
+  if (io.output === 'json' || !(e instanceof MigbridgeError) || !e.recovery?.length) throw e;
+  io.stderr(`migbridge: ${e.message}`);
   for (const s of e.recovery as RecoveryStep[]) {
     const what = s.action === 'none' ? 'already RUNNING' : s.action === 'reset' ? 'reset (VFIO_DEVICE_RESET)' : 'set RUNNING';
     io.stderr(`  ${s.device}: was ${s.from}, ${what}${s.ok ? '' : ` FAILED: ${s.error ?? ''}`}`);
   }
+  return 1;
 }

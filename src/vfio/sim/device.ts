@@ -105,6 +105,19 @@ function signal(c: SessionCtl, index: number): number {
 
 const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+function newPipe(): [number, number] {
+  try {
+    return pipe();
+  } catch (e) {
+    throw new ArcFailure(setupErrno(e), `cannot create the data pipe: ${(e as Error).message}`);
+  }
+}
+
+/** A data_fd that cannot be created for want of fds fails with EMFILE, as the kernel's SET does (get_unused_fd_flags); anything else EIO. */
+function setupErrno(e: unknown): number {
+  return (e as NodeJS.ErrnoException).code === 'EMFILE' ? Errno.EMFILE : Errno.EIO;
+}
+
 interface SaveSession extends SessionCtl {
   readonly readFd: number;
   readonly privR: number;
@@ -179,6 +192,10 @@ export class SimDevice implements MigrationDevice {
   #dirtyCarry = 0;
   #lastAccrue = 0;
   #worker: Worker | undefined;
+  /** The worker thread started (ran its module): it owns the fds posted to it from then on. */
+  #workerOnline = false;
+  /** Pipe ends handed to the worker and not yet closed by it (save write ends, resume read ends). */
+  readonly #posted = new Map<number, number>();
   #save: SaveSession | undefined;
   #resume: ResumeSession | undefined;
   #sessions = 0;
@@ -423,6 +440,7 @@ export class SimDevice implements MigrationDevice {
       // trackUnmanagedFds off: the worker closes fds the main thread created.
       const w = new Worker(new URL('./worker.js', import.meta.url), { trackUnmanagedFds: false });
       w.on('message', (m: WorkerReply) => this.#onWorker(m));
+      w.on('online', () => (this.#workerOnline = true));
       w.on('error', (e) => this.#onWorkerError(e));
       this.#worker = w;
     }
@@ -441,6 +459,7 @@ export class SimDevice implements MigrationDevice {
       if (s && s.id === m.session && (m.status === 'eio' || m.status === 'failed') && !s.fault) {
         s.fault = { errno: Errno.EIO, message: m.message ?? 'producer failed' };
       }
+      this.#posted.delete(m.job);
       this.#jobWaiters.get(m.job)?.(m);
       this.#jobWaiters.delete(m.job);
     } else if (m.type === 'resumeStatus') {
@@ -451,19 +470,26 @@ export class SimDevice implements MigrationDevice {
         for (const w of ws) w(m);
       }
     } else if (m.type === 'resumeDone') {
+      this.#posted.delete(-m.session);
       if (this.#resume?.id === m.session) this.#resume.markDone();
     }
   }
 
   #onWorkerError(e: Error): void {
-    // The data engine died: fail every session and wake every waiter.
+    // The data engine died: fail every session and wake every waiter. A worker that never
+    // started (EMFILE while loading it, under a low fd limit) never closes the pipe ends it
+    // was given: close them here, so readers see the end instead of waiting for a timeout.
+    if (!this.#workerOnline) for (const fd of this.#posted.values()) closeSync(fd);
+    this.#posted.clear();
+    this.#workerOnline = false;
+    const errno = (e as NodeJS.ErrnoException).code === 'EMFILE' || /EMFILE/.test(e.message) ? Errno.EMFILE : Errno.EIO;
     const s = this.#save;
-    if (s) s.fault ??= { errno: Errno.EIO, message: `simulator worker failed: ${e.message}` };
+    if (s) s.fault ??= { errno, message: `simulator worker failed: ${e.message}` };
     for (const [job, w] of this.#jobWaiters) w({ type: 'jobDone', session: s?.id ?? -1, job, status: 'failed', written: 0, message: e.message });
     this.#jobWaiters.clear();
     const r = this.#resume;
     if (r) {
-      for (const w of r.waiters) w({ type: 'resumeStatus', session: r.id, req: -1, phase: 'failed', bytes: 0, errno: Errno.EIO, reason: e.message });
+      for (const w of r.waiters) w({ type: 'resumeStatus', session: r.id, req: -1, phase: 'failed', bytes: 0, errno, reason: e.message });
       r.waiters = [];
       r.markDone();
     }
@@ -533,7 +559,7 @@ export class SimDevice implements MigrationDevice {
   // ---- save sessions
 
   #openSave(precopy: boolean): DataFd {
-    const [r, w] = pipe();
+    const [r, w] = newPipe();
     let privR = -1;
     try {
       setPipeSize(r, PIPE_SIZE);
@@ -542,7 +568,7 @@ export class SimDevice implements MigrationDevice {
       closeSync(r);
       closeSync(w);
       if (privR >= 0) closeSync(privR);
-      throw new ArcFailure(Errno.EIO, `cannot set up the data pipe: ${(e as Error).message}`);
+      throw new ArcFailure(setupErrno(e), `cannot set up the data pipe: ${(e as Error).message}`);
     }
     const nb = this.#gens.length;
     const s: SaveSession = {
@@ -628,6 +654,7 @@ export class SimDevice implements MigrationDevice {
       });
     });
     if (final) s.finalJob = done;
+    this.#posted.set(job, fd);
     this.#worker!.postMessage(msg);
     return s.queuedTotal;
   }
@@ -696,7 +723,7 @@ export class SimDevice implements MigrationDevice {
   // ---- resume sessions
 
   #openResume(): DataFd {
-    const [r, w] = pipe();
+    const [r, w] = newPipe();
     const cutAt = this.config.faults.find((f) => f.kind === 'write-error')?.at ?? -1;
     try {
       // fail=write-error: one page of pipe, so a writer can get at most 4 KiB past the
@@ -706,12 +733,14 @@ export class SimDevice implements MigrationDevice {
     } catch (e) {
       closeSync(r);
       closeSync(w);
-      throw new ArcFailure(Errno.EIO, `cannot set up the data pipe: ${(e as Error).message}`);
+      throw new ArcFailure(setupErrno(e), `cannot set up the data pipe: ${(e as Error).message}`);
     }
     let markDone!: () => void;
     const done = new Promise<void>((res) => (markDone = res));
     const s: ResumeSession = { ...newCtl(++this.#sessions), writeFd: w, waiters: [], done, markDone };
     this.#resume = s;
+    // Keyed by the negated session id (save jobs use positive job numbers); the worker closes it when the session ends.
+    this.#posted.set(-s.id, r);
     this.#ensureWorker().postMessage({
       type: 'resume',
       session: s.id,
