@@ -683,7 +683,7 @@ export class SimDevice implements MigrationDevice {
       if (r.status === 'cancelled') {
         throw new VfioDeviceError(this.id, 'read', Errno.ENODEV, { message: `the saving session ended after ${r.written} bytes, before the state was complete` });
       }
-      throw new VfioDeviceError(this.id, 'read', Errno.EIO, { message: r.message ?? 'device failed while producing its state' });
+      throw new VfioDeviceError(this.id, 'read', s.fault?.errno ?? Errno.EIO, { message: r.message ?? 'device failed while producing its state' });
     }
     if (s.fault) throw new VfioDeviceError(this.id, 'read', s.fault.errno, { message: s.fault.message });
     if (s.ended) throw new VfioDeviceError(this.id, 'read', Errno.ENODEV, { message: 'the saving session ended before STOP_COPY' });
