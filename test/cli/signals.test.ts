@@ -40,13 +40,16 @@ function assertOnlyStateFiles(t: import('ava').ExecutionContext, dir: string): v
   t.deepEqual(readdirSync(dir).filter((f) => !f.endsWith('.state')), []);
 }
 
+/** `save --progress` of two sim devices, a and b, into DIR/out.mig (JSON output unless `extra` says otherwise). */
+function saveTwo(t: import('ava').ExecutionContext, dir: string, a: string, b: string, extra: string[] = ['--output=json']) {
+  const args = ['save', '--device', sim(dir, 'a', a), '--device', sim(dir, 'b', b), '-o', path.join(dir, 'out.mig'), '--progress', ...extra];
+  return runningCli(args, 120_000, t.teardown.bind(t));
+}
+
 test('save: SIGINT during stop-copy -> sources back to RUNNING, temporary file removed, error with recovery, exit 1', async (t) => {
   const dir = newDir();
   // b stalls after 2 MiB of its stop-copy data: the save cannot end before the signal.
-  const cli = runningCli(
-    ['save', '--device', sim(dir, 'a', 'size=4MiB,seed=1'), '--device', sim(dir, 'b', 'size=8MiB,seed=2,fail=stall@2MiB'), '-o', path.join(dir, 'out.mig'), '--progress', '--output=json'],
-    120_000, t.teardown.bind(t),
-  );
+  const cli = saveTwo(t, dir, 'size=4MiB,seed=1', 'size=8MiB,seed=2,fail=stall@2MiB');
   await noteSeen(cli, 'stopped');
   t.true(readdirSync(dir).some((f) => f.includes('out.mig')), 'the temporary output exists while saving');
   cli.signal('SIGINT');
@@ -65,10 +68,7 @@ test('save: SIGINT during stop-copy -> sources back to RUNNING, temporary file r
 test('save --precopy: SIGTERM during PRE_COPY -> sources back to RUNNING, recovery printed (human mode), exit 1', async (t) => {
   const dir = newDir();
   // a's initial precopy data stalls after 1 MiB: the first precopy round cannot end.
-  const cli = runningCli(
-    ['save', '--precopy', '--device', sim(dir, 'a', 'size=4MiB,seed=1,precopy=3MiB,fail=stall@1MiB'), '--device', sim(dir, 'b', 'size=4MiB,seed=2,precopy=1MiB'), '-o', path.join(dir, 'out.mig'), '--progress'],
-    120_000, t.teardown.bind(t),
-  );
+  const cli = saveTwo(t, dir, 'size=4MiB,seed=1,precopy=3MiB,fail=stall@1MiB', 'size=4MiB,seed=2,precopy=1MiB', ['--precopy']);
   await waitFor('the precopy note', () => /save: 2 device\(s\) in PRE_COPY/.test(cli.stderr()), 60_000);
   cli.signal('SIGTERM');
   const r = await cli.done;
@@ -129,10 +129,7 @@ test('restore: SIGINT while waiting for the sender -> no device touched, socket 
 test('save: a second signal exits at once (128+n) even while a transition holds the first one up; no device left saving', async (t) => {
   const dir = newDir();
   // Stopping b takes 10 minutes: the first signal's recovery waits behind that arc.
-  const cli = runningCli(
-    ['save', '--device', sim(dir, 'a', 'size=1MiB'), '--device', sim(dir, 'b', 'size=1MiB,fail=slow-stop@600s'), '-o', path.join(dir, 'out.mig'), '--progress', '--output=json'],
-    120_000, t.teardown.bind(t),
-  );
+  const cli = saveTwo(t, dir, 'size=1MiB', 'size=1MiB,fail=slow-stop@600s');
   await noteSeen(cli, 'stopping');
   cli.signal('SIGINT');
   await noteSeen(cli, 'cancelling');

@@ -3,7 +3,7 @@
 // RUNNING, none loaded the stream's state. The streams are real saves of simulated
 // devices, re-written record by record with one change each.
 import test from 'ava';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { RestoreFailedError, restore } from '../../src/engine/restore.js';
@@ -151,6 +151,33 @@ test('a DATA_STATE record larger than the destination\'s MIG_DATA_SIZE is refuse
   });
   const e = await refused(t, stream, 'ESTREAM_LIMIT');
   t.regex(e.message, /DATA_STATE record of 2097152 bytes .* larger than device d0's whole state \(MIG_DATA_SIZE \d+\)/);
+});
+
+test('with a preflight pass (a file read twice), hostile streams are refused before any device changes state', async (t) => {
+  const base = await baseStream();
+  const dup = await rewrite(base.file, (ev) => (ev.type === 'section' && ev.section.idstr === IDSTR1 ? [{ ...ev, section: { ...ev.section, idstr: IDSTR0 } }] : [ev]));
+  for (const [stream, code, why] of [
+    [dup, 'ESTREAM_FORMAT', /two START sections/],
+    [base.file, 'ESTREAM_LIMIT', /more than 100000 bytes/],
+  ] as const) {
+    // A state file is written at every state change: none may appear.
+    const files = [0, 1].map((i) => path.join(work, `pre-${serial++}-${i}.state`));
+    const dst = files.map((f, i) => createSimDevice(`sim:id=p${i},seed=${90 + i},size=1MiB,state-file=${f}`));
+    try {
+      const e = await t.throwsAsync(
+        restore({ events: readStreamFile(stream), preflight: readStreamFile(stream), devices: dst, maxDeviceBytes: code === 'ESTREAM_LIMIT' ? 100_000 : undefined }),
+        { instanceOf: MigbridgeError },
+      );
+      t.is(e!.code, code);
+      t.regex(e!.message, why);
+      t.regex(e!.message, /refused before any device was touched/);
+      t.is(typeof e!.offset, 'number');
+      t.is(e!.recovery, undefined, 'nothing to recover');
+      for (const f of files) t.false(existsSync(f), `${f}: no device changed state`);
+    } finally {
+      await Promise.all(dst.map((d) => d.close()));
+    }
+  }
 });
 
 test('device data past a configured cap (maxDeviceBytes) is refused', async (t) => {

@@ -69,9 +69,13 @@ export const restoreCommand: Command = {
       const progress = io.isTTY && io.output === 'human' ? new Progress(process.stderr as WriteStream, 'total') : undefined;
       return await withSignals(io, async (signal) => {
         const events = await openEvents(source, signal);
+        // A file is read twice: once whole before any device is touched (hostile structure
+        // refused then), once to restore.
+        const preflight = 'file' in source ? await openEvents(source, signal) : undefined;
         try {
           const report = await restore({
             events, devices, map, signal,
+            ...(preflight ? { preflight } : {}),
             ...(idstrs.length ? { idstrs } : {}),
             ...(progress ? { progress } : {}),
             ...(onNote ? { onNote } : {}),
