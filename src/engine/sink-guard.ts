@@ -34,7 +34,7 @@ export function guardSink(inner: ByteSink, opts: SinkGuardOptions): ByteSink {
     whenCancelled(opts.signal, () => reject(new CancelledError(abortReason(opts.signal!), 'save')));
   });
   aborted.catch(() => undefined);
-  const guarded = async (what: string, op: Promise<void>): Promise<void> => {
+  const guarded = async (what: string, op: Promise<void>, cancellable: boolean): Promise<void> => {
     inflight = op.catch(() => undefined);
     let timer: NodeJS.Timeout | undefined;
     const stalled = new Promise<never>((_, reject) => {
@@ -44,15 +44,16 @@ export function guardSink(inner: ByteSink, opts: SinkGuardOptions): ByteSink {
       );
     });
     try {
-      await Promise.race([op.catch((e: unknown) => Promise.reject(sinkFailure(inner, e))), stalled, aborted]);
+      await Promise.race([op.catch((e: unknown) => Promise.reject(sinkFailure(inner, e))), stalled, ...(cancellable ? [aborted] : [])]);
     } finally {
       clearTimeout(timer);
     }
   };
   return {
     description: inner.description,
-    write: (data) => guarded('writing the stream to', inner.write(data)),
-    commit: () => guarded('completing the stream to', inner.commit()),
+    write: (data) => guarded('writing the stream to', inner.write(data), true),
+    // Not cancellable: once the commit started, the output becomes complete (or it fails).
+    commit: () => guarded('completing the stream to', inner.commit(), false),
     async abort() {
       // A file write still in flight must finish before its fd is closed (the number could
       // be reused under it); a socket write blocked on a peer that stopped reading never
