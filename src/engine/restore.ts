@@ -5,14 +5,13 @@
 import { MigbridgeError } from '../errors.js';
 import { MigFlag, MigState } from '../fsm/index.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
-import { type ByteSource, type StreamEvent, StreamError, readStream } from '../qemu/index.js';
+import { type ByteSource, type StreamEvent, readStream } from '../qemu/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
 import { CancelledError, abortReason, cancelled, throwIfCancelled, whenCancelled } from './cancel.js';
-import { SectionMatcher } from './match.js';
 import type { NoteSink } from './notes.js';
 import type { Progress, ProgressCounter } from './progress.js';
 import { resetDevice } from './recover.js';
-import { ResumeStreamCheck } from './resume-check.js';
+import { ResumeRouter } from './resume-route.js';
 
 export interface RestoreOptions {
   /** Decoded stream events (e.g. readStreamFile(path)) or raw bytes to decode. */
@@ -29,6 +28,13 @@ export interface RestoreOptions {
   readonly maxInFlight?: number;
   /** Device data one section may carry (default 64 GiB): a stream past it is refused. */
   readonly maxDeviceBytes?: number;
+  /**
+   * The same stream once more (e.g. a second readStreamFile of the file), read whole
+   * before any device changes state: a stream with a structural fault (see
+   * ResumeStreamCheck, unmatched sections, truncation) is then refused with no device
+   * touched. A socket cannot be read twice: without it the checks run as data arrives.
+   */
+  readonly preflight?: AsyncIterable<StreamEvent>;
   /**
    * Cancels the restore: writes in flight are interrupted, the stream is no longer read,
    * every destination is reset, and restore() rejects with CancelledError (its
@@ -109,16 +115,18 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
     counter: opts.progress?.counter(dev.id),
     limit: undefined,
   }));
-  const matcher = new SectionMatcher(
-    opts.devices.map((d, i) => ({ name: d.id, idstr: opts.idstrs?.[i] ?? null })),
-    opts.map ?? new Map(),
-  );
-
   const signal = opts.signal;
   const note = opts.onNote ?? (() => undefined);
-  const bySection = new Map<number, Target>();
-  /** Offset of the last event read (for errors about what the stream lacked). */
-  const streamEnd = { offset: 0 };
+  await queryLimits(targets);
+  const newRouter = () =>
+    new ResumeRouter(
+      opts.devices.map((d, i) => ({ name: d.id, idstr: opts.idstrs?.[i] ?? null })),
+      opts.map ?? new Map(),
+      targets.map((t) => t.limit),
+      opts.maxDeviceBytes,
+    );
+  if (opts.preflight) await preflight(opts.preflight, newRouter(), targets, signal);
+  const router = newRouter();
   // A cancel interrupts every data_fd write in flight (they reject with ECANCELED).
   const unlisten = whenCancelled(signal, () => {
     note({ type: 'cancelling', reason: abortReason(signal!) });
@@ -127,9 +135,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
   try {
     await loadSetup(targets);
     note({ type: 'resuming', devices: targets.length });
-    const check = new ResumeStreamCheck(opts.maxDeviceBytes);
-    await loadState(targets, events, matcher, check, io, maxInFlight, bySection, signal, note, streamEnd);
-    matcher.finish(streamEnd.offset);
+    await loadState(targets, events, router, io, maxInFlight, signal, note);
+    router.finish();
     throwIfCancelled(signal, 'restore');
   } catch (e) {
     // The stream itself is bad (truncated, corrupt, unmatched) or the restore was
@@ -142,7 +149,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
         return resetDevice(t.dev);
       }),
     );
-    const err = e instanceof CancelledError ? e : signal?.aborted ? new CancelledError(abortReason(signal), 'restore') : nameDevices(e, targets, bySection);
+    const err = e instanceof CancelledError ? e : signal?.aborted ? new CancelledError(abortReason(signal), 'restore') : nameDevices(e, targets, router);
     if (err instanceof MigbridgeError) err.recovery = recovery;
     throw err;
   } finally {
@@ -188,15 +195,33 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
   return report;
 }
 
+/**
+ * Reads the whole stream through a router of its own before any device is touched: a
+ * structural fault is refused then, naming section and offset.
+ */
+async function preflight(events: AsyncIterable<StreamEvent>, router: ResumeRouter, targets: Target[], signal: AbortSignal | undefined): Promise<void> {
+  try {
+    for await (const ev of events) {
+      throwIfCancelled(signal, 'restore');
+      router.route(ev);
+    }
+    router.finish();
+  } catch (e) {
+    throw e instanceof CancelledError ? e : nameDevices(e, targets, router, 'refused before any device was touched');
+  }
+}
+
 /** A stream failure names the device whose section it hit (or every device), keeping offset and section. */
-function nameDevices(e: unknown, targets: Target[], bySection: Map<number, Target>): unknown {
+function nameDevices(e: unknown, targets: Target[], router: ResumeRouter, outcome = 'every device was reset to RUNNING'): unknown {
   if (!(e instanceof MigbridgeError) || e.device !== undefined) return e;
   const sectionId = (e as MigbridgeError & { sectionId?: number }).sectionId;
-  const hit = sectionId !== undefined ? bySection.get(sectionId) : undefined;
+  const index = sectionId !== undefined ? router.deviceOf(sectionId) : undefined;
+  const hit = index !== undefined ? targets[index] : undefined;
   const names = hit ? hit.dev.id : targets.map((t) => t.dev.id).join(', ');
-  return new MigbridgeError(e.code, `${e.message}; restoring device ${names}${hit ? ` from ${hit.idstr}` : ''}: every device was reset to RUNNING`, {
+  const idstr = hit ? (hit.idstr ?? (e as MigbridgeError & { idstr?: string }).idstr) : undefined;
+  return new MigbridgeError(e.code, `${e.message}; restoring device ${names}${idstr ? ` from ${idstr}` : ''}: ${outcome}`, {
     ...(e.offset !== undefined ? { offset: e.offset } : {}),
-    ...(e.section !== undefined ? { section: e.section } : hit?.idstr ? { section: hit.idstr } : {}),
+    ...(e.section !== undefined ? { section: e.section } : idstr ? { section: idstr } : {}),
     ...(e.errno !== undefined ? { errno: e.errno } : {}),
     device: names,
     cause: e,
@@ -209,16 +234,21 @@ function selfCheck(dev: MigrationDevice): { verified?: boolean } {
   return result ? { verified: result.verified } : {};
 }
 
-/** load_setup: every device to RESUMING in parallel (a new data_fd each). */
-async function loadSetup(targets: Target[]): Promise<void> {
-  // MIG_DATA_SIZE of a device not saving: its whole state (mtty, the simulator); a device
-  // that does not answer gets no per-record limit.
+/**
+ * MIG_DATA_SIZE of each destination before it resumes: for a device not saving, its whole
+ * state (mtty, the simulator). A device that does not answer gets no per-record limit.
+ */
+async function queryLimits(targets: Target[]): Promise<void> {
   await Promise.all(
     targets.map(async (t) => {
       const n = await t.dev.stopCopySize().catch(() => undefined);
       if (n !== undefined && n > 0n && n <= BigInt(Number.MAX_SAFE_INTEGER)) t.limit = Number(n);
     }),
   );
+}
+
+/** load_setup: every device to RESUMING in parallel (a new data_fd each). */
+async function loadSetup(targets: Target[]): Promise<void> {
   const results = await setStates(
     targets.map((t) => t.dev),
     MigState.RESUMING,
@@ -240,18 +270,14 @@ async function loadSetup(targets: Target[]): Promise<void> {
 async function loadState(
   targets: Target[],
   events: AsyncIterable<StreamEvent>,
-  matcher: SectionMatcher,
-  check: ResumeStreamCheck,
+  router: ResumeRouter,
   io: IoEngine,
   maxInFlight: number,
-  bySection: Map<number, Target>,
   signal: AbortSignal | undefined,
   note: NoteSink,
-  streamEnd: { offset: number },
 ): Promise<void> {
   let inFlight = 0;
   const waiters: (() => void)[] = [];
-  let fullOpen = false;
   // A stream that stopped arriving (a socket) must not hold a cancel up: each read races it.
   const stop = cancelled(signal).then(() => null);
   const it = events[Symbol.asyncIterator]();
@@ -270,31 +296,10 @@ async function loadState(
     throwIfCancelled(signal, 'restore');
     if (!step || step.done) break;
     const ev = step.value;
-    streamEnd.offset = ev.offset;
-    // A VFIO FULL section that is only END_OF_STATE (or CONFIG_LOAD_READY) is QEMU 10's
-    // multifd dummy: the device's stop-copy data went over multifd channels, not in here.
-    const fullDummy = fullOpen && ev.type === 'vfio-marker' && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY');
-    fullOpen = ev.type === 'section' && ev.kind === 'FULL' && ev.section.handler === 'vfio';
-    if (fullDummy) {
-      throw new StreamError('ESTREAM_UNSUPPORTED', `the state of ${ev.section.idstr} went over multifd channels, not in this stream: give the channel captures (restore -i FILE --multifd CH..., found by default as FILE.multifd-N)`, { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr, found: ev.marker });
-    }
-    if (ev.type === 'section' && ev.section.handler === 'vfio') {
-      const first = check.section(ev);
-      if (first === ev.section.sectionId) {
-        const t = targets[matcher.assign(ev.section.idstr, ev.section.instanceId, ev.offset)]!;
-        t.idstr = ev.section.idstr;
-        bySection.set(first, t);
-      } else if (first !== undefined) bySection.set(ev.section.sectionId, bySection.get(first)!);
-      continue;
-    }
-    if (ev.type === 'vfio-data') {
-      const t = bySection.get(ev.section.sectionId);
-      if (t) check.data(ev, t.dev.id, t.limit);
-      continue;
-    }
-    if (ev.type !== 'vfio-data-chunk') continue;
-    const t = bySection.get(ev.section.sectionId);
-    if (!t || t.error || ev.data.length === 0) continue;
+    const index = router.route(ev, (k, idstr) => (targets[k]!.idstr = idstr));
+    if (index === undefined || ev.type !== 'vfio-data-chunk') continue;
+    const t = targets[index]!;
+    if (t.error || ev.data.length === 0) continue;
     const data = ev.data;
     while (inFlight >= maxInFlight) await new Promise<void>((r) => waiters.push(r));
     throwIfCancelled(signal, 'restore');
