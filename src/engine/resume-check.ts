@@ -7,6 +7,13 @@
 import { StreamError } from '../qemu/index.js';
 import type { SectionEvent, VfioDataEvent } from '../qemu/index.js';
 
+/**
+ * A DATA_STATE record up to this size is never refused for its size alone: QEMU and
+ * migbridge write records of at most 1 MiB (QEMU's data buffer), and a driver's
+ * MIG_DATA_SIZE on an idle destination may be only an estimate smaller than that.
+ */
+const RECORD_ALWAYS_ALLOWED = 1 << 20;
+
 /** Bytes one device may be given by default: far above any real device state, well below a runaway stream. */
 export const DEFAULT_MAX_DEVICE_BYTES = 64 * 2 ** 30;
 
@@ -70,7 +77,7 @@ export class ResumeStreamCheck {
   data(ev: VfioDataEvent, device: string, limit: number | undefined): void {
     const { sectionId, idstr } = ev.section;
     const where = { offset: ev.offset, sectionId, idstr };
-    if (limit !== undefined && ev.size > limit) {
+    if (limit !== undefined && ev.size > Math.max(limit, RECORD_ALWAYS_ALLOWED)) {
       throw new StreamError('ESTREAM_LIMIT', `a DATA_STATE record of ${ev.size} bytes for ${idstr} is larger than device ${device}'s whole state (MIG_DATA_SIZE ${limit})`, where);
     }
     const seen = this.sections.get(sectionId);
