@@ -40,6 +40,11 @@ export class MigbridgeError extends Error {
   readonly offset?: number;
   readonly section?: string;
   readonly device?: string;
+  /**
+   * What was done to bring devices back after the failure (save: each source's step back
+   * to RUNNING), set by the engine that recovered them; printed with the error.
+   */
+  recovery?: readonly unknown[];
 
   constructor(code: string, message: string, details: ErrorDetails = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
@@ -66,6 +71,7 @@ export class MigbridgeError extends Error {
     if (this.offset !== undefined) out.offset = this.offset;
     if (this.section !== undefined) out.section = this.section;
     if (this.device !== undefined) out.device = this.device;
+    if (this.recovery !== undefined) out.recovery = this.recovery;
     return out;
   }
 }

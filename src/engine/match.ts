@@ -25,26 +25,32 @@ export class SectionMatcher {
     }
   }
 
-  /** Device index for a section idstr seen for the first time. */
-  assign(idstr: string): number {
-    const known = this.assigned.get(idstr);
-    if (known !== undefined) return known;
-    let index = this.map.get(idstr);
-    if (index === undefined) index = this.devices.findIndex((d, i) => !this.used.has(i) && !this.reserved(i) && d.idstr === idstr);
+  /**
+   * Device index for a section seen for the first time. Instances count: a second
+   * instance of an idstr is another device (QEMU's instance_id), matched by position only
+   * (--map and --idstr name instance 0).
+   */
+  assign(idstr: string, instanceId = 0, offset?: number): number {
+    const at = offset !== undefined ? { offset } : {};
+    const name = instanceId === 0 ? idstr : `${idstr} instance ${instanceId}`;
+    const known = this.assigned.get(name);
+    if (known !== undefined) throw new MatchError('EMATCH', `section ${name} appears twice`, { section: name, ...at });
+    let index = instanceId === 0 ? this.map.get(idstr) : undefined;
+    if (index === undefined) index = this.devices.findIndex((d, i) => instanceId === 0 && !this.used.has(i) && !this.reserved(i) && d.idstr === idstr);
     if (index < 0) index = this.devices.findIndex((_, i) => !this.used.has(i) && !this.reserved(i) && !this.claimedByIdstr(i));
     if (index < 0) index = this.devices.findIndex((_, i) => !this.used.has(i) && !this.reserved(i));
     if (index === undefined || index < 0) {
       throw new MatchError(
         'EMATCH',
-        `no device left for section ${idstr}: ${this.devices.length} device(s) given, already matched ${[...this.assigned.keys()].join(', ') || 'none'}`,
-        { section: idstr },
+        `no device left for section ${name}: ${this.devices.length} device(s) given, already matched ${[...this.assigned.keys()].join(', ') || 'none'}`,
+        { section: name, ...at },
       );
     }
     if (this.used.has(index)) {
-      throw new MatchError('EMATCH', `device ${this.devices[index]!.name} is matched twice (section ${idstr})`, { section: idstr });
+      throw new MatchError('EMATCH', `device ${this.devices[index]!.name} is matched twice (section ${name})`, { section: name, ...at });
     }
     this.used.add(index);
-    this.assigned.set(idstr, index);
+    this.assigned.set(name, index);
     return index;
   }
 
@@ -59,10 +65,12 @@ export class SectionMatcher {
     return own !== null && !this.assigned.has(own);
   }
 
-  /** Every device must have received a section. */
-  finish(): void {
+  /** Every device must have received a section; `offset` is where the stream ended. */
+  finish(offset?: number): void {
     const idle = this.devices.filter((_, i) => !this.used.has(i)).map((d) => d.name);
-    if (idle.length) throw new MatchError('EMATCH', `the stream has no VFIO section for device(s) ${idle.join(', ')}`);
+    if (idle.length) {
+      throw new MatchError('EMATCH', `the stream has no VFIO section for device(s) ${idle.join(', ')} (stream ended at offset ${offset ?? 'unknown'})`, offset !== undefined ? { offset } : {});
+    }
   }
 
   get matches(): ReadonlyMap<string, number> {

@@ -5,11 +5,13 @@
 import { MigbridgeError } from '../errors.js';
 import { MigFlag, MigState } from '../fsm/index.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
-import { type ByteSource, type StreamEvent, StreamError, readStream } from '../qemu/index.js';
+import { type ByteSource, type StreamEvent, readStream } from '../qemu/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
-import { SectionMatcher } from './match.js';
+import { CancelledError, abortReason, cancelled, throwIfCancelled, whenCancelled } from './cancel.js';
+import type { NoteSink } from './notes.js';
 import type { Progress, ProgressCounter } from './progress.js';
 import { resetDevice } from './recover.js';
+import { ResumeRouter } from './resume-route.js';
 
 export interface RestoreOptions {
   /** Decoded stream events (e.g. readStreamFile(path)) or raw bytes to decode. */
@@ -24,6 +26,23 @@ export interface RestoreOptions {
   readonly progress?: Progress;
   /** Bytes written but not yet completed, over all devices (default 16 MiB: with the read-ahead of the stream, part of the 64 MiB memory budget). */
   readonly maxInFlight?: number;
+  /** Device data one section may carry (default 64 GiB): a stream past it is refused. */
+  readonly maxDeviceBytes?: number;
+  /**
+   * The same stream once more (e.g. a second readStreamFile of the file), read whole
+   * before any device changes state: a stream with a structural fault (see
+   * ResumeStreamCheck, unmatched sections, truncation) is then refused with no device
+   * touched. A socket cannot be read twice: without it the checks run as data arrives.
+   */
+  readonly preflight?: AsyncIterable<StreamEvent>;
+  /**
+   * Cancels the restore: writes in flight are interrupted, the stream is no longer read,
+   * every destination is reset, and restore() rejects with CancelledError (its
+   * `recovery` lists each reset). Once the devices are started the restore completes.
+   */
+  readonly signal?: AbortSignal;
+  /** Milestones as they happen (all devices RESUMING, each device's first data). */
+  readonly onNote?: NoteSink;
 }
 
 export interface DeviceRestoreReport {
@@ -73,6 +92,8 @@ interface Target {
   started: bigint;
   finished: bigint;
   counter: ProgressCounter | undefined;
+  /** MIG_DATA_SIZE before RESUMING: no DATA_STATE record may be larger (undefined when the device does not say). */
+  limit: number | undefined;
 }
 
 const now = () => process.hrtime.bigint();
@@ -96,35 +117,61 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
     started: t0,
     finished: t0,
     counter: opts.progress?.counter(dev.id),
+    limit: undefined,
   }));
-  const matcher = new SectionMatcher(
-    opts.devices.map((d, i) => ({ name: d.id, idstr: opts.idstrs?.[i] ?? null })),
-    opts.map ?? new Map(),
-  );
-
-  const bySection = new Map<number, Target>();
+  const signal = opts.signal;
+  const note = opts.onNote ?? (() => undefined);
+  await queryLimits(targets);
+  const newRouter = () =>
+    new ResumeRouter(
+      opts.devices.map((d, i) => ({ name: d.id, idstr: opts.idstrs?.[i] ?? null })),
+      opts.map ?? new Map(),
+      targets.map((t) => t.limit),
+      opts.maxDeviceBytes,
+    );
+  if (opts.preflight) await preflight(opts.preflight, newRouter(), targets, signal);
+  const router = newRouter();
+  // A cancel interrupts every data_fd write in flight (they reject with ECANCELED).
+  const unlisten = whenCancelled(signal, () => {
+    note({ type: 'cancelling', reason: abortReason(signal!) });
+    for (const t of targets) if (t.dataFd && !t.dataFd.closed) io.cancel(t.dataFd.fd).catch(() => undefined);
+  });
   try {
     await loadSetup(targets);
-    await loadState(targets, events, matcher, io, maxInFlight, bySection);
-    matcher.finish();
+    note({ type: 'resuming', devices: targets.length });
+    await loadState(targets, events, router, io, maxInFlight, signal, note);
+    router.finish();
+    throwIfCancelled(signal, 'restore');
   } catch (e) {
-    // The stream itself is bad (truncated, corrupt, unmatched): no device may keep half a
-    // state, so every one is reset (a SET out of RESUMING would load what it was given).
-    await Promise.all(
+    // The stream itself is bad (truncated, corrupt, unmatched) or the restore was
+    // cancelled: no device may keep half a state, so every one is reset (a SET out of
+    // RESUMING would load what it was given).
+    const recovery = await Promise.all(
       targets.map(async (t) => {
         await t.writes;
         await t.dataFd?.close();
-        await resetDevice(t.dev);
+        return resetDevice(t.dev);
       }),
     );
-    throw nameDevices(e, targets, bySection);
+    const err = e instanceof CancelledError ? e : signal?.aborted ? new CancelledError(abortReason(signal), 'restore') : nameDevices(e, targets, router);
+    if (err instanceof MigbridgeError) err.recovery = recovery;
+    throw err;
+  } finally {
+    unlisten();
   }
   await loadCleanupAndStart(targets);
-  // A device whose write or validation failed is reset: a SET out of RESUMING could load
+  // All or nothing: when any device failed (its writes, or its data rejected on the exit
+  // from RESUMING), every destination is reset, so none runs with a state the others do
+  // not match. A failed device is reset without a SET out of RESUMING, which could load
   // bytes it reported as bad (mtty keeps a header it rejected with EFAULT).
-  for (const t of targets.filter((x) => x.error)) {
-    const step = await resetDevice(t.dev);
-    t.recovery = `${step.action}${step.ok ? '' : ` failed: ${step.error}`}`;
+  const failed = targets.filter((x) => x.error);
+  if (failed.length) {
+    const why = `reset because ${failed.map((t) => t.dev.id).join(', ')} failed (a restore is all or nothing)`;
+    for (const t of targets) {
+      const step = await resetDevice(t.dev);
+      t.recovery = `${step.action}${step.ok ? '' : ` failed: ${step.error}`}`;
+      t.error ??= new MigbridgeError('ERESTORE_PEER', `device ${t.dev.id}: ${why}`, { device: t.dev.id });
+    }
   }
   const report: RestoreReport = {
     devices: targets.map((t) => ({
@@ -136,7 +183,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
       ...(t.error ? { error: t.error instanceof MigbridgeError ? t.error.toJSON() : { message: t.error.message } } : {}),
       ...(t.recovery ? { recovery: t.recovery } : {}),
       ...selfCheck(t.dev),
-      seconds: Number(t.finished - t.started) / 1e9,
+      seconds: Math.max(0, Number(t.finished - t.started)) / 1e9,
     })),
     totalBytes: targets.reduce((s, t) => s + t.bytes, 0),
     seconds: Number(now() - t0) / 1e9,
@@ -144,24 +191,41 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
   };
   opts.progress?.stop();
   if (!report.ok) {
-    const failed = targets.filter((t) => t.error);
     throw new RestoreFailedError(
-      `${failed.length} of ${targets.length} devices failed to restore: ${failed.map((t) => t.error!.message).join('; ')}`,
+      `${failed.length} of ${targets.length} devices failed to restore (every device was reset): ${failed.map((t) => t.error!.message).join('; ')}`,
       report,
     );
   }
   return report;
 }
 
+/**
+ * Reads the whole stream through a router of its own before any device is touched: a
+ * structural fault is refused then, naming section and offset.
+ */
+async function preflight(events: AsyncIterable<StreamEvent>, router: ResumeRouter, targets: Target[], signal: AbortSignal | undefined): Promise<void> {
+  try {
+    for await (const ev of events) {
+      throwIfCancelled(signal, 'restore');
+      router.route(ev);
+    }
+    router.finish();
+  } catch (e) {
+    throw e instanceof CancelledError ? e : nameDevices(e, targets, router, 'refused before any device was touched');
+  }
+}
+
 /** A stream failure names the device whose section it hit (or every device), keeping offset and section. */
-function nameDevices(e: unknown, targets: Target[], bySection: Map<number, Target>): unknown {
+function nameDevices(e: unknown, targets: Target[], router: ResumeRouter, outcome = 'every device was reset to RUNNING'): unknown {
   if (!(e instanceof MigbridgeError) || e.device !== undefined) return e;
   const sectionId = (e as MigbridgeError & { sectionId?: number }).sectionId;
-  const hit = sectionId !== undefined ? bySection.get(sectionId) : undefined;
+  const index = sectionId !== undefined ? router.deviceOf(sectionId) : undefined;
+  const hit = index !== undefined ? targets[index] : undefined;
   const names = hit ? hit.dev.id : targets.map((t) => t.dev.id).join(', ');
-  return new MigbridgeError(e.code, `${e.message}; restoring device ${names}${hit ? ` from ${hit.idstr}` : ''}: every device was reset to RUNNING`, {
+  const idstr = hit ? (hit.idstr ?? (e as MigbridgeError & { idstr?: string }).idstr) : undefined;
+  return new MigbridgeError(e.code, `${e.message}; restoring device ${names}${idstr ? ` from ${idstr}` : ''}: ${outcome}`, {
     ...(e.offset !== undefined ? { offset: e.offset } : {}),
-    ...(e.section !== undefined ? { section: e.section } : hit?.idstr ? { section: hit.idstr } : {}),
+    ...(e.section !== undefined ? { section: e.section } : idstr ? { section: idstr } : {}),
     ...(e.errno !== undefined ? { errno: e.errno } : {}),
     device: names,
     cause: e,
@@ -181,6 +245,19 @@ function selfCheck(dev: MigrationDevice): { verified?: boolean; verifiedAgainst?
       ? { sourceMismatch: `the stream holds the state of a seed=${hex(result.sourceSeed)} source, this device was given seed=${hex(result.givenSeed)}` }
       : {}),
   };
+}
+
+/**
+ * MIG_DATA_SIZE of each destination before it resumes: for a device not saving, its whole
+ * state (mtty, the simulator). A device that does not answer gets no per-record limit.
+ */
+async function queryLimits(targets: Target[]): Promise<void> {
+  await Promise.all(
+    targets.map(async (t) => {
+      const n = await t.dev.stopCopySize().catch(() => undefined);
+      if (n !== undefined && n > 0n && n <= BigInt(Number.MAX_SAFE_INTEGER)) t.limit = Number(n);
+    }),
+  );
 }
 
 /** load_setup: every device to RESUMING in parallel (a new data_fd each). */
@@ -206,34 +283,40 @@ async function loadSetup(targets: Target[]): Promise<void> {
 async function loadState(
   targets: Target[],
   events: AsyncIterable<StreamEvent>,
-  matcher: SectionMatcher,
+  router: ResumeRouter,
   io: IoEngine,
   maxInFlight: number,
-  bySection: Map<number, Target>,
+  signal: AbortSignal | undefined,
+  note: NoteSink,
 ): Promise<void> {
   let inFlight = 0;
   const waiters: (() => void)[] = [];
-  let fullOpen = false;
-  for await (const ev of events) {
-    // A VFIO FULL section that is only END_OF_STATE (or CONFIG_LOAD_READY) is QEMU 10's
-    // multifd dummy: the device's stop-copy data went over multifd channels, not in here.
-    const fullDummy = fullOpen && ev.type === 'vfio-marker' && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY');
-    fullOpen = ev.type === 'section' && ev.kind === 'FULL' && ev.section.handler === 'vfio';
-    if (fullDummy) {
-      throw new StreamError('ESTREAM_UNSUPPORTED', `the state of ${ev.section.idstr} went over multifd channels, not in this stream: give the channel captures (restore -i FILE --multifd CH..., found by default as FILE.multifd-N)`, { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr, found: ev.marker });
-    }
-    if (ev.type === 'section' && ev.section.handler === 'vfio' && !bySection.has(ev.section.sectionId)) {
-      const index = matcher.assign(ev.section.idstr);
-      const t = targets[index]!;
-      t.idstr = ev.section.idstr;
-      bySection.set(ev.section.sectionId, t);
-      continue;
-    }
-    if (ev.type !== 'vfio-data-chunk') continue;
-    const t = bySection.get(ev.section.sectionId);
-    if (!t || t.error || ev.data.length === 0) continue;
+  // A stream that stopped arriving (a socket) must not hold a cancel up: each read races it.
+  const stop = cancelled(signal).then(() => null);
+  const it = events[Symbol.asyncIterator]();
+  try {
+    await routeEvents();
+  } finally {
+    // Closes the source (a file's fd) when we stop early; after a cancel a read may still
+    // be pending, and the close then happens once it settles.
+    void Promise.resolve(it.return?.()).catch(() => undefined);
+  }
+  await Promise.all(targets.map((t) => t.writes));
+
+  async function routeEvents(): Promise<void> {
+  for (;;) {
+    const step = await Promise.race([it.next(), stop]);
+    throwIfCancelled(signal, 'restore');
+    if (!step || step.done) break;
+    const ev = step.value;
+    const index = router.route(ev, (k, idstr) => (targets[k]!.idstr = idstr));
+    if (index === undefined || ev.type !== 'vfio-data-chunk') continue;
+    const t = targets[index]!;
+    if (t.error || ev.data.length === 0) continue;
     const data = ev.data;
     while (inFlight >= maxInFlight) await new Promise<void>((r) => waiters.push(r));
+    throwIfCancelled(signal, 'restore');
+    if (t.chunks === 0) note({ type: 'device-data', device: t.dev.id, section: ev.section.idstr, offset: ev.offset });
     inFlight += data.length;
     t.chunks++;
     t.writes = t.writes.then(async () => {
@@ -255,7 +338,7 @@ async function loadState(
       }
     });
   }
-  await Promise.all(targets.map((t) => t.writes));
+  }
 }
 
 /**
@@ -265,12 +348,17 @@ async function loadState(
  */
 async function loadCleanupAndStart(targets: Target[]): Promise<void> {
   await Promise.all(targets.map((t) => t.dataFd?.close()));
+  const t = now();
+  for (const x of targets) x.finished = t;
   const live = targets.filter((t) => !t.error);
   if (live.length === 0) return;
   const flags = await Promise.all(live.map((t) => t.dev.migrationFlags().catch(() => 0)));
-  const steps = flags.every((f) => f & MigFlag.P2P) ? [MigState.RUNNING_P2P, MigState.RUNNING] : [MigState.RUNNING];
+  // STOP first on every device: the exit from RESUMING is where each validates its data,
+  // and no device may run before all have accepted theirs.
+  const steps = flags.every((f) => f & MigFlag.P2P) ? [MigState.STOP, MigState.RUNNING_P2P, MigState.RUNNING] : [MigState.STOP, MigState.RUNNING];
   let current = live;
   for (const step of steps) {
+    if (current.length < live.length) return;
     const results = await setStates(
       current.map((t) => t.dev),
       step,
@@ -280,6 +368,6 @@ async function loadCleanupAndStart(targets: Target[]): Promise<void> {
     });
     current = current.filter((t) => !t.error);
   }
-  const t = now();
-  for (const x of targets) x.finished = t;
+  const end = now();
+  for (const x of targets) x.finished = end;
 }

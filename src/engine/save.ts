@@ -8,10 +8,13 @@ import { MigFlag, MigState, stateName } from '../fsm/index.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
 import { StreamWriter, buildVmDesc } from '../qemu/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
+import { CancelledError, abortReason, throwIfCancelled, whenCancelled } from './cancel.js';
 import { type Chunk, ChunkReader } from './chunks.js';
+import type { NoteSink } from './notes.js';
 import type { Progress, ProgressCounter } from './progress.js';
 import { recoverSources } from './recover.js';
-import type { ByteSink } from './sink.js';
+import { type ByteSink, SinkError } from './sink.js';
+import { guardSink } from './sink-guard.js';
 
 export const DEFAULT_MACHINE_TYPE = 'pc-i440fx-10.0';
 /** QEMU's VFIO_MIG_DEFAULT_DATA_BUFFER_SIZE. */
@@ -19,6 +22,8 @@ export const DEFAULT_CHUNK = 1 << 20;
 /** Precopy bytes needed before their throughput is trusted for the downtime estimate. */
 const MIN_RATE_SAMPLE = 4 << 20;
 export const DEFAULT_READ_TIMEOUT_MS = 60_000;
+/** A write to the output pending this long fails the save (a destination that stopped reading). */
+export const DEFAULT_WRITE_TIMEOUT_MS = 60_000;
 
 export interface SaveOptions {
   readonly devices: readonly MigrationDevice[];
@@ -49,6 +54,16 @@ export interface SaveOptions {
   readonly readTimeoutMs?: number;
   /** PRE_COPY rounds at most (default 32). */
   readonly maxPrecopyRounds?: number;
+  /** A write to the sink that makes no progress for this long fails the save (default 60 s). */
+  readonly writeTimeoutMs?: number;
+  /**
+   * Cancels the save: in-flight reads and writes are interrupted, every source goes back
+   * to RUNNING, partial output is removed, and save() rejects with CancelledError (its
+   * `recovery` says what was done). Once the stream is committed the save completes.
+   */
+  readonly signal?: AbortSignal;
+  /** Milestones as they happen (setup, precopy rounds, stop, each device's END, commit). */
+  readonly onNote?: NoteSink;
 }
 
 export interface DeviceSaveReport {
@@ -131,16 +146,27 @@ export async function save(opts: SaveOptions): Promise<SaveReport> {
     finished: t0,
     counter: undefined,
   }));
-  const w = new StreamWriter(opts.sink);
+  const signal = opts.signal;
+  const note = opts.onNote ?? (() => undefined);
+  const sink = guardSink(opts.sink, { ...(signal ? { signal } : {}), stallMs: opts.writeTimeoutMs ?? DEFAULT_WRITE_TIMEOUT_MS });
+  const w = new StreamWriter(sink);
+  // A cancel interrupts every data_fd read in flight (they reject with ECANCELED).
+  const unlisten = whenCancelled(signal, () => {
+    note({ type: 'cancelling', reason: abortReason(signal!) });
+    for (const c of ctxs) if (c.dataFd && !c.dataFd.closed) io.cancel(c.dataFd.fd).catch(() => undefined);
+  });
   let precopyRounds = 0;
   let precopyRate = 0;
   try {
     await saveSetup(ctxs, w, opts);
+    note({ type: 'setup', devices: ctxs.length, streamBytes: w.offset });
+    throwIfCancelled(signal, 'save');
     if (opts.precopy) {
       const r = await savePrecopy(ctxs, w, io, chunk, opts);
       precopyRounds = r.rounds;
       precopyRate = r.rate;
     }
+    throwIfCancelled(signal, 'save');
     const estimate = await estimateDowntime(ctxs, precopyRate);
     if (opts.maxDowntimeMs !== undefined && estimate.ms > opts.maxDowntimeMs) {
       throw new SaveRefusedError(
@@ -148,15 +174,22 @@ export async function save(opts: SaveOptions): Promise<SaveReport> {
         `refusing to stop: estimated downtime ${estimate.ms.toFixed(1)} ms for ${estimate.bytes} stop-copy bytes at ${estimate.basis} exceeds --max-downtime ${opts.maxDowntimeMs} ms; devices left RUNNING`,
       );
     }
+    throwIfCancelled(signal, 'save');
+    note({ type: 'stopping', estimateMs: estimate.ms });
     const stopAt = now();
     const p2p = await saveStop(ctxs);
+    throwIfCancelled(signal, 'save');
+    note({ type: 'stopped', streamBytes: w.offset });
     await saveCompletePrecopy(ctxs, w, io, chunk, opts);
     const stopEnd = now();
     await w.eof();
     await w.vmdesc(buildVmDesc([]));
     await w.flush();
+    // The last moment a cancel can take effect: past the commit the output is complete.
+    throwIfCancelled(signal, 'save');
     // Every byte is read and verified: make the output visible, then settle the sources.
-    await opts.sink.commit();
+    await sink.commit();
+    note({ type: 'committed', streamBytes: w.offset });
     await saveCleanup(ctxs, opts.resumeSource ?? false);
     const seconds = msBetween(t0, now()) / 1000;
     const devices = ctxs.map((c) => ({
@@ -180,16 +213,26 @@ export async function save(opts: SaveOptions): Promise<SaveReport> {
     };
   } catch (e) {
     await Promise.all(ctxs.map((c) => c.dataFd?.close()));
-    await opts.sink.abort().catch(() => {});
-    // Sources must never stay stopped because of us: back to RUNNING (reset out of ERROR).
-    const recovery = await recoverSources(ctxs.map((c) => c.dev));
-    if (e instanceof MigbridgeError && recovery.length) {
-      (e as MigbridgeError & { recovery?: unknown }).recovery = recovery;
-    }
-    throw e;
+    // Sources must never stay stopped because of us: back to RUNNING (reset out of ERROR),
+    // while the partial output is removed.
+    const [recovery] = await Promise.all([recoverSources(ctxs.map((c) => c.dev)), sink.abort().catch(() => undefined)]);
+    const err = failureOf(e, signal);
+    err.recovery = recovery;
+    throw err;
   } finally {
+    unlisten();
     opts.progress?.stop();
   }
+}
+
+/**
+ * The error a failed save rejects with: CancelledError once the signal fired (whatever
+ * the interrupted step threw, e.g. ECANCELED from a read), else the failure itself, typed.
+ */
+function failureOf(e: unknown, signal: AbortSignal | undefined): MigbridgeError {
+  if (signal?.aborted && !(e instanceof CancelledError)) return new CancelledError(abortReason(signal), 'save');
+  if (e instanceof MigbridgeError) return e;
+  return new SinkError('EIO', e instanceof Error ? e.message : String(e), { cause: e });
 }
 
 /** save_setup: capabilities, MIG_DATA_SIZE, header, configuration, START sections. */
@@ -236,6 +279,7 @@ async function savePrecopy(
   });
   const failed = firstFailure(results);
   if (failed) throw failed;
+  opts.onNote?.({ type: 'precopy', devices: pre.length });
   const maxRounds = opts.maxPrecopyRounds ?? 32;
   const sendInit = opts.initDataSent ?? true;
   const t0 = now();
@@ -243,6 +287,7 @@ async function savePrecopy(
   let lastDirty = Number.POSITIVE_INFINITY;
   let rounds = 0;
   while (rounds < maxRounds) {
+    throwIfCancelled(opts.signal, 'save');
     rounds++;
     const wants = await Promise.all(
       pre.map(async (c) => {
@@ -259,6 +304,7 @@ async function savePrecopy(
     // memory); the section that drains a device's initial bytes carries INIT_DATA_SENT.
     let dirtyTotal = 0;
     let initialTotal = 0;
+    let roundBytes = 0;
     const readers = pre.map(
       (c, i) =>
         new ChunkReader(io, c.dataFd!.fd, {
@@ -287,6 +333,7 @@ async function savePrecopy(
         dirtyTotal += Number(after.dirtyBytes);
         initialTotal += initial;
         moved += reader.bytesRead;
+        roundBytes += reader.bytesRead;
         c.precopyBytes += reader.bytesRead;
         if (initial === 0 && !c.initialDrained) {
           c.initialDrained = true;
@@ -300,6 +347,7 @@ async function savePrecopy(
     } finally {
       readers.forEach((r) => r.stop());
     }
+    opts.onNote?.({ type: 'precopy-round', round: rounds, bytes: roundBytes, streamBytes: w.offset });
     // Converged: nothing initial left, and dirty data no longer shrinks (or is gone).
     if (initialTotal === 0 && (dirtyTotal === 0 || dirtyTotal >= lastDirty)) break;
     lastDirty = dirtyTotal;
@@ -418,11 +466,13 @@ async function saveCompletePrecopy(ctxs: DeviceCtx[], w: StreamWriter, io: IoEng
       readers[pick]!.setQuota(pool - share * remaining.length);
       const c = ctxs[pick]!;
       const reader = readers[pick]!;
+      throwIfCancelled(opts.signal, 'save');
       await w.sectionEnd(c.sectionId);
       for (let piece = await reader.next(); piece; piece = await reader.next()) await writeChunk(c, w, piece);
       await deviceDone(c);
       await w.vfioMarker('END_OF_STATE');
       await w.endSection();
+      opts.onNote?.({ type: 'device-saved', device: c.dev.id, bytes: c.precopyBytes + c.stopCopyBytes, streamBytes: w.offset });
     }
   } finally {
     readers.forEach((r) => r.stop());

@@ -6,11 +6,12 @@ import { DEFAULT_TARGET_PAGE_SIZE, type StreamEvent, probeStreamFile, readStream
 import { indexMultifdChannels } from '../qemu/multifd-index.js';
 import { withMultifdDeviceState } from '../qemu/reframe-multifd.js';
 import { listenUnix } from '../util/unix-listen.js';
+import { CancelledError, abortReason, whenCancelled } from './cancel.js';
 
 /** A file may come with the captures of its multifd channels (a proxy tee's FILE.multifd-N). */
 export type SourceTarget = { file: string; multifd?: readonly string[] } | { fd: number } | { unix: string };
 
-export async function openEvents(source: SourceTarget): Promise<AsyncIterable<StreamEvent>> {
+export async function openEvents(source: SourceTarget, signal?: AbortSignal): Promise<AsyncIterable<StreamEvent>> {
   if ('file' in source) {
     if (!source.multifd?.length) return readStreamFile(source.file);
     // Device state that went over multifd channels is put back into the VFIO END sections.
@@ -22,8 +23,21 @@ export async function openEvents(source: SourceTarget): Promise<AsyncIterable<St
   if ('fd' in source) return readStream(fs.createReadStream('', { fd: source.fd, highWaterMark: 1 << 20, autoClose: false }));
   const server = net.createServer();
   await listenUnix(server, source.unix);
-  const socket = await new Promise<net.Socket>((resolve) => server.once('connection', resolve));
-  server.close();
-  fs.rmSync(source.unix, { force: true });
+  // A cancel while nobody connected yet: stop listening and remove the socket file.
+  let stopWaiting: () => void = () => undefined;
+  const unlisten = whenCancelled(signal, () => stopWaiting());
+  let socket: net.Socket;
+  try {
+    socket = await new Promise<net.Socket>((resolve, reject) => {
+      server.once('connection', resolve);
+      stopWaiting = () => reject(new CancelledError(abortReason(signal!), `waiting for a connection on unix:${source.unix}`));
+    });
+  } finally {
+    unlisten();
+    server.close();
+    fs.rmSync(source.unix, { force: true });
+  }
+  // A cancel later ends the connection, so a read waiting on a sender that stopped returns.
+  whenCancelled(signal, () => socket.destroy());
   return readStream(socket);
 }

@@ -339,6 +339,7 @@ export const Errno = {
   EBUSY: 16,
   ENODEV: 19,
   EINVAL: 22,
+  EMFILE: 24,
   ENOTTY: 25,
   ESPIPE: 29,
   EPIPE: 32,

@@ -13,6 +13,8 @@ export interface RunningCli {
   /** Settles when the process exits (SIGKILLed after the timeout). */
   done: Promise<CliResult>;
   kill: () => void;
+  /** Sends a signal (SIGINT, SIGTERM, ...) to the running CLI. */
+  signal: (sig: NodeJS.Signals) => void;
   /** stderr so far. */
   stderr: () => string;
 }
@@ -30,7 +32,8 @@ export function runningCli(args: string[], timeoutMs: number, teardown?: (fn: ()
   const done = new Promise<CliResult>((resolve) => {
     child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
   });
-  return { done, kill, stderr: () => stderr };
+  const signal = (sig: NodeJS.Signals): void => { if (child.exitCode === null && child.signalCode === null) child.kill(sig); };
+  return { done, kill, signal, stderr: () => stderr };
 }
 
 /** Polls `ok` every 25 ms; throws naming `what` after timeoutMs. */
@@ -44,9 +47,19 @@ export async function waitFor(what: string, ok: () => boolean | Promise<boolean>
 
 export interface ProxyNote { type: string; kind?: string; command?: string; offset?: number; side?: string }
 
-/** The proxy's JSON notes on stderr (complete lines only: the last one may still be arriving). */
+/** A command's JSON notes on stderr, `{"note": ...}` lines (complete lines only: the last one may still be arriving). */
+export function cliNotes<T = { type: string } & Record<string, unknown>>(stderr: string): T[] {
+  return stderr.split('\n').slice(0, -1).filter((l) => l.startsWith('{"note"')).map((l) => (JSON.parse(l) as { note: T }).note);
+}
+
+/** The proxy's JSON notes on stderr. */
 export function proxyNotes(stderr: string): ProxyNote[] {
-  return stderr.split('\n').slice(0, -1).filter((l) => l.startsWith('{"note"')).map((l) => (JSON.parse(l) as { note: ProxyNote }).note);
+  return cliNotes<ProxyNote>(stderr);
+}
+
+/** Waits until the CLI (run with --progress --output=json) printed a note of `type`. */
+export async function noteSeen(cli: Pick<RunningCli, 'stderr'>, type: string, timeoutMs = 60_000): Promise<void> {
+  await waitFor(`a "${type}" note`, () => cliNotes(cli.stderr()).some((n) => n.type === type), timeoutMs);
 }
 
 /**

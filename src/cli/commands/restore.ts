@@ -7,7 +7,9 @@ import { type DeviceRestoreReport, type RestoreReport, RestoreFailedError, resto
 import { openEvents } from '../../engine/source.js';
 import { channelCapturesBeside } from '../../qemu/multifd-index.js';
 import type { Command } from '../command.js';
-import { sourceTarget, stringList } from './transfer-args.js';
+import { withSignals } from '../signals.js';
+import { optionalSize, sourceTarget, stringList } from './transfer-args.js';
+import { reportRecovered, transferNotes } from './transfer-notes.js';
 
 function okStatus(d: DeviceRestoreReport): string {
   if (d.sourceMismatch) return `ok, intact but NOT the expected state: ${d.sourceMismatch}`;
@@ -47,7 +49,7 @@ export function parseMap(entries: readonly string[], specs: readonly string[]): 
 export const restoreCommand: Command = {
   name: ['restore'],
   summary: "Restore devices from a QEMU migration stream's VFIO sections, in parallel.",
-  usage: 'restore (-i FILE [--multifd CHANNELFILE...] | --fd N | --from unix:PATH) --device SPEC... [--map IDSTR=SPEC...] [--idstr IDSTR...]',
+  usage: 'restore (-i FILE [--multifd CHANNELFILE...] | --fd N | --from unix:PATH) --device SPEC... [--map IDSTR=SPEC...] [--idstr IDSTR...] [--max-device-data SIZE] [--progress]',
   operands: [],
   options: {
     input: { type: 'string', short: 'i' },
@@ -57,6 +59,8 @@ export const restoreCommand: Command = {
     map: { type: 'string', multiple: true },
     idstr: { type: 'string', multiple: true },
     multifd: { type: 'string', multiple: true },
+    'max-device-data': { type: 'string' },
+    progress: { type: 'boolean' },
   },
   async run(args, io) {
     const specs = stringList(args, 'device');
@@ -69,28 +73,42 @@ export const restoreCommand: Command = {
     const map = parseMap(stringList(args, 'map'), specs);
     const idstrs = stringList(args, 'idstr');
     if (idstrs.length && idstrs.length !== specs.length) throw new UsageError(`--idstr given ${idstrs.length} times for ${specs.length} devices`);
+    const maxDeviceBytes = optionalSize(args, 'max-device-data');
+    const onNote = transferNotes(io, args.values.progress === true, 'restore');
     const devices = await openDevices(specs);
     try {
       const progress = io.isTTY && io.output === 'human' ? new Progress(process.stderr as WriteStream, 'total') : undefined;
-      const events = await openEvents(source);
-      try {
-        const report = await restore({ events, devices, map, ...(idstrs.length ? { idstrs } : {}), ...(progress ? { progress } : {}) });
-        io.result(report, () => restoreHuman(report));
-        // Loaded intact, but not the state the user said to expect: not a success.
-        const mismatched = report.devices.filter((d) => d.sourceMismatch);
-        for (const d of mismatched) {
-          const e = new MigbridgeError('ESOURCEMISMATCH', `${d.id}: ${d.sourceMismatch}`, { device: d.id });
-          io.stderr(io.output === 'json' ? JSON.stringify({ error: e.toJSON() }) : `migbridge: ${e.message}`);
+      return await withSignals(io, async (signal) => {
+        const events = await openEvents(source, signal);
+        // A file is read twice: once whole before any device is touched (hostile structure
+        // refused then), once to restore.
+        const preflight = 'file' in source ? await openEvents(source, signal) : undefined;
+        try {
+          const report = await restore({
+            events, devices, map, signal,
+            ...(preflight ? { preflight } : {}),
+            ...(idstrs.length ? { idstrs } : {}),
+            ...(progress ? { progress } : {}),
+            ...(onNote ? { onNote } : {}),
+            ...(maxDeviceBytes !== undefined ? { maxDeviceBytes } : {}),
+          });
+          io.result(report, () => restoreHuman(report));
+          // Loaded intact, but not the state the user said to expect: not a success.
+          const mismatched = report.devices.filter((d) => d.sourceMismatch);
+          for (const d of mismatched) {
+            const e = new MigbridgeError('ESOURCEMISMATCH', `${d.id}: ${d.sourceMismatch}`, { device: d.id });
+            io.stderr(io.output === 'json' ? JSON.stringify({ error: e.toJSON() }) : `migbridge: ${e.message}`);
+          }
+          return mismatched.length ? 1 : 0;
+        } catch (e) {
+          if (e instanceof RestoreFailedError) {
+            io.result(e.report, () => restoreHuman(e.report));
+            io.stderr(io.output === 'json' ? JSON.stringify({ error: e.toJSON() }) : `migbridge: ${e.message}`);
+            return 1;
+          }
+          return reportRecovered(io, e);
         }
-        return mismatched.length ? 1 : 0;
-      } catch (e) {
-        if (e instanceof RestoreFailedError) {
-          io.result(e.report, () => restoreHuman(e.report));
-          io.stderr(io.output === 'json' ? JSON.stringify({ error: e.toJSON() }) : `migbridge: ${e.message}`);
-          return 1;
-        }
-        throw e;
-      }
+      });
     } finally {
       await closeDevices(devices);
     }

@@ -6,7 +6,9 @@ import { formatBytes, formatRate, Progress } from '../../engine/progress.js';
 import { type SaveReport, save } from '../../engine/save.js';
 import { openSink } from '../../engine/sink.js';
 import type { Command } from '../command.js';
+import { withSignals } from '../signals.js';
 import { optionalNumber, optionalString, sinkTarget, stringList } from './transfer-args.js';
+import { reportRecovered, transferNotes } from './transfer-notes.js';
 
 export function saveHuman(r: SaveReport, where: string): string {
   const lines = r.devices.map(
@@ -23,7 +25,7 @@ export function saveHuman(r: SaveReport, where: string): string {
 export const saveCommand: Command = {
   name: ['save'],
   summary: 'Save the state of one or more devices, in parallel, into a QEMU migration stream.',
-  usage: 'save --device SPEC... (-o FILE | --fd N | --to unix:PATH) [--precopy] [--max-downtime MS] [--resume-source] [--machine TYPE] [--idstr IDSTR...] [--read-timeout MS] [--no-init-data-sent] [--framing qemu|interleave]',
+  usage: 'save --device SPEC... (-o FILE | --fd N | --to unix:PATH) [--precopy] [--max-downtime MS] [--resume-source] [--machine TYPE] [--idstr IDSTR...] [--read-timeout MS] [--write-timeout MS] [--no-init-data-sent] [--framing qemu|interleave] [--progress]',
   operands: [],
   options: {
     device: { type: 'string', multiple: true },
@@ -37,8 +39,10 @@ export const saveCommand: Command = {
     idstr: { type: 'string', multiple: true },
     'no-init-data-sent': { type: 'boolean' },
     'read-timeout': { type: 'string' },
+    'write-timeout': { type: 'string' },
     interleave: { type: 'boolean' },
     framing: { type: 'string' },
+    progress: { type: 'boolean' },
   },
   async run(args, io) {
     const specs = stringList(args, 'device');
@@ -55,11 +59,16 @@ export const saveCommand: Command = {
     const machineType = optionalString(args, 'machine');
     const readTimeoutMs = optionalNumber(args, 'read-timeout');
     const interleave = framingIsInterleave(optionalString(args, 'framing'), Boolean(args.values.interleave));
+    const writeTimeoutMs = optionalNumber(args, 'write-timeout');
+    const onNote = transferNotes(io, args.values.progress === true, 'save');
     const devices = await openDevices(specs);
     try {
       const sink = await openSink(target);
       const progress = io.isTTY && io.output === 'human' ? new Progress(process.stderr as WriteStream, 'total') : undefined;
-      const report = await save({
+      const report = await withSignals(io, (signal) => save({
+        signal,
+        ...(onNote ? { onNote } : {}),
+        ...(writeTimeoutMs !== undefined ? { writeTimeoutMs } : {}),
         devices,
         sink,
         ...(idstrs.length ? { idstrs } : {}),
@@ -71,7 +80,8 @@ export const saveCommand: Command = {
         interleave,
         ...(readTimeoutMs !== undefined ? { readTimeoutMs } : {}),
         ...(progress ? { progress } : {}),
-      });
+      })).catch((e: unknown) => reportRecovered(io, e));
+      if (typeof report === 'number') return report;
       io.result({ ...report, stream: sink.description }, () => saveHuman(report, sink.description));
       return 0;
     } finally {

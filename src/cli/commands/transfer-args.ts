@@ -2,6 +2,7 @@
 import { UsageError } from '../../errors.js';
 import type { SinkTarget } from '../../engine/sink.js';
 import type { SourceTarget } from '../../engine/source.js';
+import { parseSize } from '../../vfio/sim/spec.js';
 import type { ParsedCommandArgs } from '../command.js';
 
 export function stringList(args: ParsedCommandArgs, name: string): string[] {
@@ -21,6 +22,12 @@ export function optionalNumber(args: ParsedCommandArgs, name: string): number | 
   const n = Number(v);
   if (!Number.isFinite(n) || n < 0) throw new UsageError(`--${name} must be a non-negative number, got ${JSON.stringify(v)}`);
   return n;
+}
+
+/** A byte count: 4096, 64KiB, 2GiB (the units of the sim's size=). */
+export function optionalSize(args: ParsedCommandArgs, name: string): number | undefined {
+  const v = optionalString(args, name);
+  return v === undefined ? undefined : parseSize(v, `--${name}`);
 }
 
 function fdNumber(v: string, name: string): number {

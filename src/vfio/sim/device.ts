@@ -23,7 +23,7 @@
 // fail=write-error@SIZE reproduces mtty's hazard instead: the worker stops reading at
 // SIZE (writes then fail with EPIPE) but the exit from RESUMING succeeds and loads the
 // bytes it took, so only a reset keeps the damaged data out (see #finishResume).
-import { constants as fsc, openSync, readSync } from 'node:fs';
+import { constants as fsc, openSync, readSync, writeFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { FsmError, MigState, isSavingState, path, stateName } from '../../fsm/index.js';
 import { closeSync, ioctlSync, pipe, setNonBlocking, setPipeSize } from '../../native/index.js';
@@ -109,6 +109,19 @@ function signal(c: SessionCtl, index: number): number {
 
 const delay = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+function newPipe(): [number, number] {
+  try {
+    return pipe();
+  } catch (e) {
+    throw new ArcFailure(setupErrno(e), `cannot create the data pipe: ${(e as Error).message}`);
+  }
+}
+
+/** A data_fd that cannot be created for want of fds fails with EMFILE, as the kernel's SET does (get_unused_fd_flags); anything else EIO. */
+function setupErrno(e: unknown): number {
+  return (e as NodeJS.ErrnoException).code === 'EMFILE' ? Errno.EMFILE : Errno.EIO;
+}
+
 interface SaveSession extends SessionCtl {
   readonly readFd: number;
   readonly privR: number;
@@ -159,6 +172,17 @@ class SimDataFd implements DataFd {
 
 let ordinal = 0;
 
+/**
+ * Devices with a state-file, recorded once more when the process exits: as a kernel
+ * driver does when its device fd is released (mtty, mlx5, hisi: sessions end, state
+ * RUNNING), so a process killed mid-migration shows what the kernel would leave.
+ */
+const published = new Set<SimDevice>();
+let exitHook = false;
+function onExitRelease(): void {
+  for (const d of published) d.releaseAtExit();
+}
+
 export class SimDevice implements MigrationDevice {
   readonly kind = 'sim' as const;
   readonly id: string;
@@ -172,6 +196,10 @@ export class SimDevice implements MigrationDevice {
   #dirtyCarry = 0;
   #lastAccrue = 0;
   #worker: Worker | undefined;
+  /** The worker thread started (ran its module): it owns the fds posted to it from then on. */
+  #workerOnline = false;
+  /** Pipe ends handed to the worker and not yet closed by it (save write ends, resume read ends). */
+  readonly #posted = new Map<number, number>();
   #save: SaveSession | undefined;
   #resume: ResumeSession | undefined;
   #sessions = 0;
@@ -223,6 +251,31 @@ export class SimDevice implements MigrationDevice {
     return this.config.flags;
   }
 
+  /** Writes the state file (config stateFile): the device's state as `GET` would report it. */
+  #publish(extra: Record<string, unknown> = {}): void {
+    const file = this.config.stateFile;
+    if (!file) return;
+    if (!exitHook) {
+      exitHook = true;
+      process.on('exit', onExitRelease);
+    }
+    published.add(this);
+    const body = { id: this.id, state: stateName(this.#state), digest: this.stateDigest().toString(16), loads: this.#loads, ...extra };
+    try {
+      writeFileSync(file, JSON.stringify(body) + '\n');
+    } catch {
+      // an observation aid: never a reason for the device to fail
+    }
+  }
+
+  /** Process exit with the device still open: the release a kernel driver does (sessions end, RUNNING). */
+  releaseAtExit(): void {
+    if (this.#closed) return;
+    const from = stateName(this.#state);
+    this.#state = MigState.RUNNING;
+    this.#publish({ releasedAtExit: true, releasedFrom: from });
+  }
+
   state(): Promise<MigState> {
     // Waits for a transition in progress, as GET waits for the driver's state mutex.
     return this.#locked(async () => {
@@ -234,35 +287,43 @@ export class SimDevice implements MigrationDevice {
 
   setState(target: MigState): Promise<DataFd | null> {
     return this.#locked(async () => {
-      this.#check('setState');
-      this.#noMigration('setState');
-      const from = this.#state;
-      if (target === from) return null; // drivers loop while (cur != target): no-op, even ERROR->ERROR
-      let steps: MigState[];
       try {
-        steps = path(this.config.flags, from, target);
-      } catch (e) {
-        if (e instanceof FsmError) throw new VfioDeviceError(this.id, 'setState', Errno.EINVAL, { requested: target, state: from, message: e.message, cause: e });
-        throw e;
+        return await this.#setState(target);
+      } finally {
+        this.#publish();
       }
-      let fd: DataFd | null = null;
-      for (const next of steps) {
-        if (fd) throw new Error(`internal: FSM opened a data_fd on an interior arc ${stateName(from)} -> ${stateName(target)}`);
-        try {
-          fd = await this.#arc(this.#state, next);
-        } catch (e) {
-          if (!(e instanceof ArcFailure)) throw e;
-          if (e.toError) {
-            this.#state = MigState.ERROR;
-            await this.#endSessions();
-          }
-          throw new VfioDeviceError(this.id, 'setState', e.errno, { requested: target, state: this.#state, message: e.message });
-        }
-        this.#state = next;
-      }
-      return fd;
     });
   }
+
+  async #setState(target: MigState): Promise<DataFd | null> {
+    this.#check('setState');
+    this.#noMigration('setState');
+    const from = this.#state;
+    if (target === from) return null; // drivers loop while (cur != target): no-op, even ERROR->ERROR
+    let steps: MigState[];
+    try {
+      steps = path(this.config.flags, from, target);
+    } catch (e) {
+      if (e instanceof FsmError) throw new VfioDeviceError(this.id, 'setState', Errno.EINVAL, { requested: target, state: from, message: e.message, cause: e });
+      throw e;
+    }
+    let fd: DataFd | null = null;
+    for (const next of steps) {
+      if (fd) throw new Error(`internal: FSM opened a data_fd on an interior arc ${stateName(from)} -> ${stateName(target)}`);
+      try {
+        fd = await this.#arc(this.#state, next);
+      } catch (e) {
+        if (!(e instanceof ArcFailure)) throw e;
+        if (e.toError) {
+          this.#state = MigState.ERROR;
+          await this.#endSessions();
+        }
+        throw new VfioDeviceError(this.id, 'setState', e.errno, { requested: target, state: this.#state, message: e.message });
+      }
+      this.#state = next;
+    }
+    return fd;
+}
 
   precopyInfo(): Promise<PrecopyInfo> {
     return this.#locked(async () => {
@@ -321,6 +382,7 @@ export class SimDevice implements MigrationDevice {
       this.#check('reset');
       await this.#endSessions();
       this.#state = MigState.RUNNING;
+      this.#publish({ reset: true });
     });
   }
 
@@ -346,7 +408,9 @@ export class SimDevice implements MigrationDevice {
     return this.#locked(async () => {
       if (this.#closed) return;
       await this.#endSessions();
+      this.#publish({ closed: true });
       this.#closed = true;
+      published.delete(this);
       const w = this.#worker;
       this.#worker = undefined;
       if (w) await w.terminate();
@@ -380,6 +444,7 @@ export class SimDevice implements MigrationDevice {
       // trackUnmanagedFds off: the worker closes fds the main thread created.
       const w = new Worker(new URL('./worker.js', import.meta.url), { trackUnmanagedFds: false });
       w.on('message', (m: WorkerReply) => this.#onWorker(m));
+      w.on('online', () => (this.#workerOnline = true));
       w.on('error', (e) => this.#onWorkerError(e));
       this.#worker = w;
     }
@@ -398,6 +463,7 @@ export class SimDevice implements MigrationDevice {
       if (s && s.id === m.session && (m.status === 'eio' || m.status === 'failed') && !s.fault) {
         s.fault = { errno: Errno.EIO, message: m.message ?? 'producer failed' };
       }
+      this.#posted.delete(m.job);
       this.#jobWaiters.get(m.job)?.(m);
       this.#jobWaiters.delete(m.job);
     } else if (m.type === 'resumeStatus') {
@@ -408,19 +474,26 @@ export class SimDevice implements MigrationDevice {
         for (const w of ws) w(m);
       }
     } else if (m.type === 'resumeDone') {
+      this.#posted.delete(-m.session);
       if (this.#resume?.id === m.session) this.#resume.markDone();
     }
   }
 
   #onWorkerError(e: Error): void {
-    // The data engine died: fail every session and wake every waiter.
+    // The data engine died: fail every session and wake every waiter. A worker that never
+    // started (EMFILE while loading it, under a low fd limit) never closes the pipe ends it
+    // was given: close them here, so readers see the end instead of waiting for a timeout.
+    if (!this.#workerOnline) for (const fd of this.#posted.values()) closeSync(fd);
+    this.#posted.clear();
+    this.#workerOnline = false;
+    const errno = (e as NodeJS.ErrnoException).code === 'EMFILE' || /EMFILE/.test(e.message) ? Errno.EMFILE : Errno.EIO;
     const s = this.#save;
-    if (s) s.fault ??= { errno: Errno.EIO, message: `simulator worker failed: ${e.message}` };
+    if (s) s.fault ??= { errno, message: `simulator worker failed: ${e.message}` };
     for (const [job, w] of this.#jobWaiters) w({ type: 'jobDone', session: s?.id ?? -1, job, status: 'failed', written: 0, message: e.message });
     this.#jobWaiters.clear();
     const r = this.#resume;
     if (r) {
-      for (const w of r.waiters) w({ type: 'resumeStatus', session: r.id, req: -1, phase: 'failed', bytes: 0, errno: Errno.EIO, reason: e.message });
+      for (const w of r.waiters) w({ type: 'resumeStatus', session: r.id, req: -1, phase: 'failed', bytes: 0, errno, reason: e.message });
       r.waiters = [];
       r.markDone();
     }
@@ -490,7 +563,7 @@ export class SimDevice implements MigrationDevice {
   // ---- save sessions
 
   #openSave(precopy: boolean): DataFd {
-    const [r, w] = pipe();
+    const [r, w] = newPipe();
     let privR = -1;
     try {
       setPipeSize(r, PIPE_SIZE);
@@ -499,7 +572,7 @@ export class SimDevice implements MigrationDevice {
       closeSync(r);
       closeSync(w);
       if (privR >= 0) closeSync(privR);
-      throw new ArcFailure(Errno.EIO, `cannot set up the data pipe: ${(e as Error).message}`);
+      throw new ArcFailure(setupErrno(e), `cannot set up the data pipe: ${(e as Error).message}`);
     }
     const nb = this.#gens.length;
     const s: SaveSession = {
@@ -585,6 +658,7 @@ export class SimDevice implements MigrationDevice {
       });
     });
     if (final) s.finalJob = done;
+    this.#posted.set(job, fd);
     this.#worker!.postMessage(msg);
     return s.queuedTotal;
   }
@@ -613,7 +687,7 @@ export class SimDevice implements MigrationDevice {
       if (r.status === 'cancelled') {
         throw new VfioDeviceError(this.id, 'read', Errno.ENODEV, { message: `the saving session ended after ${r.written} bytes, before the state was complete` });
       }
-      throw new VfioDeviceError(this.id, 'read', Errno.EIO, { message: r.message ?? 'device failed while producing its state' });
+      throw new VfioDeviceError(this.id, 'read', s.fault?.errno ?? Errno.EIO, { message: r.message ?? 'device failed while producing its state' });
     }
     if (s.fault) throw new VfioDeviceError(this.id, 'read', s.fault.errno, { message: s.fault.message });
     if (s.ended) throw new VfioDeviceError(this.id, 'read', Errno.ENODEV, { message: 'the saving session ended before STOP_COPY' });
@@ -653,7 +727,7 @@ export class SimDevice implements MigrationDevice {
   // ---- resume sessions
 
   #openResume(): DataFd {
-    const [r, w] = pipe();
+    const [r, w] = newPipe();
     const cutAt = this.config.faults.find((f) => f.kind === 'write-error')?.at ?? -1;
     try {
       // fail=write-error: one page of pipe, so a writer can get at most 4 KiB past the
@@ -663,12 +737,14 @@ export class SimDevice implements MigrationDevice {
     } catch (e) {
       closeSync(r);
       closeSync(w);
-      throw new ArcFailure(Errno.EIO, `cannot set up the data pipe: ${(e as Error).message}`);
+      throw new ArcFailure(setupErrno(e), `cannot set up the data pipe: ${(e as Error).message}`);
     }
     let markDone!: () => void;
     const done = new Promise<void>((res) => (markDone = res));
     const s: ResumeSession = { ...newCtl(++this.#sessions), writeFd: w, waiters: [], done, markDone };
     this.#resume = s;
+    // Keyed by the negated session id (save jobs use positive job numbers); the worker closes it when the session ends.
+    this.#posted.set(-s.id, r);
     this.#ensureWorker().postMessage({
       type: 'resume',
       session: s.id,

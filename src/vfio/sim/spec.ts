@@ -32,6 +32,11 @@ export interface SimConfig {
   /** VFIO_MIGRATION_* flags (default 7). */
   flags: number;
   faults: SimFault[];
+  /**
+   * Where the device records its state (JSON: id, state, digest, loads) after every change
+   * and when the process exits: lets a test see a device of a migbridge process it ran.
+   */
+  stateFile?: string;
 }
 
 export const SIM_DEFAULTS = {
@@ -188,9 +193,13 @@ export function parseSimSpec(spec: string): SimConfig {
       case 'fail':
         cfg.faults.push(parseFault(value));
         break;
+      case 'state-file':
+        if (!value) throw new UsageError('sim state-file= needs a path');
+        cfg.stateFile = value;
+        break;
       default:
         throw new UsageError(
-          `sim spec ${JSON.stringify(spec)}: unknown key ${JSON.stringify(key)} (id, size, seed, rate, latency, chunk, precopy, dirty, flags, fail)`,
+          `sim spec ${JSON.stringify(spec)}: unknown key ${JSON.stringify(key)} (id, size, seed, rate, latency, chunk, precopy, dirty, flags, fail, state-file)`,
         );
     }
   }
