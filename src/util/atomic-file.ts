@@ -19,7 +19,7 @@ import { constants as fsc, createWriteStream, promises as fsp, type WriteStream 
 import { constants as osc } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { finished } from 'node:stream/promises';
-import { MigbridgeError } from '../errors.js';
+import { MigbridgeError, SysError } from '../errors.js';
 
 /** Outputs hold guest RAM and device state: owner only, unless the caller widens it. */
 export const OUTPUT_MODE = 0o600;
@@ -50,7 +50,9 @@ function reasonFor(code: string, path: string): string {
 
 /** Wraps a failed file-system call on the output `path` (user's spelling) as an OutputFileError. */
 export function outputFileError(e: unknown, path: string, doing = 'cannot write'): MigbridgeError {
-  if (e instanceof MigbridgeError) return e;
+  // A failed system call of the io engine (a SysError: ENOSPC, EIO on a writev) names an fd,
+  // not the user's file: it is reported like Node's own fs errors. Other typed errors pass.
+  if (e instanceof MigbridgeError && !(e instanceof SysError)) return e;
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
   const name = typeof code === 'string' ? code : 'EIO';
   const errno = (e as NodeJS.ErrnoException | undefined)?.errno;

@@ -98,7 +98,8 @@ test.serial('extract killed mid-write: the earlier extraction (manifest and file
   t.is(bad.code, 1, describeRun(bad));
   for (const [f, b] of before) t.true(readFileSync(join(out, f)).equals(b), `${f} unchanged after a failed re-extract`);
   const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as { devices: { dataFile: string }[] };
-  for (const d of manifest.devices) t.true(existsSync(d.dataFile), `the manifest's ${d.dataFile} exists`);
+  // The manifest names its files relative to itself.
+  for (const d of manifest.devices) t.true(existsSync(join(out, d.dataFile)), `the manifest's ${d.dataFile} exists`);
 });
 
 test.serial('a proxy killed mid-migration: no tee under the final name, the partial one is named so, and inspect says truncated', async (t) => {
