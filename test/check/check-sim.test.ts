@@ -113,13 +113,17 @@ test('an interrupted run resets the devices it touched', async (t) => {
       open: sims.open,
       signal: ac.signal,
       onResult: (r) => {
-        // Interrupt in the middle of the destructive arcs (the device is away from RUNNING then).
-        if (r.item.startsWith('arcs into') && ++seen === 2) ac.abort('SIGINT');
+        // Interrupt while the source is in STOP_COPY with its session open (data_fd group).
+        if (r.item === 'EOF persists') {
+          seen++;
+          ac.abort('SIGINT');
+        }
       },
     }),
     { instanceOf: CheckInterruptedError },
   );
   t.regex(err!.message, /interrupted \(SIGINT\)/);
+  t.is(seen, 1);
   t.deepEqual(await Promise.all(sims.devices.map((d) => d.state())), [MigState.RUNNING, MigState.RUNNING]);
   await sims.closeAll();
 });
