@@ -2,7 +2,9 @@
 // STOP_COPY stream read to EOF (and the device saying it was whole), EOF that persists,
 // the fd direction, what an ended session gives, the temporary end of PRE_COPY, and
 // reads shorter than the data ready.
+import { readSync } from 'node:fs';
 import { MigFlag, MigState } from '../fsm/index.js';
+import { POLLIN, setNonBlocking } from '../native/index.js';
 import { type CheckContext, noStream } from './context.js';
 import { ETIMEDOUT, type Probe, outcomeText, setText } from './probe.js';
 import type { WhyTable } from './types.js';
@@ -18,6 +20,7 @@ export const DATA_FD_WHY: WhyTable = {
   'read after the session ended': 'after STOP_COPY -> STOP the session is gone: the uAPI allows EOF or an error, never more data',
   'write after the session ended': 'after a reset in RESUMING the session is gone: a write that succeeds would go nowhere',
   'PRE_COPY temporary end': 'QEMU treats read() == 0 or ENOMSG in PRE_COPY as "nothing more now" and keeps the VM running; any other answer fails precopy',
+  'O_NONBLOCK and poll': 'a caller that polls its data_fds (one thread for many devices, as migbridge does) needs EAGAIN when nothing is ready and poll() to wake when data comes',
   'short reads': 'QEMU reads in buffer-sized pieces: a device must give exactly the bytes asked for, in order',
 };
 
@@ -65,6 +68,58 @@ export async function dataFdGroup(ctx: CheckContext, p: Probe): Promise<void> {
   await precopyEnd(ctx, p, flags);
   await shortReads(ctx, p, s.ok ? s.data : undefined, s.ok ? undefined : noStream(s));
   await p.reset();
+  await nonBlocking(ctx, p, s.ok ? s.data : undefined, s.ok ? undefined : noStream(s));
+  await p.reset();
+}
+
+/** The STOP_COPY stream read with O_NONBLOCK: read() until EAGAIN, poll(POLLIN) for more, until 0. */
+async function nonBlocking(ctx: CheckContext, p: Probe, stream: Buffer | undefined, why: string | undefined): Promise<void> {
+  const item = 'O_NONBLOCK and poll';
+  const expected = 'with O_NONBLOCK, read() gives data, EAGAIN when none is ready (then poll() reports POLLIN), and 0 at the end: the same bytes as a blocking read';
+  if (!stream) {
+    ctx.result('data_fd', p, item, 'n/a', expected, why!);
+    return;
+  }
+  const r = await p.reach(MigState.STOP_COPY);
+  if (!r.ok || !r.fd) {
+    ctx.result('data_fd', p, item, 'n/a', expected, `SET RUNNING -> STOP_COPY: ${setText(r)}`);
+    return;
+  }
+  const fd = r.fd.fd;
+  setNonBlocking(fd, true);
+  const buf = Buffer.alloc(1 << 20);
+  const parts: Buffer[] = [];
+  let got = 0;
+  let again = 0;
+  let problem: string | undefined;
+  for (;;) {
+    let n: number;
+    try {
+      n = readSync(fd, buf, 0, buf.length, null);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'EAGAIN') {
+        problem = `read() failed with ${code} after ${got} bytes`;
+        break;
+      }
+      again++;
+      const ready = await p.io.poll(fd, POLLIN, { timeoutMs: p.timeoutMs });
+      if (!ready) {
+        problem = `EAGAIN after ${got} bytes, and poll() reported nothing for ${p.timeoutMs} ms`;
+        break;
+      }
+      continue;
+    }
+    if (n === 0) break;
+    parts.push(Buffer.from(buf.subarray(0, n)));
+    got += n;
+    if (got > stream.length) {
+      problem = `more bytes than the ${stream.length} of a blocking read`;
+      break;
+    }
+  }
+  if (!problem && !Buffer.concat(parts).equals(stream)) problem = `${got} bytes that differ from a blocking read's ${stream.length}`;
+  ctx.result('data_fd', p, item, problem ? 'finding' : 'pass', expected, problem ?? `${got} bytes, ${again} EAGAIN answered by poll(), then 0`, { bytes: got, eagain: again });
 }
 
 async function precopyEnd(ctx: CheckContext, p: Probe, flags: number): Promise<void> {

@@ -55,13 +55,16 @@ test('a clean simulated pair passes every item; n/a only where nothing can apply
   t.deepEqual(na, [
     'dst: ERROR is left only by reset',
     'dst: next user after a failed load',
+    ...(byItem(report, 'rejected bytes are not loaded', 'dst').status === 'n/a' ? ['dst: rejected bytes are not loaded'] : []),
     'src: ERROR is left only by reset',
     'src: next user after a source quit in STOP',
   ]);
   for (const g of CHECK_GROUPS) t.true(report.results.some((x) => x.group === g && x.status === 'pass'), `${g} has passes`);
   for (const x of report.results) t.deepEqual(Object.keys(x), ['group', 'item', 'status', 'expected', 'observed', 'evidence']);
-  // The simulator refuses a corrupt header while draining it (later writes: EPIPE) and fails the exit.
-  t.regex(byItem(report, 'rejected bytes are not loaded', 'dst').observed, /^1 refused writes, the exit failed after each/);
+  // The simulator refuses a corrupt header while draining it: whether the write still running
+  // then fails (EPIPE) depends on how much of it the pipe had taken; either way the exit fails.
+  t.regex(byItem(report, 'rejected bytes are not loaded', 'dst').observed, /^1 refused writes, the exit failed after each|^no write was refused/);
+  t.regex(byItem(report, 'corrupted header refused', 'dst').observed, /exit: EINVAL \(errno 22\), state RESUMING$/);
   t.regex(byItem(report, 'round trip', 'dst').observed, /1049\d+ bytes loaded and saved back unchanged/);
   t.regex(byItem(report, 'requests from RUNNING', 'src').observed, /^9 of 9 requests/);
 });
@@ -77,7 +80,9 @@ const hazards: [string, string[], string, RegExp][] = [
 
 for (const [name, devices, finding, observed] of hazards) {
   test(`${name}: exactly one finding, "${finding}"`, async (t) => {
-    const { report, states } = await check(devices, { ioTimeoutMs: 1000 });
+    // A stalled stream is only noticed by the read bound; the others keep the default bound
+    // (a loaded machine must not turn a slow write into a finding).
+    const { report, states } = await check(devices, name.includes('stall') ? { ioTimeoutMs: 2000 } : {});
     t.deepEqual(findings(report), [finding]);
     const [group, rest] = finding.split(' ', 2) as [string, string];
     const f = report.results.find((x) => x.status === 'finding')!;
