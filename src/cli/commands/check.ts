@@ -16,7 +16,7 @@ function groupsArg(raw: unknown): CheckGroup[] | undefined {
 export const checkCommand: Command = {
   name: ['check'],
   summary: 'VFIO migration conformance checks of a device (FSM, data_fd, sizes, resume, timing); read-only unless --destructive.',
-  usage: 'check --device SPEC [--device SPEC2] [--destructive] [--only GROUP...] [--read-timeout MS]',
+  usage: 'check --device SPEC [--device SPEC2] [--destructive] [--only GROUP[,GROUP]...] [--read-timeout MS]',
   options: {
     device: { type: 'string', multiple: true },
     destructive: { type: 'boolean' },
