@@ -11,3 +11,4 @@ export { openSink, type SinkTarget } from './engine/sink.js';
 export { openEvents, type SourceTarget } from './engine/source.js';
 export { runDemo, type DemoReport } from './engine/demo.js';
 export { MigbridgeError, SysError, UsageError } from './errors.js';
+export { runCheck, formatCheckReport, type CheckReport, type CheckResult, type CheckOptions } from './check/index.js';

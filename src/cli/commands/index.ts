@@ -12,6 +12,7 @@ import { restoreCommand } from './restore.js';
 import { demoCommand } from './demo.js';
 import { devicesCommand } from './devices.js';
 import { proxyCommand } from './proxy.js';
+import { checkCommand } from './check.js';
 
 export const commands: readonly Command[] = [
   fsmPathCommand,
@@ -27,4 +28,5 @@ export const commands: readonly Command[] = [
   demoCommand,
   devicesCommand,
   proxyCommand,
+  checkCommand,
 ];

@@ -367,6 +367,8 @@ export class SimDevice implements MigrationDevice {
     return this.#locked(async () => {
       this.#check('stopCopySize');
       this.#noMigration('stopCopySize');
+      const wrong = this.config.faults.find((f) => f.kind === 'data-size');
+      if (wrong) return BigInt(wrong.bytes);
       const s = this.#save;
       if (s && this.#state === MigState.STOP_COPY) return BigInt(s.stopCopyBytes);
       if (s) {

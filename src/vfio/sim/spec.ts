@@ -10,7 +10,9 @@ export type SimFault =
   | { kind: 'slow-stop'; ms: number }
   | { kind: 'bad-resume' }
   /** Resuming: the device takes `at` bytes, then writes fail (EPIPE) and the exit from RESUMING loads what it took (mtty's EFAULT hazard). */
-  | { kind: 'write-error'; at: number };
+  | { kind: 'write-error'; at: number }
+  /** GET MIG_DATA_SIZE answers `bytes` whatever the stream holds (a driver whose estimate is wrong; the stream is unchanged). */
+  | { kind: 'data-size'; bytes: number };
 
 export interface SimConfig {
   id?: string;
@@ -118,11 +120,13 @@ function parseFault(text: string): SimFault {
     }
     case 'write-error':
       return { kind: 'write-error', at: parseSize(need(), 'fail=write-error@') };
+    case 'data-size':
+      return { kind: 'data-size', bytes: parseSize(need(), 'fail=data-size@') };
     case 'bad-resume':
       if (arg !== undefined) throw new UsageError(`sim fail=bad-resume takes no @VALUE`);
       return { kind: 'bad-resume' };
     default:
-      throw new UsageError(`sim fail=${text}: unknown fault ${JSON.stringify(kind)} (eio@SIZE, error@STATE, stall@SIZE, slow-stop@TIME, bad-resume, write-error@SIZE)`);
+      throw new UsageError(`sim fail=${text}: unknown fault ${JSON.stringify(kind)} (eio@SIZE, error@STATE, stall@SIZE, slow-stop@TIME, bad-resume, write-error@SIZE, data-size@SIZE)`);
   }
 }
 
@@ -218,6 +222,7 @@ export function formatSimSpec(c: SimConfig): string {
   for (const f of c.faults) {
     if (f.kind === 'eio' || f.kind === 'stall' || f.kind === 'write-error') parts.push(`fail=${f.kind}@${f.at}`);
     else if (f.kind === 'error') parts.push(`fail=error@${stateName(f.state).toLowerCase().replace(/_/g, '-')}`);
+    else if (f.kind === 'data-size') parts.push(`fail=data-size@${f.bytes}`);
     else if (f.kind === 'slow-stop') parts.push(`fail=slow-stop@${f.ms}ms`);
     else parts.push('fail=bad-resume');
   }
