@@ -6,9 +6,27 @@ import { inspectStreamFile, type InspectReport } from '../../qemu/summary.js';
 import { parseVmDesc } from '../../qemu/vmdesc.js';
 import { readFile } from 'node:fs/promises';
 import type { Command } from '../command.js';
+import { readLibvirtImageHeader, summarizeLibvirtImage, type LibvirtImageSummary } from '../../libvirt/index.js';
+
+function libvirtLines(l: LibvirtImageSummary): string[] {
+  const d = l.domain;
+  return [
+    `libvirt:       save image version ${l.version}, format ${l.format} (${l.formatNumber}), was running ${l.wasRunning ? 'yes' : 'no'}, ${l.byteOrder}-endian`,
+    `               XML ${l.xmlBytes} bytes, cookie ${l.cookieBytes ? `${l.cookieBytes} bytes at ${l.cookieOffset}` : 'none'}, data length ${l.dataLen}; QEMU stream at file offset ${l.streamOffset}`,
+    `domain:        ${d.name ?? '?'} uuid ${d.uuid ?? '?'} machine ${d.machine ?? '?'}${d.domainType ? ` (${d.domainType})` : ''}`,
+  ];
+}
+
+/** `--dump xml`: the domain XML and save cookie of a libvirt save image, without decoding the stream. */
+async function dumpXml(file: string): Promise<{ xml: string; cookie: string | null; libvirt: LibvirtImageSummary }> {
+  const img = await readLibvirtImageHeader(file);
+  if (!img) throw new UsageError(`--dump xml needs a libvirt save image; ${file} does not start with libvirt's header`);
+  return { xml: img.xml, cookie: img.cookie ?? null, libvirt: summarizeLibvirtImage(img) };
+}
 
 function human(r: InspectReport): string {
   const lines: string[] = [];
+  if (r.libvirt) lines.push(...libvirtLines(r.libvirt), '');
   lines.push(`header:        ${r.header.magicText} (0x${r.header.magic.toString(16)}) version ${r.header.version}, ${r.size} bytes`);
   if (r.configuration) {
     const caps = r.configuration.capabilities.length ? ` capabilities: ${r.configuration.capabilities.join(', ')}` : '';
@@ -40,8 +58,8 @@ function human(r: InspectReport): string {
 
 export const inspectCommand: Command = {
   name: ['inspect'],
-  summary: 'Decode a QEMU migration stream: records, configuration, RAM and VFIO summaries (--dump state: decoded vmstate fields).',
-  usage: 'inspect FILE [--dump state] [--vmdesc JSONFILE]',
+  summary: 'Decode a QEMU migration stream: records, configuration, RAM and VFIO summaries (--dump state: decoded vmstate fields; --dump xml: the domain XML and cookie).',
+  usage: 'inspect FILE [--dump state|xml] [--vmdesc JSONFILE]',
   options: {
     dump: { type: 'string' },
     vmdesc: { type: 'string' },
@@ -50,7 +68,12 @@ export const inspectCommand: Command = {
     const [file, ...extra] = args.positionals;
     if (!file || extra.length) throw new UsageError('inspect takes exactly one FILE');
     const dump = args.values.dump;
-    if (dump !== undefined && dump !== 'state') throw new UsageError(`--dump supports only "state", got ${JSON.stringify(dump)}`);
+    if (dump !== undefined && dump !== 'state' && dump !== 'xml') throw new UsageError(`--dump supports "state" or "xml", got ${JSON.stringify(dump)}`);
+    if (dump === 'xml') {
+      const x = await dumpXml(file);
+      io.result(x, () => x.xml + (x.cookie !== null ? `\n${x.cookie}` : ''));
+      return 0;
+    }
     const vmdescFile = args.values.vmdesc;
     const vmdesc = typeof vmdescFile === 'string' ? parseVmDesc(await readFile(vmdescFile)) : undefined;
     const report = await inspectStreamFile(file, { dumpState: dump === 'state', ...(vmdesc ? { vmdesc } : {}) });

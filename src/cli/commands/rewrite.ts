@@ -4,7 +4,8 @@ import { stat } from 'node:fs/promises';
 import { UsageError } from '../../errors.js';
 import { readStreamFile } from '../../qemu/reader.js';
 import { StreamWriter, writableSink } from '../../qemu/writer.js';
-import { writeFileAtomically } from '../../util/atomic-file.js';
+// A libvirt save image in gives a libvirt save image out.
+import { writeStreamOutput } from '../../libvirt/output.js';
 import type { Command } from '../command.js';
 
 export const rewriteCommand: Command = {
@@ -16,7 +17,7 @@ export const rewriteCommand: Command = {
     const [inPath, outPath, ...extra] = args.positionals;
     if (!inPath || !outPath || extra.length) throw new UsageError('rewrite takes IN and OUT');
     const t0 = performance.now();
-    const events = await writeFileAtomically(outPath, async (out) => {
+    const events = await writeStreamOutput(inPath, outPath, async (out) => {
       const w = new StreamWriter(writableSink(out));
       let n = 0;
       for await (const ev of readStreamFile(inPath)) {
