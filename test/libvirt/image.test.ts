@@ -165,3 +165,31 @@ test('inspect --dump xml prints the domain XML and the cookie (json: both fields
   t.is(plain.code, 2);
   t.regex(plain.stderr, /needs a libvirt save image/);
 });
+
+test('rewrite --xml replaces the domain XML (kept in place when it fits, the data length grown when not); refused on a plain stream', async (t) => {
+  const dir = await scratch(t);
+  const stream = await readFile(ONE_MTTY);
+  const file = join(dir, 'in.sav');
+  const img = image(stream, 'gzip');
+  await writeFile(file, img);
+  for (const [label, xml] of [['small', XML.replace('t&amp;1', 'renamed')], ['large', XML.replace('</domain>', `<description>${'x'.repeat(100_000)}</description></domain>`)]] as const) {
+    const xmlFile = join(dir, `${label}.xml`);
+    await writeFile(xmlFile, xml);
+    const out = join(dir, `${label}.sav`);
+    const r = await cli(['rewrite', file, out, '--xml', xmlFile]);
+    t.is(r.code, 0, r.stderr);
+    const h = await readLibvirtImageHeader(out);
+    t.like(h, { xml, cookie: COOKIE, format: 'raw' });
+    if (label === 'small') t.is(h!.dataLen, img.readUInt32LE(20));
+    else t.true(h!.dataLen >= Buffer.byteLength(xml) + 1 + Buffer.byteLength(COOKIE) + 1);
+    t.true((await readFile(out)).subarray(h!.streamOffset).equals(stream));
+  }
+  const notXml = join(dir, 'bad.xml');
+  await writeFile(notXml, 'hello');
+  const bad = await cli(['rewrite', file, join(dir, 'bad.sav'), '--xml', notXml]);
+  t.is(bad.code, 2);
+  const plain = await cli(['rewrite', ONE_MTTY, join(dir, 'plain.mig'), '--xml', join(dir, 'small.xml')]);
+  t.is(plain.code, 2);
+  t.regex(plain.stderr, /not a libvirt save image/);
+  t.deepEqual((await readdir(dir)).filter((f) => f.startsWith('bad.sav') || f.startsWith('plain')), []);
+});

@@ -1,6 +1,6 @@
 // `migbridge rewrite IN OUT`: decode a stream completely and encode it again
 // from the decoded records. Byte-identical output for every supported stream.
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { UsageError } from '../../errors.js';
 import { readStreamFile } from '../../qemu/reader.js';
 import { StreamWriter, writableSink } from '../../qemu/writer.js';
@@ -11,11 +11,16 @@ import type { Command } from '../command.js';
 export const rewriteCommand: Command = {
   name: ['rewrite'],
   summary: 'Parse a QEMU migration stream fully and write it back from the decoded records (byte-identical).',
-  usage: 'rewrite IN OUT',
-  options: {},
+  usage: 'rewrite IN OUT [--xml DOMAINXML]',
+  options: {
+    // libvirt save images: replace the domain XML in the output (as virsh save-image-define).
+    xml: { type: 'string' },
+  },
   async run(args, io) {
     const [inPath, outPath, ...extra] = args.positionals;
     if (!inPath || !outPath || extra.length) throw new UsageError('rewrite takes IN and OUT');
+    const xmlFile = args.values.xml;
+    const xml = typeof xmlFile === 'string' ? await readFile(xmlFile, 'utf8') : undefined;
     const t0 = performance.now();
     const events = await writeStreamOutput(inPath, outPath, async (out) => {
       const w = new StreamWriter(writableSink(out));
@@ -26,7 +31,7 @@ export const rewriteCommand: Command = {
       }
       await w.flush();
       return n;
-    });
+    }, xml !== undefined ? { xml } : {});
     const bytes = (await stat(outPath)).size;
     const seconds = (performance.now() - t0) / 1000;
     io.result({ in: inPath, out: outPath, bytes, events, seconds }, () => `wrote ${outPath}: ${bytes} bytes from ${events} decoded records in ${seconds.toFixed(3)} s`);
