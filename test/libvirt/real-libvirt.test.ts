@@ -67,12 +67,17 @@ for (const format of ['raw', 'gzip', 'bzip2', 'xz', 'lzop', 'zstd'] as const) {
   });
 }
 
-test.serial('rewrite of a gzip image gives a raw libvirt image that virsh restore loads; the guest resumes from the saved counter', async (t) => {
+test.serial('rewrite --xml of a gzip image gives a raw libvirt image that virsh restore loads with the new XML; the guest resumes from the saved counter', async (t) => {
   const l = libvirt();
   const s = await saveGuest('gzip');
   const out = join(l.dir, `${s.name}.rewritten.sav`);
-  const r = await cli(['rewrite', s.file, out]);
+  // The XML libvirt itself offers for editing, with a description added.
+  const xml = (await l.virsh('save-image-dumpxml', s.file)).replace(/<\/name>/, '</name>\n  <description>rewritten by migbridge</description>');
+  const xmlFile = join(l.dir, `${s.name}.new.xml`);
+  await writeFile(xmlFile, xml);
+  const r = await cli(['rewrite', s.file, out, '--xml', xmlFile]);
   t.is(r.code, 0, r.stderr);
+  t.regex(await l.virsh('save-image-dumpxml', out), /<description>rewritten by migbridge<\/description>/);
   const insp = JSON.parse((await cli(['inspect', out, '--output=json'])).stdout) as InspectReport;
   t.like(insp.libvirt, { format: 'raw', domain: { name: s.name, uuid: s.uuid } });
   await l.virsh('restore', out, '--paused');
@@ -82,6 +87,7 @@ test.serial('rewrite of a gzip image gives a raw libvirt image that virsh restor
   await l.virsh('resume', s.name);
   await waitFor('the restored guest counting on', async () => (await l.counter(s.name)) !== saved, 60_000);
   t.regex(await l.virsh('domstate', s.name), /running/);
+  t.regex(await l.virsh('dumpxml', s.name), /<description>rewritten by migbridge<\/description>/);
 });
 
 test.serial('rewrite of a raw image from virsh save is byte-identical', async (t) => {
