@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what migbridge needs when it is missing, then builds it. Idempotent.
 #   scripts/setup.sh          runtime needs: liburing-dev, npm deps, native + TypeScript build
-#   scripts/setup.sh --test   also what the tests need: QEMU 10 (bookworm-backports), QEMU 7.2
+#   scripts/setup.sh --test   also what the tests need: QEMU 10 and libvirt 11 (bookworm-backports), QEMU 7.2
 #                             (unpacked side by side), and the kernel lane's build tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +36,15 @@ SRC
   if ! qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 10\.'; then
     if [ $apt_updated = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
+  fi
+  # libvirt 11 (bookworm-backports) for the real-libvirt save image tests; lzop and zstd are
+  # the compressors virsh save --image-format uses that are not installed by default.
+  # shellcheck disable=SC2046
+  apt_install $(missing_pkgs lzop zstd gzip bzip2 xz-utils)
+  if ! virsh --version 2>/dev/null | grep -q '^11\.'; then
+    if [ $apt_updated = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+      libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu >/dev/null
   fi
   # QEMU 7.2 (bookworm) unpacked beside it, for the real-QEMU stream tests; cached, idempotent.
   bash scripts/qemu72.sh >/dev/null

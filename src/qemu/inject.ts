@@ -6,7 +6,8 @@
 // drops trailing records. The output is written to a temporary name and renamed
 // only when complete.
 import { open, stat, type FileHandle } from 'node:fs/promises';
-import { writeFileAtomically } from '../util/atomic-file.js';
+// A libvirt save image in gives a libvirt save image out.
+import { writeStreamOutput } from '../libvirt/output.js';
 import { StreamError } from './errors.js';
 import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
 import { Inspector } from './summary.js';
@@ -85,7 +86,7 @@ export async function injectDeviceData(inPath: string, outPath: string, replacem
 
   // Pass 2: copy every event, replacing the target devices' DATA_STATE records.
   try {
-    await writeFileAtomically(outPath, async (out) => {
+    await writeStreamOutput(inPath, outPath, async (out) => {
       const w = new StreamWriter(writableSink(out));
       for (const p of plans.values()) {
         p.fh = await open(p.rep.file, 'r');

@@ -10,6 +10,8 @@ import { StreamError } from './errors.js';
 import { StreamDecoder, type DecoderOptions } from './decoder.js';
 import type { StreamEvent } from './records.js';
 import { readTailVmDesc, type VmDesc } from './vmdesc.js';
+// libvirt save images (`virsh save`): header + XML before the stream, maybe compressed.
+import { libvirtStreamBytes, libvirtVmDesc, readLibvirtImageHeader, type LibvirtImageHeader } from '../libvirt/index.js';
 
 export type ByteSource = AsyncIterable<Uint8Array | Buffer | string>;
 
@@ -48,9 +50,11 @@ export interface FileReadOptions extends DecoderOptions {
 
 /** What `openStreamFile` found before streaming: the vmdesc read from the file's tail. */
 export interface StreamFileInfo {
-  /** Size of a regular file; undefined for pipes, FIFOs and character devices. */
+  /** Size of the stream in a regular file; undefined for pipes, FIFOs, character devices and compressed images. */
   size: number | undefined;
   vmdesc: VmDesc | undefined;
+  /** Set when the file is a libvirt save image: its header, XML, and where the stream starts. */
+  libvirt?: LibvirtImageHeader;
 }
 
 /** Stats a stream file and, when it is a regular (seekable) file, reads its vmdesc from the tail. */
@@ -59,8 +63,31 @@ export async function probeStreamFile(path: string, opts: FileReadOptions = {}):
   // A directory would fail only at the first read, with an error that names no path.
   if (st.isDirectory()) throw new SysError('open', constants.errno.EISDIR, `${path}: is a directory, not a stream file`, { path });
   if (!st.isFile()) return { size: undefined, vmdesc: opts.vmdesc };
+  const libvirt = await readLibvirtImageHeader(path);
+  if (libvirt) {
+    const vmdesc = opts.vmdesc ?? (await libvirtVmDesc(path, libvirt, opts.vmdescSearchBytes));
+    return { size: libvirt.compression ? undefined : Math.max(0, st.size - libvirt.streamOffset), vmdesc, libvirt };
+  }
   const vmdesc = opts.vmdesc ?? (await readTailVmDesc(path, opts.vmdescSearchBytes))?.desc;
   return { size: st.size, vmdesc };
+}
+
+/**
+ * The stream's bytes of a stream file: the file itself, or the QEMU stream inside a
+ * libvirt save image (after its header, decompressed when stored compressed). The one
+ * place a stream file is opened for reading.
+ */
+export function openStreamBytes(path: string, info: StreamFileInfo, chunkSize = 1 << 20): AsyncIterable<Buffer> & { destroy?: () => void } {
+  if (info.libvirt) return libvirtStreamBytes(path, info.libvirt, chunkSize);
+  return createReadStream(path, { highWaterMark: chunkSize });
+}
+
+/** Decoder offsets count from the QEMU stream; in a libvirt image say where that starts. */
+function locateInImage(e: unknown, img: LibvirtImageHeader | undefined): unknown {
+  if (img && e instanceof Error && typeof (e as { offset?: unknown }).offset === 'number') {
+    e.message += ` (stream offsets: the QEMU stream starts at file offset ${img.streamOffset} of this libvirt ${img.format} image, after its header and XML)`;
+  }
+  return e;
 }
 
 /**
@@ -83,7 +110,7 @@ function missingTrailer(e: MigbridgeError, info: StreamFileInfo): MigbridgeError
  */
 export async function* readStreamFile(path: string, opts: FileReadOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
   const info = await probeStreamFile(path, opts);
-  const source = createReadStream(path, { highWaterMark: opts.chunkSize ?? 1 << 20 });
+  const source = openStreamBytes(path, info, opts.chunkSize);
   try {
     yield* readStream(source, {
       ...opts,
@@ -91,8 +118,8 @@ export async function* readStreamFile(path: string, opts: FileReadOptions = {}):
       ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}),
     });
   } catch (e) {
-    throw e instanceof MigbridgeError ? missingTrailer(e, info).inFile(path) : e;
+    throw e instanceof MigbridgeError ? (locateInImage(missingTrailer(e, info), info.libvirt) as MigbridgeError).inFile(path) : locateInImage(e, info.libvirt);
   } finally {
-    source.destroy();
+    source.destroy?.();
   }
 }

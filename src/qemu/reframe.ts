@@ -23,7 +23,8 @@ import { indexMultifdChannels } from './multifd-index.js';
 import { MultifdMerge, withMultifdDeviceState, type DeviceStateMerged } from './reframe-multifd.js';
 import { StreamWriter, writableSink } from './writer.js';
 import { machineTypeRelease } from './machine-type.js';
-import { writeFileAtomically } from '../util/atomic-file.js';
+// A libvirt save image in gives a libvirt save image out.
+import { writeStreamOutput } from '../libvirt/output.js';
 
 /** A QEMU version as major.minor. */
 export interface QemuRelease {
@@ -121,7 +122,7 @@ export async function reframeStreamFile(inPath: string, outPath: string, opts: R
     merge = new MultifdMerge(index);
     channels = index.channels.map((c) => ({ channelId: c.channelId, path: c.path, bytes: c.bytes }));
   }
-  const bytesOut = await writeFileAtomically(outPath, (out) => reframeInto(out, inPath, opts, merge, changes, warnings))
+  const bytesOut = await writeStreamOutput(inPath, outPath, (out) => reframeInto(out, inPath, opts, merge, changes, warnings))
     .catch((e: unknown) => {
       throw e instanceof StreamError ? e.inFile(inPath) : e;
     })

@@ -7,6 +7,7 @@ import { type RecordKind, type SectionKind, CAP_X_IGNORE_SHARED, DEFAULT_TARGET_
 import type { StreamEvent, RamBlockInfo, SectionRef } from './records.js';
 import { decodeVmstate, type DumpValue } from './vmstate.js';
 import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
+import { summarizeLibvirtImage, type LibvirtImageSummary } from '../libvirt/image.js';
 
 export interface RecordSummary {
   offset: number;
@@ -71,6 +72,8 @@ export interface InspectReport {
   vmdesc: { offset: number; bytes: number; devices: number; pageSize: number | null } | null;
   /** Decoded sections, keyed "idstr (section id)" like analyze-migration.py -d state (with --dump state). */
   state?: Record<string, DumpValue>;
+  /** Present when the file is a libvirt save image: its header and domain (offsets above count from the stream). */
+  libvirt?: LibvirtImageSummary;
 }
 
 const SECTION_ZERO = (): Record<SectionKind, number> => ({ START: 0, PART: 0, END: 0, FULL: 0 });
@@ -321,11 +324,16 @@ export async function inspectStreamFileUpTo(path: string, opts: FileReadOptions 
   const info = await probeStreamFile(path, opts);
   const pageSize = opts.pageSize ?? info.vmdesc?.page_size;
   const insp = new Inspector({ ...(opts.dumpState ? { dumpState: true } : {}), ...(pageSize ? { pageSize } : {}) });
+  // A libvirt save image: its header and domain go into the report too.
+  const withImage = (report: InspectReport): InspectReport => {
+    if (info.libvirt) report.libvirt = summarizeLibvirtImage(info.libvirt);
+    return report;
+  };
   try {
     for await (const ev of readStreamFile(path, { ...opts, ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}) })) insp.add(ev);
   } catch (e) {
     if (!(e instanceof StreamError)) throw e;
-    return { report: insp.finish(e.offset ?? info.size ?? undefined), error: e };
+    return { report: withImage(insp.finish(e.offset ?? info.size ?? undefined)), error: e };
   }
-  return { report: insp.finish(info.size ?? undefined) };
+  return { report: withImage(insp.finish(info.size ?? undefined)) };
 }

@@ -161,20 +161,29 @@ export async function readTailVmDesc(path: string, maxBytes = 64 << 20): Promise
     const tail = Buffer.allocUnsafe(n);
     const { bytesRead } = await fh.read(tail, 0, n, size - n);
     if (bytesRead !== n) return undefined;
-    const base = size - n;
-    for (let p = n - 6; p >= 0; p--) {
-      if (tail[p] !== RecordType.VMDESCRIPTION || tail[p + 5] !== 0x7b /* '{' */) continue;
-      if (tail.readUInt32BE(p + 1) !== n - p - 5) continue;
-      if (base + p > 0 && (p === 0 || tail[p - 1] !== RecordType.EOF)) continue;
-      const json = Buffer.from(tail.subarray(p + 5));
-      try {
-        return { offset: base + p, json, desc: parseVmDesc(json, base + p) };
-      } catch {
-        return undefined;
-      }
-    }
-    return undefined;
+    return findTailVmDesc(tail, size - n);
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * The vmdesc trailer in the last bytes of a stream (`tail`, which starts at stream
+ * offset `base`), as readTailVmDesc looks for it; for streams that are not files
+ * (e.g. decompressed on the fly).
+ */
+export function findTailVmDesc(tail: Buffer, base: number): TailVmDesc | undefined {
+  const n = tail.length;
+  for (let p = n - 6; p >= 0; p--) {
+    if (tail[p] !== RecordType.VMDESCRIPTION || tail[p + 5] !== 0x7b /* '{' */) continue;
+    if (tail.readUInt32BE(p + 1) !== n - p - 5) continue;
+    if (base + p > 0 && (p === 0 || tail[p - 1] !== RecordType.EOF)) continue;
+    const json = Buffer.from(tail.subarray(p + 5));
+    try {
+      return { offset: base + p, json, desc: parseVmDesc(json, base + p) };
+    } catch {
+      return undefined;
+    }
+  }
+  return undefined;
 }

@@ -7,6 +7,23 @@ import { inspectStreamFileUpTo, type InspectReport } from '../../qemu/summary.js
 import { parseVmDesc } from '../../qemu/vmdesc.js';
 import { readFile } from 'node:fs/promises';
 import type { Command } from '../command.js';
+import { readLibvirtImageHeader, summarizeLibvirtImage, type LibvirtImageSummary } from '../../libvirt/index.js';
+
+function libvirtLines(l: LibvirtImageSummary): string[] {
+  const d = l.domain;
+  return [
+    `libvirt:       save image version ${l.version}, format ${l.format} (${l.formatNumber}), was running ${l.wasRunning ? 'yes' : 'no'}, ${l.byteOrder}-endian`,
+    `               XML ${l.xmlBytes} bytes, cookie ${l.cookieBytes ? `${l.cookieBytes} bytes at ${l.cookieOffset}` : 'none'}, data length ${l.dataLen}; QEMU stream at file offset ${l.streamOffset}`,
+    `domain:        ${d.name ?? '?'} uuid ${d.uuid ?? '?'} machine ${d.machine ?? '?'}${d.domainType ? ` (${d.domainType})` : ''}`,
+  ];
+}
+
+/** `--dump xml`: the domain XML and save cookie of a libvirt save image, without decoding the stream. */
+async function dumpXml(file: string): Promise<{ xml: string; cookie: string | null; libvirt: LibvirtImageSummary }> {
+  const img = await readLibvirtImageHeader(file);
+  if (!img) throw new UsageError(`--dump xml needs a libvirt save image; ${file} does not start with libvirt's header`);
+  return { xml: img.xml, cookie: img.cookie ?? null, libvirt: summarizeLibvirtImage(img) };
+}
 
 /** A VFIO device's config blob size, or that the stream carries none for it. */
 export function configText(bytes: number | null): string {
@@ -15,6 +32,7 @@ export function configText(bytes: number | null): string {
 
 function human(r: InspectReport): string {
   const lines: string[] = [];
+  if (r.libvirt) lines.push(...libvirtLines(r.libvirt), '');
   lines.push(`header:        ${r.header.magicText} (0x${r.header.magic.toString(16)}) version ${r.header.version}, ${r.size} bytes`);
   if (r.configuration) {
     const caps = r.configuration.capabilities.length ? ` capabilities: ${r.configuration.capabilities.join(', ')}` : '';
@@ -52,8 +70,8 @@ async function streamVmDesc(file: string): Promise<unknown> {
 
 export const inspectCommand: Command = {
   name: ['inspect'],
-  summary: 'Decode a QEMU migration stream: records, configuration, RAM and VFIO summaries (--dump state: decoded vmstate fields; --dump desc: the stream\'s vmdesc JSON).',
-  usage: 'inspect FILE [--dump state|desc] [--vmdesc JSONFILE]',
+  summary: 'Decode a QEMU migration stream or a libvirt save image: records, configuration, RAM and VFIO summaries (--dump state: decoded vmstate fields; --dump desc: the stream\'s vmdesc JSON; --dump xml: a libvirt image\'s domain XML and cookie).',
+  usage: 'inspect FILE [--dump state|desc|xml] [--vmdesc JSONFILE]',
   operands: ['FILE'],
   options: {
     dump: { type: 'string' },
@@ -62,7 +80,12 @@ export const inspectCommand: Command = {
   async run(args, io) {
     const [file] = args.positionals as [string];
     const dump = args.values.dump;
-    if (dump !== undefined && dump !== 'state' && dump !== 'desc') throw new UsageError(`--dump takes "state" or "desc", got ${JSON.stringify(dump)}`);
+    if (dump !== undefined && dump !== 'state' && dump !== 'desc' && dump !== 'xml') throw new UsageError(`--dump takes "state", "desc" or "xml", got ${JSON.stringify(dump)}`);
+    if (dump === 'xml') {
+      const x = await dumpXml(file);
+      io.result(x, () => x.xml + (x.cookie !== null ? `\n${x.cookie}` : ''));
+      return 0;
+    }
     if (dump === 'desc') {
       const desc = await streamVmDesc(file);
       io.result(desc, () => JSON.stringify(desc, null, 4));

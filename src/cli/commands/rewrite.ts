@@ -1,21 +1,27 @@
 // `migbridge rewrite IN OUT`: decode a stream completely and encode it again
 // from the decoded records. Byte-identical output for every supported stream.
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { readStreamFile } from '../../qemu/reader.js';
 import { StreamWriter, writableSink } from '../../qemu/writer.js';
-import { writeFileAtomically } from '../../util/atomic-file.js';
+// A libvirt save image in gives a libvirt save image out.
+import { writeStreamOutput } from '../../libvirt/output.js';
 import type { Command } from '../command.js';
 
 export const rewriteCommand: Command = {
   name: ['rewrite'],
   summary: 'Parse a QEMU migration stream fully and write it back from the decoded records (byte-identical).',
-  usage: 'rewrite IN OUT',
+  usage: 'rewrite IN OUT [--xml DOMAINXML]',
   operands: ['IN', 'OUT'],
-  options: {},
+  options: {
+    // libvirt save images: replace the domain XML in the output (as virsh save-image-define).
+    xml: { type: 'string' },
+  },
   async run(args, io) {
     const [inPath, outPath] = args.positionals as [string, string];
+    const xmlFile = args.values.xml;
+    const xml = typeof xmlFile === 'string' ? await readFile(xmlFile, 'utf8') : undefined;
     const t0 = performance.now();
-    const events = await writeFileAtomically(outPath, async (out) => {
+    const events = await writeStreamOutput(inPath, outPath, async (out) => {
       const w = new StreamWriter(writableSink(out));
       let n = 0;
       for await (const ev of readStreamFile(inPath)) {
@@ -24,7 +30,7 @@ export const rewriteCommand: Command = {
       }
       await w.flush();
       return n;
-    });
+    }, xml !== undefined ? { xml } : {});
     const bytes = (await stat(outPath)).size;
     const seconds = (performance.now() - t0) / 1000;
     io.result({ in: inPath, out: outPath, bytes, events, seconds }, () => `wrote ${outPath}: ${bytes} bytes from ${events} decoded records in ${seconds.toFixed(3)} s`);
