@@ -28,9 +28,10 @@ log="$(mktemp /tmp/migbridge-node-versions.XXXXXX)"
 trap 'rm -f "$log"' EXIT
 summaries=()
 status=0
-# ava's closing lines, as .ci/run counts them: "  N tests passed" (only when none failed)
-# and "  N tests failed".
-ava_count() { tr -d '\r' < "$log" | awk -v what="$1" '$0 ~ "^ +[0-9]+ tests? " what "$" {s += $1} END {print s + 0}'; }
+# Passes are counted from ava's per-test ✔ lines (its closing "N tests passed" is printed only
+# when none failed), failures from its closing "N tests failed"; the exit status catches the rest (hooks, crashes).
+ava_passed() { tr -d '\r' < "$log" | grep -acE '^ +✔ ' || true; }
+ava_failed() { tr -d '\r' < "$log" | awk '/^ +[0-9]+ tests? failed$/ {s += $1} END {print s + 0}'; }
 
 for v in "${versions[@]}"; do
   dir="$(bash scripts/node-dist.sh "$v")"
@@ -54,7 +55,7 @@ for v in "${versions[@]}"; do
   PATH="$bin:$PATH" MIGBRIDGE_ADDON="$PWD/$build/build/Release/migbridge_uring.node" \
     node node_modules/ava/entrypoints/cli.mjs "${ava_args[@]}" 2>&1 | tee "$log" || status=1
   ran=$((SECONDS - start))
-  summaries+=("node $v: $(ava_count passed) tests passed, $(ava_count failed) failed (addon build ${built}s, suite ${ran}s)")
+  summaries+=("node $v: $(ava_passed) tests passed, $(ava_failed) failed (addon build ${built}s, suite ${ran}s)")
 done
 
 bins=("$(dirname "$(command -v node)")")
