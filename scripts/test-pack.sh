@@ -4,7 +4,8 @@
 # builds the addon there, on that Node, against that Node's headers), and runs the installed
 # `migbridge inspect` on a small QEMU stream. Its stdout must equal the checkout's own
 # (bin/migbridge.js on the machine's Node), its stderr must be empty (no warnings reach users),
-# and it must have loaded the addon built at install.
+# and it must have loaded the addon built at install; the tarball holds only the allow-listed
+# files, and the README's library example runs against the installed package.
 #
 #   scripts/test-pack.sh [NODE_BIN_DIR...]    default: the directory of the machine's node
 #
@@ -21,6 +22,14 @@ work="$(mktemp -d /tmp/migbridge-pack.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 npm pack --silent --pack-destination "$work" >/dev/null || die "npm pack failed"
 tarball="$(ls "$work"/*.tgz)"
+# What ships: the allow-list of package.json's `files` (plus what npm always adds), nothing else.
+listing="$(tar -tzf "$tarball" | sed 's|^package/||' | sort)"
+for want in package.json LICENSE README.md binding.gyp bin/migbridge.js dist/src/index.js dist/src/index.d.ts dist/src/cli/main.js native/uring/addon.cc; do
+  grep -qx "$want" <<<"$listing" || die "the tarball lacks $want"
+done
+stray="$(grep -vE '^(package\.json|LICENSE|README\.md|binding\.gyp|bin/.*|native/.*|dist/src/.*)$' <<<"$listing" || true)"
+[ -z "$stray" ] || die "the tarball holds files outside the allow-list: $(head -5 <<<"$stray" | tr '\n' ' ')"
+echo "packed tarball: $(wc -l <<<"$listing") files, all allow-listed"
 node bin/migbridge.js inspect "$fixture" > "$work/want.txt"
 
 for bin in "$@"; do
@@ -44,5 +53,11 @@ for bin in "$@"; do
     { diff "$work/want.txt" "$app/out.txt" | head -20; die "node $version: inspect printed something else than the checkout"; }
   used="$(cd "$app" && PATH="$bin:$PATH" env -u MIGBRIDGE_ADDON npx --no-install migbridge env --output=json)"
   echo "$used" | grep -q "\"node\": *\"$version\"" || die "node $version: the installed CLI ran on another node: $used"
-  echo "node $version: packed tarball installs ($(basename "$tarball"), ${installed}s, addon built at install), inspect prints what the checkout prints, nothing on stderr"
+  # The README's library example (as prepack compiled it), importing the installed package.
+  sed "s|'../src/index.js'|'migbridge'|" dist/examples/save-restore.js > "$app/example.mjs"
+  grep -q "from 'migbridge'" "$app/example.mjs" || die "the example's import was not rewritten"
+  (cd "$app" && PATH="$bin:$PATH" env -u MIGBRIDGE_ADDON node example.mjs "$app/example.mig" > "$app/example.out" 2>&1) ||
+    { cat "$app/example.out"; die "node $version: the library example failed"; }
+  [ "$(grep -c 'state matches' "$app/example.out")" = 2 ] || { cat "$app/example.out"; die "node $version: library example: states do not match"; }
+  echo "node $version: packed tarball installs ($(basename "$tarball"), ${installed}s, addon built at install), inspect prints what the checkout prints, nothing on stderr, library example restores 2 devices"
 done
