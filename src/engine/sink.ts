@@ -94,6 +94,9 @@ class FdSink implements ByteSink {
     return this.onCommit();
   }
   async abort(): Promise<void> {
+    // A write blocked on a peer that stopped reading never completes by itself: cancel what
+    // is still pending on the fd (the output is being thrown away), then wait for the rest.
+    if (this.inFlight.size) await this.io.cancel(this.fd).catch(() => 0);
     await this.settle().catch(() => {});
     return this.onAbort();
   }
@@ -124,7 +127,7 @@ class SocketSink implements ByteSink {
 
 /** A file sink whose failed writes name the user's path and the reason (ENOSPC, EIO, ...). */
 function withOutputErrors(sink: ByteSink, userPath: string): ByteSink {
-  const named = (e: unknown): never => { throw outputFileError(e, userPath); };
+  const named = (e: unknown): never => { throw outputFileError(e, userPath, 'cannot write', sink.bytesWritten()); };
   const owned = sink.writeOwned?.bind(sink);
   return {
     description: sink.description,

@@ -23,14 +23,14 @@ export async function openEvents(source: SourceTarget, signal?: AbortSignal): Pr
   if ('fd' in source) return readStream(fs.createReadStream('', { fd: source.fd, highWaterMark: 1 << 20, autoClose: false }));
   const server = net.createServer();
   await listenUnix(server, source.unix);
-  // A cancel while nobody connected yet: stop listening and remove the socket file.
-  let stopWaiting: () => void = () => undefined;
-  const unlisten = whenCancelled(signal, () => stopWaiting());
+  // A cancel while nobody connected yet (also one that came while the socket was being
+  // set up): stop listening and remove the socket file.
+  let unlisten: () => void = () => undefined;
   let socket: net.Socket;
   try {
     socket = await new Promise<net.Socket>((resolve, reject) => {
       server.once('connection', resolve);
-      stopWaiting = () => reject(new CancelledError(abortReason(signal!), `waiting for a connection on unix:${source.unix}`));
+      unlisten = whenCancelled(signal, () => reject(new CancelledError(abortReason(signal!), `waiting for a connection on unix:${source.unix}`)));
     });
   } finally {
     unlisten();

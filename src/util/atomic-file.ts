@@ -49,15 +49,16 @@ function reasonFor(code: string, path: string): string {
 }
 
 /** Wraps a failed file-system call on the output `path` (user's spelling) as an OutputFileError. */
-export function outputFileError(e: unknown, path: string, doing = 'cannot write'): MigbridgeError {
+export function outputFileError(e: unknown, path: string, doing = 'cannot write', offset?: number): MigbridgeError {
   // A failed system call of the io engine (a SysError: ENOSPC, EIO on a writev) names an fd,
   // not the user's file: it is reported like Node's own fs errors. Other typed errors pass.
   if (e instanceof MigbridgeError && !(e instanceof SysError)) return e;
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
   const name = typeof code === 'string' ? code : 'EIO';
   const errno = (e as NodeJS.ErrnoException | undefined)?.errno;
-  return new OutputFileError(name, `${doing} ${path}: ${reasonFor(name, path)} (${name})`, {
+  return new OutputFileError(name, `${doing} ${path}${offset !== undefined ? ` at byte ${offset}` : ''}: ${reasonFor(name, path)} (${name})`, {
     path,
+    ...(offset !== undefined ? { offset } : {}),
     ...(typeof errno === 'number' ? { errno: Math.abs(errno) } : {}),
     cause: e,
   });

@@ -84,7 +84,7 @@ test('an output disk that fills (2 MiB tmpfs): ENOSPC naming the output and offs
   const err = errorOf(s.stderr);
   t.is(err.code, 'ENOSPC', err.message);
   t.is(err.errno, 28);
-  t.regex(err.message, new RegExp(`writing the stream to ${out.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} failed at byte \\d+: ENOSPC`));
+  t.regex(err.message, new RegExp(`cannot write ${out.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} at byte \\d+: no space left on the device \\(ENOSPC\\)`));
   t.true(typeof err.offset === 'number' && err.offset > 0 && err.offset < 2 << 20);
   assertSourcesRunning(t, dir, ['a', 'b']);
   t.deepEqual(readdirSync(disk), [], 'the temporary file is removed, no final name');
