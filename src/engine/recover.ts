@@ -38,7 +38,7 @@ export async function recoverSources(devices: readonly MigrationDevice[]): Promi
   return steps.filter((s) => s.action !== 'none');
 }
 
-/** VFIO_DEVICE_RESET: the only safe way to abandon a RESUMING session (vfio-uapi.md §4). */
+/** VFIO_DEVICE_RESET: the only safe way to abandon a RESUMING session (docs/vfio-migration.md §4). */
 export async function resetDevice(dev: MigrationDevice, known?: MigState): Promise<RecoveryStep> {
   let from = known === undefined ? 'unknown' : stateName(known);
   if (known === undefined) {

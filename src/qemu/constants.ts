@@ -1,5 +1,5 @@
 // Every byte-level fact of QEMU's migration stream that migbridge relies on, in
-// one place. Section numbers refer to docs/qemu-stream.md (the project's copy of
+// one place. Section numbers refer to docs/stream-format.md (the project's copy of
 // the format description); the QEMU file each value lives in is named per line.
 
 // ---- File header (§2; migration/savevm.c qemu_savevm_state_header) ----

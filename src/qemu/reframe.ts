@@ -32,7 +32,7 @@ export interface QemuRelease {
   minor: number;
 }
 
-/** Versions whose stream format the codec knows (qemu-stream.md covers 7.2 to 10.2). */
+/** Versions whose stream format the codec knows (docs/stream-format.md covers 7.2 to 10.2). */
 export const REFRAME_TARGETS = ['7.2', '8.0', '8.1', '8.2', '9.0', '9.1', '9.2', '10.0', '10.1', '10.2'] as const;
 
 export function parseQemuRelease(text: string): QemuRelease | undefined {

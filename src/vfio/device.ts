@@ -7,7 +7,7 @@ import { MigState, stateName } from '../fsm/index.js';
 export type DeviceKind = 'kernel' | 'sim';
 
 /**
- * A migration data session fd returned by a SET whose last arc opens one (vfio-uapi.md
+ * A migration data session fd returned by a SET whose last arc opens one (docs/vfio-migration.md
  * §4). Save: read `fd` until read() returns 0 in STOP_COPY (in PRE_COPY* a 0 is only a
  * temporary end). Resume: write every byte to `fd`. The caller owns the fd and must
  * close() it; closing before the session ends is allowed (QEMU does it on resume).

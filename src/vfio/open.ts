@@ -1,5 +1,5 @@
 // Opening devices from a spec string (the CLI's --device): real VFIO devices through the
-// container/group path (vfio-uapi.md §1a) or the cdev + iommufd path (§1b), an fd handed
+// container/group path (docs/vfio-migration.md §1a) or the cdev + iommufd path (§1b), an fd handed
 // in by a manager, or a simulated device.
 //
 //   sim:KEY=VALUE,...            simulated device (README "Devices")

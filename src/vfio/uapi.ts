@@ -1,7 +1,7 @@
 // VFIO / iommufd uAPI as TypeScript owns it: ioctl request numbers, struct layouts and
 // argsz rules, encoded into and decoded from little-endian Buffers. The native core only
 // passes these bytes to ioctl(2). Every fact lives here once, with the section of
-// docs vfio-uapi.md (Linux 6.12.117 headers) it comes from. Debian's installed
+// docs/vfio-migration.md (Linux 6.12.117 headers) it comes from. Debian's installed
 // linux/vfio.h is from 6.1 and lacks several of these: it is deliberately not used.
 
 // ---------------------------------------------------------------------------

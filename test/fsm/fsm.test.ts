@@ -10,7 +10,7 @@ import {
 const { ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P } = MigState;
 const S = (...names: MigState[]) => names;
 
-/** The single arcs a driver implements (vfio-uapi.md §4), by flag set. */
+/** The single arcs a driver implements (docs/vfio-migration.md §4), by flag set. */
 function legalArcs(flags: number): Set<string> {
   const arcs: [MigState, MigState][] = [];
   if (!(flags & MigFlag.STOP_COPY)) return new Set();
@@ -31,7 +31,7 @@ function legalArcs(flags: number): Set<string> {
 
 /**
  * Shortest legal path length where saving-group states appear inside the path only while
- * continuing the session the request started in (vfio-uapi.md §4), or -1.
+ * continuing the session the request started in (docs/vfio-migration.md §4), or -1.
  */
 function shortestLegal(flags: number, from: MigState, to: MigState): number {
   const arcs = legalArcs(flags);

@@ -1,4 +1,4 @@
-// HAND-BUILT multifd channel pieces as QEMU 10.0 writes them (docs/qemu-stream.md §9.6;
+// HAND-BUILT multifd channel pieces as QEMU 10.0 writes them (docs/stream-format.md §9.6;
 // migration/multifd.h, multifd-device-state.c, hw/vfio/migration-multifd.c), for tests of
 // what real QEMU here cannot produce on demand. Packets are written from the layout, not
 // from src/; the main channel uses the StreamWriter the codec tests check separately.

@@ -1,7 +1,7 @@
 // The device conformance suite (test/vfio/conformance.ts), unchanged, against the real
 // kernel's mtty driver: once through the container/group path on mtty-1 (60-byte
 // stream) and once through cdev + iommufd on mtty-2 (96-byte stream). The options state
-// what mtty does where the spec leaves a choice (mtty.md §5): an ended session gives
+// what mtty does where the spec leaves a choice (docs/vfio-migration.md §8.5): an ended session gives
 // ENODEV on read, ENODEV or ENOMEM on write (its size check runs first), and a temporary
 // end in PRE_COPY is read() == 0. mtty cannot be driven into ERROR, so no errorDevice.
 import test from 'ava';

@@ -1,5 +1,5 @@
 // The real mtty driver's migration behaviour, checked with raw ioctls (raw.ts) against
-// what the docs state (mtty.md §3-§7, vfio-uapi.md §2, §6). The simulator in src/vfio/sim
+// what the docs state (docs/vfio-migration.md §8, docs/vfio-migration.md §2, §6). The simulator in src/vfio/sim
 // must match these; a difference found here is a doc-vs-kernel or sim-vs-kernel finding.
 import fs from 'node:fs';
 import test from 'ava';

@@ -1,5 +1,5 @@
 // Helpers for running the host's QEMU 10 inside the kernel-lane guest with a vfio-pci device
-// backed by an mtty mdev (recipe: qemu-vfio-interop.md), and for reaching the same UART
+// backed by an mtty mdev (recipe: docs/vfio-migration.md §10), and for reaching the same UART
 // through migbridge's own device layer. QEMU side: no guest OS, so the UART is programmed
 // and read with HMP port I/O (`o` / `i`) through QMP human-monitor-command; BAR0 is placed
 // at I/O 0xc000 by hand through the PCI config ports 0xcf8/0xcfc.

@@ -172,7 +172,7 @@ async function loadInQemu(t: ExecutionContext, vm: QemuVm, file: string): Promis
   const loadMs = performance.now() - t0;
   t.is(status, 'prelaunch', 'the paused source makes the destination stop in prelaunch');
   // The config section restored BAR0 at 0xc000 with I/O enabled; before `cont` the mdev is
-  // still RESUMING and shows its old contents (qemu-vfio-interop.md gotcha 1).
+  // still RESUMING and shows its old contents (docs/vfio-migration.md §10 gotcha 1).
   const before = await readUartHmp(vm);
   t.deepEqual(before, SCRIBBLE, 'before cont the destination mdev still shows its old contents');
   await vm.qmp('cont');

@@ -1,5 +1,5 @@
 // Raw VFIO access for the guest smoke test: ioctl numbers and struct layouts written out
-// from vfio-uapi.md on purpose (not taken from src/vfio), so the smoke test checks the real
+// from docs/vfio-migration.md on purpose (not taken from src/vfio), so the smoke test checks the real
 // kernel independently of the project's own uAPI encoders.
 import fs from 'node:fs';
 import { closeSync, ioctlSync } from '../../src/native/index.js';

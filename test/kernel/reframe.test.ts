@@ -62,7 +62,7 @@ async function scribble(uuid: string): Promise<void> {
 /**
  * VMs started through it are killed at teardown if still there, then its devices are
  * brought back to RUNNING, so a failing test never leaves an mdev in RESUMING or owned by
- * a QEMU (qemu-vfio-interop.md gotcha 3).
+ * a QEMU (docs/vfio-migration.md §10 gotcha 3).
  */
 function scope(t: ExecutionContext, uuids: string[]) {
   const vms: QemuVm[] = [];

@@ -1,5 +1,5 @@
 // FSM transition cost on the real kernel: every single arc mtty implements for migration
-// flags 0x7 (mtty.md §3), each issued as its own SET MIG_DEVICE_STATE between neighbouring
+// flags 0x7 (docs/vfio-migration.md §8.2), each issued as its own SET MIG_DEVICE_STATE between neighbouring
 // states and timed around the SET alone (fd closes and stream I/O excluded). Measured twice:
 // raw (ioctlSync on the JS thread: the kernel's cost plus one N-API call) and through the
 // kernel backend (KernelDevice.setState: the ioctl on the native worker pool, then a GET

@@ -23,7 +23,7 @@ const FIXTURES = [
   { path: TWO_MTTY, devices: ['0000:00:04.0/vfio', '0000:00:05.0/vfio'] },
 ];
 
-/** mtty's migration stream (docs/mtty.md §4): header, then one 36-byte port. */
+/** mtty's migration stream (docs/vfio-migration.md §8.4): header, then one 36-byte port. */
 function parseMtty(data: Buffer): { magic: bigint; major: number; minor: number; ports: number; flags: number; scr: number; fifo: string } {
   const port = data.subarray(24, 60);
   const fifo = port.subarray(8, 24);

@@ -2,7 +2,7 @@
 // framings of QEMU 7.2 (protocol v1), 8.0, 8.1-9.x (INIT_DATA_SENT) and 10.x
 // multifd (dummy END_OF_STATE, CONFIG_LOAD_READY); RAM records that need
 // capabilities or transports not used here (XBZRLE, postcopy page sizes, HOOK,
-// MULTIFD_FLUSH). Each is built from docs/qemu-stream.md §6 and §9 with the
+// MULTIFD_FLUSH). Each is built from docs/stream-format.md §6 and §9 with the
 // StreamWriter, decoded, re-encoded byte for byte, and summarised.
 import test from 'ava';
 import { readFile, writeFile } from 'node:fs/promises';

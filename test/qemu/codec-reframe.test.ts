@@ -1,7 +1,7 @@
 // reframe at the codec level: on the real QEMU 10.0 mtty fixture (SWITCHOVER_START for an
 // older target) and on HAND-BUILT streams for what real QEMU does not write here without a
 // VFIO device on the host (switchover-ack INIT_DATA_SENT, multifd dummies; the kernel lane
-// covers INIT_DATA_SENT with real QEMU and mtty), built from docs/qemu-stream.md §9 with
+// covers INIT_DATA_SENT with real QEMU and mtty), built from docs/stream-format.md §9 with
 // the StreamWriter. Loads into real QEMU are in proxy.test.ts and the kernel lane.
 import test from 'ava';
 import { existsSync } from 'node:fs';

@@ -1,4 +1,4 @@
-// Device conformance suite: the behaviour vfio-uapi.md requires of a VFIO migration
+// Device conformance suite: the behaviour docs/vfio-migration.md requires of a VFIO migration
 // driver, checked on any MigrationDevice. Runs on the simulator in the normal test
 // command (conformance-sim.test.ts) and, unchanged, on mtty in the kernel lane, which
 // calls runConformance() with kernel devices and the mtty options below.
@@ -48,7 +48,7 @@ export interface ConformanceOptions {
   errorDevice?: { make: () => Promise<MigrationDevice>; target: MigState };
   /**
    * Set only for kernels WITHOUT the 6.12.117 / v7.2 guard: they spin forever on
-   * STOP_COPY -> PRE_COPY* (vfio-uapi.md §6), so those two requests are not issued.
+   * STOP_COPY -> PRE_COPY* (docs/vfio-migration.md §6), so those two requests are not issued.
    */
   unfixedKernel?: boolean;
   /** Per-read/write deadline (default 10 s): a hang fails the test instead of the run. */

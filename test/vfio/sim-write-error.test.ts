@@ -1,4 +1,4 @@
-// fail=write-error@SIZE: the simulator reproducing mtty's resume hazard (mtty.md §5): a
+// fail=write-error@SIZE: the simulator reproducing mtty's resume hazard (docs/vfio-migration.md §8.5): a
 // write on the resume fd fails, yet the device keeps what it took and the exit from
 // RESUMING succeeds and loads it. Only VFIO_DEVICE_RESET keeps the damage out.
 import test from 'ava';

@@ -1,5 +1,5 @@
 // Byte layouts and request numbers of src/vfio/uapi.ts checked against the numbers in
-// vfio-uapi.md (§ given per test), which came from compiling the 6.12 headers.
+// docs/vfio-migration.md (§ given per test), which came from compiling the 6.12 headers.
 import test from 'ava';
 import * as u from '../../src/vfio/uapi.js';
 
@@ -65,7 +65,7 @@ test('§1c device info (24 B) and region info (32 B)', (t) => {
   const di = u.encodeDeviceInfo();
   t.is(di.length, 24);
   t.is(di.readUInt32LE(0), 24);
-  // What mtty copies back (§6 of mtty.md): flags PCI, 9 regions, 5 irqs, first 16 bytes only.
+  // What mtty copies back (docs/vfio-migration.md §8.6): flags PCI, 9 regions, 5 irqs, first 16 bytes only.
   di.writeUInt32LE(u.DeviceInfoFlag.PCI, 4);
   di.writeUInt32LE(9, 8);
   di.writeUInt32LE(5, 12);

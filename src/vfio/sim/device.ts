@@ -838,6 +838,6 @@ export class SimDevice implements MigrationDevice {
 /** Creates a simulated device from `sim:key=value,...` (or a parsed config). */
 export function createSimDevice(spec: string | SimConfig): SimDevice {
   // Flags without STOP_COPY are allowed, as mdev registration allows them: every SET
-  // but the current state then fails with EINVAL (vfio-uapi.md §3a).
+  // but the current state then fails with EINVAL (docs/vfio-migration.md §3a).
   return new SimDevice(typeof spec === 'string' ? parseSimSpec(spec) : spec);
 }
