@@ -1,5 +1,5 @@
-// The SET sequences QEMU issues (hw/vfio/migration.c; docs/vfio-migration.md §9 "QEMU ... call
-// order"), as data adapted to a device's flags. Each step is one SET; the kernel walks
+// The SET sequences QEMU issues (hw/vfio/migration.c; docs/vfio-migration.md §9, QEMU's call
+// order), as data adapted to a device's flags. Each step is one SET; the kernel walks
 // the combination path in between.
 import { MigFlag, MigState } from './states.js';
 import { type Transition, transition } from './transitions.js';

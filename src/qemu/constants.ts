@@ -1,6 +1,6 @@
 // Every byte-level fact of QEMU's migration stream that migbridge relies on, in
-// one place. Section numbers refer to docs/stream-format.md (the project's copy of
-// the format description); the QEMU file each value lives in is named per line.
+// one place. Section numbers refer to docs/stream-format.md (the format as
+// this codec reads it); the QEMU file each value lives in is named per line.
 
 // ---- File header (§2; migration/savevm.c qemu_savevm_state_header) ----
 /** QEMU_VM_FILE_MAGIC "QEVM" (migration/savevm.h). */
