@@ -14,6 +14,7 @@ const KNOWN_FLAGS = MigFlag.STOP_COPY | MigFlag.P2P | MigFlag.PRE_COPY;
 
 export const FSM_WHY: WhyTable = {
   'migration flags': 'QEMU refuses to migrate a device without STOP_COPY and ignores bits it does not know',
+  'GET never returns a data_fd': 'the uAPI returns a data_fd only from a SET that opens a session; one on a GET is an fd every caller that only asks the state would leak',
   'state at open': 'QEMU starts a migration assuming RUNNING; a device left in another state by its last user breaks the next VM',
   arcs: 'QEMU walks these arcs on every migration; a failing arc aborts it (into ERROR the device needs a reset)',
   requests: "QEMU's and the kernel's combination paths assume the kernel's table: a different answer or errno misleads the caller",
@@ -74,10 +75,33 @@ export async function fsmReadOnly(ctx: CheckContext, p: Probe): Promise<void> {
     ioctl: 'VFIO_DEVICE_FEATURE GET MIGRATION',
     flags,
   });
+  await getReturnsNoDataFd(ctx, p);
   const s = await p.state();
   ctx.result('fsm', p, 'state at open', s === MigState.RUNNING ? 'pass' : 'finding', 'RUNNING', s === 'unreadable' ? 'GET MIG_DEVICE_STATE failed' : stateName(s), {
     ioctl: 'VFIO_DEVICE_FEATURE GET MIG_DEVICE_STATE',
     state: stateText(s),
+  });
+}
+
+/** A GET of MIG_DEVICE_STATE writes back data_fd = -1 (only a SET that opens a session returns an fd). */
+async function getReturnsNoDataFd(ctx: CheckContext, p: Probe): Promise<void> {
+  const item = 'GET never returns a data_fd';
+  const expected = 'GET MIG_DEVICE_STATE answers data_fd = -1';
+  if (!p.dev.stateAnswer) {
+    ctx.result('fsm', p, item, 'n/a', expected, `the ${p.dev.kind} backend answers GET without the ioctl's bytes`);
+    return;
+  }
+  let answer: { state: number; dataFd: number };
+  try {
+    answer = await p.dev.stateAnswer();
+  } catch (e) {
+    ctx.result('fsm', p, item, 'finding', expected, `the GET failed: ${(e as Error).message}`, { ioctl: 'VFIO_DEVICE_FEATURE GET MIG_DEVICE_STATE' });
+    return;
+  }
+  ctx.result('fsm', p, item, answer.dataFd === -1 ? 'pass' : 'finding', expected, `data_fd ${answer.dataFd}, state ${answer.state}`, {
+    ioctl: 'VFIO_DEVICE_FEATURE GET MIG_DEVICE_STATE',
+    dataFd: answer.dataFd,
+    state: String(answer.state),
   });
 }
 

@@ -51,6 +51,11 @@ export interface MigrationDevice {
   /** GET MIG_DEVICE_STATE. */
   state(): Promise<MigState>;
   /**
+   * GET MIG_DEVICE_STATE with the data_fd field as it came back (the uAPI: always -1 on a
+   * GET; `migbridge check` verifies it). Backends that do not issue the ioctl leave it out.
+   */
+  stateAnswer?(): Promise<{ state: number; dataFd: number }>;
+  /**
    * SET MIG_DEVICE_STATE: the device walks the whole combination path. Resolves with the
    * new data_fd when the last arc opens a session, else null. On failure it re-reads the
    * actual state (the kernel may stop anywhere on the path, or in ERROR) and throws

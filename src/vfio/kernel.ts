@@ -111,10 +111,14 @@ export class KernelDevice implements MigrationDevice {
     return decodeGetMigration(b);
   }
 
-  async state(): Promise<MigState> {
+  async stateAnswer(): Promise<{ state: number; dataFd: number }> {
     const b = encodeGetMigState();
     await this.#must('state', this.#fd, Ioctl.DEVICE_FEATURE, b);
-    const { state } = decodeMigState(b);
+    return decodeMigState(b);
+  }
+
+  async state(): Promise<MigState> {
+    const { state } = await this.stateAnswer();
     if (!isState(state)) throw new VfioDeviceError(this.id, 'state', Errno.EINVAL, { message: `kernel reported unknown state ${state}` });
     return state;
   }

@@ -54,9 +54,11 @@ test('a clean simulated pair passes every item; n/a only where nothing can apply
   const na = report.results.filter((x) => x.status === 'n/a').map((x) => `${x.evidence.device}: ${x.item}`).sort();
   t.deepEqual(na, [
     'dst: ERROR is left only by reset',
+    'dst: GET never returns a data_fd',
     'dst: next user after a failed load',
     ...(byItem(report, 'rejected bytes are not loaded', 'dst').status === 'n/a' ? ['dst: rejected bytes are not loaded'] : []),
     'src: ERROR is left only by reset',
+    'src: GET never returns a data_fd',
     'src: next user after a source quit in STOP',
   ]);
   for (const g of CHECK_GROUPS) t.true(report.results.some((x) => x.group === g && x.status === 'pass'), `${g} has passes`);
@@ -97,7 +99,7 @@ test('read-only by default: no state change, no destructive items', async (t) =>
   const sims = keptSims();
   try {
     const report = await runCheck({ devices: [SRC], destructive: false, open: sims.open });
-    t.deepEqual(report.results.map((r) => r.item), ['migration flags', 'state at open', 'MIG_DATA_SIZE answers']);
+    t.deepEqual(report.results.map((r) => r.item), ['migration flags', 'GET never returns a data_fd', 'state at open', 'MIG_DATA_SIZE answers']);
     t.is(report.findings, 0);
     await sims.devices[0]!.setState(MigState.STOP);
     const again = await runCheck({ devices: [SRC], destructive: false, open: async () => sims.devices[0]! });

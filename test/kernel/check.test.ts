@@ -72,6 +72,10 @@ for (const [name, prefix, pick] of [
     t.is(f('next user after a failed load').evidence.foundAtOpen, 'RESUMING');
     t.is(report.results.find((x) => x.item === 'MIG_DATA_SIZE covers the stop-copy bytes' && x.evidence.device === src)!.observed, `exact: ${name.startsWith('mtty-1') ? 60 : 96} bytes`);
     t.is(report.results.find((x) => x.item === 'round trip')!.status, 'pass');
+    // The GET's own bytes, read back from the kernel: data_fd -1.
+    const get = report.results.find((x) => x.item === 'GET never returns a data_fd' && x.evidence.device === src)!;
+    t.is(get.status, 'pass', get.observed);
+    t.is(get.evidence.dataFd, -1);
     t.deepEqual([stateOf(src), stateOf(dst)], [State.RUNNING, State.RUNNING], 'both devices left RUNNING');
     const human = await cli('check', '--destructive', '--device', `${prefix}${src}`, '--device', `${prefix}${dst}`);
     t.is(human.code, 1, human.stderr);
