@@ -25,6 +25,8 @@ export interface ChunkReaderOptions {
   readonly enomsgIsEnd?: boolean;
   /** Turns a read failure into the error the consumer sees (adds device context). */
   readonly onError: (e: unknown) => Error;
+  /** Told every read's size as it completes (progress: what came off the data_fd, written or not yet). */
+  readonly onRead?: (bytes: number) => void;
 }
 
 export class ChunkReader {
@@ -116,6 +118,7 @@ export class ChunkReader {
         });
         this.got += n;
         this.bufferedBytes += n;
+        this.opts.onRead?.(n);
         this.notify();
       }
       this.eof = true;

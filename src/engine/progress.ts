@@ -3,7 +3,13 @@ import type { WriteStream } from 'node:tty';
 
 export interface ProgressCounter {
   readonly id: string;
+  /** Bytes written out (to the stream on save, to the device on restore). */
   bytes: number;
+  /**
+   * Bytes read from the device so far (save only): ahead of `bytes` while the device's data
+   * waits in the pool for its turn in the stream (QEMU framing writes one device at a time).
+   */
+  read?: number;
   /** Expected total, when known (stop-copy size estimate, or the stream's section size). */
   total?: number;
   done: boolean;
@@ -58,6 +64,11 @@ export class Progress {
 
   private draw(): void {
     if (!this.out) return;
+    this.out.write(this.render());
+  }
+
+  /** The lines drawn on the next refresh (cursor moves included). */
+  render(): string {
     const secs = Math.max(this.elapsedSeconds(), 1e-6);
     const lines: string[] = [];
     let total = 0;
@@ -65,12 +76,13 @@ export class Progress {
       total += c.bytes;
       const state = c.failed ? `FAILED ${c.failed}` : c.done ? 'done' : '';
       const rate = c.bytes > 0 ? formatRate(c.bytes / secs) : '';
-      lines.push(`  ${c.id.padEnd(18).slice(0, 18)} [${this.bar(c, 24)}] ${formatBytes(c.bytes).padStart(10)} ${rate.padStart(12)}  ${state}`);
+      const read = c.read !== undefined ? ` read ${formatBytes(c.read).padStart(10)}` : '';
+      lines.push(`  ${c.id.padEnd(18).slice(0, 18)} [${this.bar(c, 24)}]${read} ${c.read !== undefined ? 'written ' : ''}${formatBytes(c.bytes).padStart(10)} ${rate.padStart(12)}  ${state}`);
     }
     lines.push(`  ${this.label}: ${formatBytes(total)} in ${secs.toFixed(1)} s, ${formatRate(total / secs)}`);
     const up = this.drawnLines ? `\x1b[${this.drawnLines}F` : '';
-    this.out.write(up + lines.map((l) => l + '\x1b[K').join('\n') + '\n');
     this.drawnLines = lines.length;
+    return up + lines.map((l) => l + '\x1b[K').join('\n') + '\n';
   }
 
   stop(): void {

@@ -314,6 +314,7 @@ async function savePrecopy(
           limit: wants[i]!,
           enomsgIsEnd: true,
           onError: (e) => wrapDeviceError(c, 'precopy read', e),
+          onRead: (n) => countRead(c, n),
         }),
     );
     readers.forEach((r) => r.start());
@@ -433,6 +434,7 @@ async function saveCompletePrecopy(ctxs: DeviceCtx[], w: StreamWriter, io: IoEng
         quota: opts.interleave ? poolShare(io, ctxs.length) : Math.floor(io.info().bufferCount / ctxs.length),
         timeoutMs: opts.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS,
         onError: (e) => wrapDeviceError(c, `read stop-copy data (state ${stateName(MigState.STOP_COPY)})`, e),
+        onRead: (n) => countRead(c, n),
       }),
   );
   readers.forEach((r) => r.start());
@@ -490,6 +492,11 @@ async function writeChunk(c: DeviceCtx, w: StreamWriter, piece: Chunk, phase: 'p
   await w.vfioDataOwned(piece.data, () => piece.release());
   if (phase === 'stop-copy') c.stopCopyBytes += n;
   if (c.counter) c.counter.bytes += n;
+}
+
+/** Progress: bytes that came off the device's data_fd (they may still wait for their turn in the stream). */
+function countRead(c: DeviceCtx, n: number): void {
+  if (c.counter) c.counter.read = (c.counter.read ?? 0) + n;
 }
 
 /** After read() returned 0: the device must confirm it delivered its whole state. */
