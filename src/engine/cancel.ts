@@ -42,8 +42,26 @@ export function whenCancelled(signal: AbortSignal | undefined, onAbort: () => vo
   return () => signal.removeEventListener('abort', onAbort);
 }
 
-/** Resolves when `signal` aborts (never without one): to race a wait that cannot be interrupted otherwise. */
-export function cancelled(signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve) => whenCancelled(signal, resolve));
+/**
+ * `op`, or `onCancel()` once `signal` aborts first. The abort listener lives only as long as
+ * this one wait: racing every step against one long-lived "cancelled" promise would attach a
+ * reaction per step that holds the step's result until the operation ends (a restore of a
+ * 1 GiB stream kept every payload, 1.2 GB of RSS).
+ */
+export function untilCancelled<T, C>(op: Promise<T>, signal: AbortSignal | undefined, onCancel: () => C): Promise<T | C> {
+  if (!signal) return op;
+  return new Promise<T | C>((resolve, reject) => {
+    const unlisten = whenCancelled(signal, () => resolve(onCancel()));
+    op.then(
+      (v) => {
+        unlisten();
+        resolve(v);
+      },
+      (e: unknown) => {
+        unlisten();
+        reject(e);
+      },
+    );
+  });
 }
 

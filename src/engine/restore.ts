@@ -7,7 +7,7 @@ import { MigFlag, MigState } from '../fsm/index.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
 import { type ByteSource, type StreamEvent, readStream } from '../qemu/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
-import { CancelledError, abortReason, cancelled, throwIfCancelled, whenCancelled } from './cancel.js';
+import { CancelledError, abortReason, untilCancelled, throwIfCancelled, whenCancelled } from './cancel.js';
 import type { NoteSink } from './notes.js';
 import type { Progress, ProgressCounter } from './progress.js';
 import { resetDevice } from './recover.js';
@@ -291,8 +291,6 @@ async function loadState(
 ): Promise<void> {
   let inFlight = 0;
   const waiters: (() => void)[] = [];
-  // A stream that stopped arriving (a socket) must not hold a cancel up: each read races it.
-  const stop = cancelled(signal).then(() => null);
   const it = events[Symbol.asyncIterator]();
   try {
     await routeEvents();
@@ -305,7 +303,8 @@ async function loadState(
 
   async function routeEvents(): Promise<void> {
   for (;;) {
-    const step = await Promise.race([it.next(), stop]);
+    // A stream that stopped arriving (a socket) must not hold a cancel up.
+    const step = await untilCancelled(it.next(), signal, () => null);
     throwIfCancelled(signal, 'restore');
     if (!step || step.done) break;
     const ev = step.value;

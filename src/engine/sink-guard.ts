@@ -3,7 +3,7 @@
 // a cancelled save stops waiting on a blocked write, and the sink's own failures (ENOSPC,
 // EPIPE, ...) become typed errors naming the output and the stream offset.
 import { MigbridgeError, errnoNumber } from '../errors.js';
-import { CancelledError, abortReason, whenCancelled } from './cancel.js';
+import { CancelledError, abortReason, untilCancelled } from './cancel.js';
 import { type ByteSink, SinkError } from './sink.js';
 
 /** How long abort() lets a write already in flight finish before it closes the output under it. */
@@ -29,11 +29,6 @@ function sinkFailure(sink: ByteSink, e: unknown): Error {
 
 export function guardSink(inner: ByteSink, opts: SinkGuardOptions): ByteSink {
   let inflight: Promise<unknown> | undefined;
-  // One listener for the whole save, not one per write.
-  const aborted = new Promise<never>((_, reject) => {
-    whenCancelled(opts.signal, () => reject(new CancelledError(abortReason(opts.signal!), 'save')));
-  });
-  aborted.catch(() => undefined);
   const guarded = async (what: string, op: Promise<void>, cancellable: boolean): Promise<void> => {
     inflight = op.catch(() => undefined);
     let timer: NodeJS.Timeout | undefined;
@@ -44,7 +39,9 @@ export function guardSink(inner: ByteSink, opts: SinkGuardOptions): ByteSink {
       );
     });
     try {
-      await Promise.race([op.catch((e: unknown) => Promise.reject(sinkFailure(inner, e))), stalled, ...(cancellable ? [aborted] : [])]);
+      const raced = Promise.race([op.catch((e: unknown) => Promise.reject(sinkFailure(inner, e))), stalled]);
+      // The abort listener lives for this write only (see untilCancelled).
+      await (cancellable ? untilCancelled(raced, opts.signal, () => Promise.reject(new CancelledError(abortReason(opts.signal!), 'save'))) : raced);
     } finally {
       clearTimeout(timer);
     }
