@@ -8,6 +8,7 @@ import { POLLIN, setNonBlocking } from '../native/index.js';
 import { type CheckContext, noStream } from './context.js';
 import { ETIMEDOUT, type Probe, outcomeText, setText } from './probe.js';
 import type { WhyTable } from './types.js';
+import type { DataFd } from '../vfio/device.js';
 
 const EBADF = 9;
 const ENOMSG = 42;
@@ -72,20 +73,24 @@ export async function dataFdGroup(ctx: CheckContext, p: Probe): Promise<void> {
   await p.reset();
 }
 
+/** A fresh STOP_COPY session for an item that re-reads the stream: its data_fd, or undefined after reporting the item n/a (the SET failed). */
+async function stopCopySession(ctx: CheckContext, p: Probe, item: string, expected: string): Promise<DataFd | undefined> {
+  const r = await p.reach(MigState.STOP_COPY);
+  if (!r.ok || !r.fd) {
+    ctx.result('data_fd', p, item, 'n/a', expected, `SET RUNNING -> STOP_COPY: ${setText(r)}`);
+    return undefined;
+  }
+  return r.fd;
+}
+
 /** The STOP_COPY stream read with O_NONBLOCK: read() until EAGAIN, poll(POLLIN) for more, until 0. */
 async function nonBlocking(ctx: CheckContext, p: Probe, stream: Buffer | undefined, why: string | undefined): Promise<void> {
   const item = 'O_NONBLOCK and poll';
   const expected = 'with O_NONBLOCK, read() gives data, EAGAIN when none is ready (then poll() reports POLLIN), and 0 at the end: the same bytes as a blocking read';
-  if (!stream) {
-    ctx.result('data_fd', p, item, 'n/a', expected, why!);
-    return;
-  }
-  const r = await p.reach(MigState.STOP_COPY);
-  if (!r.ok || !r.fd) {
-    ctx.result('data_fd', p, item, 'n/a', expected, `SET RUNNING -> STOP_COPY: ${setText(r)}`);
-    return;
-  }
-  const fd = r.fd.fd;
+  if (!stream) return ctx.result('data_fd', p, item, 'n/a', expected, why!);
+  const session = await stopCopySession(ctx, p, item, expected);
+  if (!session) return;
+  const fd = session.fd;
   setNonBlocking(fd, true);
   const buf = Buffer.alloc(1 << 20);
   const parts: Buffer[] = [];
@@ -164,15 +169,10 @@ async function precopyEnd(ctx: CheckContext, p: Probe, flags: number): Promise<v
 async function shortReads(ctx: CheckContext, p: Probe, stream: Buffer | undefined, why: string | undefined): Promise<void> {
   const item = 'short reads';
   const expected = 'read(1) returns exactly 1 byte, in stream order, and the rest follows';
-  if (!stream) {
-    ctx.result('data_fd', p, item, 'n/a', expected, why!);
-    return;
-  }
-  const r = await p.reach(MigState.STOP_COPY);
-  if (!r.ok || !r.fd) {
-    ctx.result('data_fd', p, item, 'n/a', expected, `SET RUNNING -> STOP_COPY: ${setText(r)}`);
-    return;
-  }
+  if (!stream) return ctx.result('data_fd', p, item, 'n/a', expected, why!);
+  const session = await stopCopySession(ctx, p, item, expected);
+  if (!session) return;
+  const r = { fd: session };
   const small = Math.min(16, stream.length);
   const parts: Buffer[] = [];
   for (let i = 0; i < small; i++) {
