@@ -135,14 +135,23 @@ export interface ProxyReport {
 
 export class ProxyError extends MigbridgeError {}
 
+/** The error code for a failure on `side`. */
+function failureCode(f: ProxyFailure): string {
+  return f.side === 'source' ? 'EPROXY_SOURCE' : f.side === 'destination' ? 'EPROXY_DESTINATION' : 'EPROXY_STREAM';
+}
+
+/** What a JSON error says of a failure: its side, and on a multifd channel the channel and its connection. */
+function failureFields(f: ProxyFailure | null | undefined): Record<string, unknown> {
+  return { side: f?.side, ...(f && f.channel !== undefined ? { channel: f.channel, connection: f.connection } : {}) };
+}
+
 /** The migration through the proxy failed; `report` says what happened on each side. */
 export class ProxyFailedError extends ProxyError {
   constructor(readonly report: ProxyReport, failure: ProxyFailure) {
-    super(failure.side === 'source' ? 'EPROXY_SOURCE' : failure.side === 'destination' ? 'EPROXY_DESTINATION' : 'EPROXY_STREAM', failure.message, { offset: failure.offset });
+    super(failureCode(failure), failure.message, { offset: failure.offset });
   }
   override toJSON(): Record<string, unknown> {
-    const f = this.report.failure;
-    return { ...super.toJSON(), side: f?.side, ...(f && f.channel !== undefined ? { channel: f.channel, connection: f.connection } : {}) };
+    return { ...super.toJSON(), ...failureFields(this.report.failure) };
   }
 }
 
@@ -153,11 +162,10 @@ export class ProxyFailedError extends ProxyError {
  */
 export class ProxyEarlyFailure extends ProxyError {
   constructor(readonly failure: ProxyFailure) {
-    super(failure.side === 'source' ? 'EPROXY_SOURCE' : 'EPROXY_DESTINATION', `${failure.message} (before the main channel arrived)`, { offset: failure.offset });
+    super(failureCode(failure), `${failure.message} (before the main channel arrived)`, { offset: failure.offset });
   }
   override toJSON(): Record<string, unknown> {
-    const f = this.failure;
-    return { ...super.toJSON(), side: f.side, ...(f.channel !== undefined ? { channel: f.channel, connection: f.connection } : {}) };
+    return { ...super.toJSON(), ...failureFields(this.failure) };
   }
 }
 
