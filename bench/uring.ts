@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { IoEngine, closeSync, pipe, setPipeSize, type IoStats } from '../src/native/index.js';
+import { cachePath } from '../test/helpers/cache.js';
 
 const here = dirname(fileURLToPath(import.meta.url)); // dist/bench
 const root = join(here, '..', '..');
@@ -26,7 +27,7 @@ interface Method {
 function compileReadLoop(): string {
   const src = join(root, 'bench', 'readloop.c');
   const key = createHash('sha256').update(readFileSync(src)).digest('hex').slice(0, 12);
-  const bin = `/var/cache/migbridge/bench/readloop-${key}`;
+  const bin = cachePath('bench', `readloop-${key}`);
   if (!existsSync(bin)) {
     mkdirSync(dirname(bin), { recursive: true });
     const r = spawnSync('cc', ['-O2', '-o', bin, src], { encoding: 'utf8' });

@@ -16,7 +16,7 @@
 # Override the version with MIGBRIDGE_QEMU72_VERSION=1:7.2+dfsg-... (default: the newest 7.2
 # build apt knows about from bookworm / bookworm-security).
 set -euo pipefail
-cache_root=/var/cache/migbridge/qemu-7.2
+cache_root=${MIGBRIDGE_CACHE:-/var/cache/migbridge}/qemu-7.2
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 die() { echo "qemu72.sh: $*" >&2; exit 1; }

@@ -1,7 +1,7 @@
 // The fuzz corpus: real streams, each decoded once for its layout. Three parts, each used when
 // present: the captures committed under test/fixtures (QEMU 10 VFIO/mtty streams, a QEMU 10
 // multifd migration's main stream and channels), the real-QEMU streams the tests cache under
-// /var/cache/migbridge/streams (QEMU 7.2 and 10.0 scenarios, made by test/helpers/qemu.ts),
+// the stream cache (test/helpers/cache.ts; QEMU 7.2 and 10.0 scenarios, made by test/helpers/qemu.ts),
 // and migbridge's own saves of simulated devices, made now.
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -10,6 +10,7 @@ import { save } from '../../src/engine/save.js';
 import { openSink } from '../../src/engine/sink.js';
 import { createSimDevice } from '../../src/vfio/sim/index.js';
 import { channelLayout, streamLayout, type StreamLayout } from './layout.js';
+import { STREAM_CACHE } from '../helpers/cache.js';
 
 export type CorpusPart = 'fixtures' | 'qemu-cache' | 'saves';
 
@@ -28,7 +29,7 @@ export interface CorpusEntry {
 }
 
 const REPO = fileURLToPath(new URL('../../../', import.meta.url));
-export const STREAM_CACHE = '/var/cache/migbridge/streams';
+export { STREAM_CACHE };
 /** State size of the simulated devices saved for the corpus, and of destinations for foreign streams. */
 const SIM_SIZE = 64 << 10;
 

@@ -5,10 +5,11 @@
 // downtime limit), and every 2^20 counts writes one
 // letter to COM1 (0x3f8), so a test can see it run (serial log grows, counter advances) on
 // the source and, after a live migration, on the destination. Plus the raw disk images the
-// scenarios attach, cached in /var/cache/migbridge/images/.
+// scenarios attach, cached in the images/ directory of the test cache (test/helpers/cache.ts).
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { cachePath } from './cache.js';
 
 /** Guest-physical address of the counter the boot sector increments. */
 export const COUNTER_GPA = 0x500;
@@ -76,7 +77,7 @@ export function imageHash(name: ImageName): string {
 
 /** Path of the cached image, created (atomically) if missing. VMs use private copies of it. */
 export function imagePath(name: ImageName): string {
-  const dir = '/var/cache/migbridge/images';
+  const dir = cachePath('images');
   const path = join(dir, `${name}-${imageHash(name)}.img`);
   if (!existsSync(path)) {
     mkdirSync(dir, { recursive: true });

@@ -12,14 +12,14 @@ import { QemuVm, type MigrationInfo, type Teardown } from './qemu-vm.js';
 import { SCENARIOS, type Scenario, type ScenarioName } from './qemu-scenarios.js';
 import { bootSector, imageHash, imagePath, COUNTER_GPA, DIRTY_GPA, DIRTY_PAGES } from './qemu-guest.js';
 import { acquireLock } from './qemu-lock.js';
+import { STREAM_CACHE } from './cache.js';
 
 export { qemuBinary, QEMU_VERSIONS, QemuMissingError, repoRoot, type QemuVersion, type QemuBinary } from './qemu-binary.js';
 export { QemuVm, type QemuVmOptions, type MigrateOptions, type MigrationInfo, type Teardown } from './qemu-vm.js';
 export { SCENARIOS, SCENARIO_NAMES, scenarioMatrix, type Scenario, type ScenarioName, type Preparation } from './qemu-scenarios.js';
 export { bootSector, BOOT_SECTOR_GPA, COUNTER_GPA, DIRTY_GPA, DIRTY_PAGES } from './qemu-guest.js';
 
-/** Override with MIGBRIDGE_STREAM_CACHE (e.g. to time a cold run without losing the cache). */
-export const STREAM_CACHE = process.env.MIGBRIDGE_STREAM_CACHE ?? '/var/cache/migbridge/streams';
+export { STREAM_CACHE };
 /** Bump when the generation procedure changes in a way that changes the streams. */
 const GENERATOR_REV = 3;
 

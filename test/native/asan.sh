@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 key=$(cat native/uring/*.cc native/uring/*.h | sha256sum | cut -c1-12)
-out=/var/cache/migbridge/sanitize/$key/migbridge_uring.node
+out=${MIGBRIDGE_CACHE:-/var/cache/migbridge}/sanitize/$key/migbridge_uring.node
 if [ ! -f "$out" ]; then
   mkdir -p "$(dirname "$out")"
   # -fno-sanitize-recover: a UBSan finding stops the process instead of scrolling past.

@@ -8,6 +8,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeSync } from 'node:fs';
 import { IoEngine, closeSync, pipe } from '../../src/native/index.js';
+import { cachePath } from '../helpers/cache.js';
 
 const here = dirname(fileURLToPath(import.meta.url)); // dist/test/native
 const root = join(here, '..', '..', '..');
@@ -27,7 +28,7 @@ function cliJson(env: Record<string, string>, wrapper: string[] = []): Record<st
 }
 
 test('io_uring_setup denied by seccomp (EPERM): the fallback is chosen, reported with the errno, and works', (t) => {
-  const bin = '/var/cache/migbridge/test/deny-io-uring';
+  const bin = cachePath('test', 'deny-io-uring');
   mkdirSync(dirname(bin), { recursive: true });
   const cc = spawnSync('cc', ['-O2', '-o', bin, join(root, 'test', 'native', 'deny-io-uring.c')], { encoding: 'utf8' });
   t.is(cc.status, 0, `compiling the seccomp helper failed (install a C compiler: apt-get install -y gcc): ${cc.error ?? cc.stderr}`);
