@@ -4,6 +4,7 @@ import { errorJSON, MigbridgeError, UsageError } from '../errors.js';
 import type { Command, CommandIO, OutputMode } from './command.js';
 import { commands } from './commands/index.js';
 import { commandHelp, parseCommandArgs, SEVERAL_VALUES_NOTE } from './parse.js';
+import { onStalePartialRemoved } from '../util/atomic-file.js';
 
 function makeIO(output: OutputMode): CommandIO {
   return {
@@ -89,6 +90,12 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const { output, rest } = takeOutputFlag(argv);
     io = makeIO(output);
+    const noteIO = io;
+    onStalePartialRemoved((r) => noteIO.stderr(
+      noteIO.output === 'json'
+        ? JSON.stringify({ note: { type: 'stale-partial-removed', path: r.path, bytes: r.bytes, output: r.output } })
+        : `migbridge: removed ${r.path} (${r.bytes} bytes), the unfinished output of an interrupted run`,
+    ));
     if (rest.length === 0 || rest[0] === 'help' || rest[0] === '--help' || rest[0] === '-h') {
       io.stdout(helpText());
       return rest.length === 0 ? 2 : 0;

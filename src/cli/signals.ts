@@ -1,9 +1,11 @@
 // SIGINT/SIGTERM for the commands that move device state (save, restore): the first
 // signal cancels the operation through an AbortSignal (the engine brings the devices
 // back, removes partial output and the command prints what it did, exit 1); a second
-// one exits at once with 128 + the signal number. The process then closes its device
-// fds, which makes kernel drivers end their migration sessions and return to RUNNING.
+// one removes the temporary output files and exits at once with 128 + the signal
+// number. The process then closes its device fds, which makes kernel drivers end their
+// migration sessions and return to RUNNING.
 import { constants } from 'node:os';
+import { removeLiveTemporariesSync } from '../util/atomic-file.js';
 import type { CommandIO } from './command.js';
 
 const SIGNALS = ['SIGINT', 'SIGTERM'] as const;
@@ -20,7 +22,9 @@ export async function withSignals<T>(io: CommandIO, run: (signal: AbortSignal) =
       controller.abort(name);
       return;
     }
-    // A second signal: the user wants out now.
+    // A second signal: the user wants out now. The temporary outputs go first (the
+    // cancel's own cleanup is asynchronous and would not run).
+    removeLiveTemporariesSync();
     process.exit(128 + (constants.signals[name] ?? 0));
   };
   for (const s of SIGNALS) process.on(s, handler);

@@ -9,7 +9,8 @@
 //    there, it never writes through it), fsync the directory so the rename survives a crash;
 //  - abort: close and unlink the temporary name.
 // A kill -9 at any moment thus leaves the previous file or the complete new one under the
-// final name, and at worst a `.NAME.partial-XXXX` beside it.
+// final name, and at worst a `.NAME.partial-XXXX` beside it, which the next output to NAME
+// removes (src/util/stale-partials.ts).
 //
 // Failures are OutputFileError: code the errno name, `path` the user's path (never the hidden
 // temporary one), and a message saying what is wrong with it.
@@ -17,9 +18,10 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { constants as fsc, createWriteStream, promises as fsp, type WriteStream } from 'node:fs';
 import { constants as osc } from 'node:os';
-import { basename, dirname, join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { finished } from 'node:stream/promises';
 import { MigbridgeError, SysError } from '../errors.js';
+import { removeStalePartials, temporaryBaseFor, type StalePartial } from './stale-partials.js';
 
 /** Outputs hold guest RAM and device state: owner only, unless the caller widens it. */
 export const OUTPUT_MODE = 0o600;
@@ -66,10 +68,34 @@ export function outputFileError(e: unknown, path: string, doing = 'cannot write'
 
 /** `.NAME.partial-<16 random hex>` beside NAME: every temporary output name has this form. */
 export function temporaryNameFor(path: string): string {
-  // Keep the whole name within NAME_MAX (255 bytes) for long final names.
-  let base = basename(path);
-  while (Buffer.byteLength(base) > 200) base = base.slice(0, -1);
-  return join(dirname(path), `.${base}.partial-${randomBytes(8).toString('hex')}`);
+  return join(dirname(path), `.${temporaryBaseFor(path)}.partial-${randomBytes(8).toString('hex')}`);
+}
+
+/**
+ * Temporary files of this process not yet committed or aborted. A second SIGINT/SIGTERM
+ * exits at once, without the awaits of abort(): it removes them synchronously first.
+ */
+const liveTemporaries = new Set<string>();
+
+/** Removes every temporary output of this process (for an immediate exit); never throws. */
+export function removeLiveTemporariesSync(): void {
+  for (const path of liveTemporaries) {
+    try {
+      fs.unlinkSync(path);
+    } catch {
+      // already gone
+    }
+  }
+  liveTemporaries.clear();
+}
+
+type StaleListener = (removed: StalePartial) => void;
+const staleListeners = new Set<StaleListener>();
+
+/** Called for each stale temporary a new output removed (the CLI prints a note); returns the unsubscribe. */
+export function onStalePartialRemoved(listener: StaleListener): () => void {
+  staleListeners.add(listener);
+  return () => staleListeners.delete(listener);
 }
 
 /** fsync of a directory: makes the renames and unlinks in it durable. */
@@ -113,6 +139,9 @@ export class OutputFile {
     // lstat: a symlink at the final name is replaced by the rename, whatever it points to.
     const st = await fsp.lstat(final).catch(() => undefined);
     if (st?.isDirectory()) throw outputFileError(Object.assign(new Error('EISDIR'), { code: 'EISDIR', errno: osc.errno.EISDIR }), path);
+    for (const removed of await removeStalePartials(final, temporaryBaseFor(final))) {
+      for (const l of staleListeners) l(removed);
+    }
     const tempPath = temporaryNameFor(final);
     const flags = fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW | (opts.readable ? fsc.O_RDWR : fsc.O_WRONLY);
     const mode = opts.mode ?? OUTPUT_MODE;
@@ -122,11 +151,13 @@ export class OutputFile {
     } catch (e) {
       throw outputFileError(e, path);
     }
+    liveTemporaries.add(tempPath);
     try {
       await fh.chmod(mode);
     } catch (e) {
       await fh.close().catch(() => undefined);
       await fsp.unlink(tempPath).catch(() => undefined);
+      liveTemporaries.delete(tempPath);
       throw outputFileError(e, path);
     }
     return new OutputFile(path, tempPath, fh);
@@ -171,6 +202,7 @@ export class OutputFile {
       throw outputFileError(e, this.path);
     }
     this.published = true;
+    liveTemporaries.delete(this.tempPath);
   }
 
   /** Everything written: fsync, rename over the final name, fsync the directory. */
@@ -198,6 +230,7 @@ export class OutputFile {
       await this.handle.close().catch(() => undefined);
     }
     if (!this.published) await fsp.unlink(this.tempPath).catch(() => undefined);
+    liveTemporaries.delete(this.tempPath);
   }
 }
 

@@ -126,17 +126,19 @@ test('restore: SIGINT while waiting for the sender -> no device touched, socket 
   t.is(s.loads, 0);
 });
 
-test('save: a second signal exits at once (128+n) even while a transition holds the first one up; no device left saving', async (t) => {
+test('save: a second signal exits at once (128+n) even while a transition holds the first one up; no device left saving, no temporary file', async (t) => {
   const dir = newDir();
   // Stopping b takes 10 minutes: the first signal's recovery waits behind that arc.
   const cli = saveTwo(t, dir, 'size=1MiB', 'size=1MiB,fail=slow-stop@600s');
   await noteSeen(cli, 'stopping');
   cli.signal('SIGINT');
   await noteSeen(cli, 'cancelling');
+  t.true(readdirSync(dir).some((f) => f.startsWith('.out.mig.partial-')), 'the temporary output exists when the second signal comes');
   cli.signal('SIGINT');
   const r = await cli.done;
   t.is(r.code, 130, r.stderr);
   t.notRegex(r.stderr, /\n\s+at /, 'no stack trace');
+  assertOnlyStateFiles(t, dir);
   // The process let go of its devices: the kernel ends their sessions (RUNNING) on release.
   for (const id of ['a', 'b']) {
     const s = stateOf(dir, id);

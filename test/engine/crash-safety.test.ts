@@ -51,6 +51,18 @@ test.serial('save -o killed at its first bytes and half-way: the previous file i
   }
 });
 
+test.serial('the next save to the same name removes the partial file a kill -9 left, and says so', async (t) => {
+  const dir = scratchDir(t);
+  const out = join(dir, 'state.mig');
+  await killAfter(t, ['save', '--device', 'sim:size=64MiB,rate=16MiB/s', '-o', out], dir, 1 << 20);
+  const [left] = temporaries(dir);
+  t.truthy(left, 'the killed save left its temporary file');
+  const r = await runCli(t, ['save', '--device', 'sim:size=1MiB', '-o', out]);
+  t.is(r.code, 0, describeRun(r));
+  t.regex(r.stderr, new RegExp(`removed ${join(dir, left!).replace(/[.]/g, '\\.')} \\(\\d+ bytes\\), the unfinished output of an interrupted run`));
+  t.deepEqual(readdirSync(dir), ['state.mig']);
+});
+
 test.serial('rewrite, reframe and inject killed mid-write: the previous file is intact', async (t) => {
   const dir = scratchDir(t);
   const big = await bigStream(t, dir);
