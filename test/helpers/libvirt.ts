@@ -3,6 +3,9 @@
 // sockets in a scratch directory, one transient TCG domain running the tiny test guest
 // (test/helpers/qemu-guest.ts) from a private copy of its boot disk. Everything is torn
 // down by `stop()`: the domain destroyed, the daemons terminated and waited for.
+// Two private libvirts cannot run at once on one machine (virtlogd's socket and the QEMU
+// driver's state and lock files are at fixed paths under /run/libvirt for root), so one
+// is started at a time machine-wide (a lock file; two test runs on one machine wait).
 //
 // Missing libvirt is a failure, never a skip: `scripts/setup.sh --test` installs it.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -12,6 +15,9 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { waitFor } from './cli-run.js';
 import { bootSector, COUNTER_GPA } from './qemu-guest.js';
+import { acquireLock, type Release } from './qemu-lock.js';
+
+const LIBVIRT_LOCK = '/tmp/migbridge-libvirt.lock';
 
 export class LibvirtMissingError extends Error {
   constructor(detail: string) {
@@ -49,6 +55,9 @@ export class PrivateLibvirt {
   private readonly uri: string;
   private log = '';
 
+  /** Releases the machine-wide libvirt lock; set while this instance may run daemons. */
+  private release: Release | undefined;
+
   private constructor(dir: string) {
     this.dir = dir;
     this.qemuOut = join(dir, 'qemu-out');
@@ -62,8 +71,16 @@ export class PrivateLibvirt {
     }
     const ver = await run('virsh', ['--version']);
     if (!/^(\d+)\./.test(ver.stdout) || Number(/^(\d+)\./.exec(ver.stdout)![1]) < 10) throw new LibvirtMissingError(`virsh ${ver.stdout.trim()} is older than 10 (no --image-format)`);
-    const dir = await mkdtemp(join(tmpdir(), 'migbridge-libvirt-'));
+    const release = await acquireLock(LIBVIRT_LOCK, 30 * 60_000);
+    let dir: string;
+    try {
+      dir = await mkdtemp(join(tmpdir(), 'migbridge-libvirt-'));
+    } catch (e) {
+      release();
+      throw e;
+    }
     const lv = new PrivateLibvirt(dir);
+    lv.release = release;
     try {
       // QEMU runs as libvirt-qemu: it must reach the boot disk (libvirt chowns the file
       // itself) and write pmemsave output; traversal only, no listing, for the rest.
@@ -169,6 +186,8 @@ export class PrivateLibvirt {
     }
     this.daemons = [];
     await rm(this.dir, { recursive: true, force: true });
+    this.release?.();
+    this.release = undefined;
   }
 
   daemonLog(): string {

@@ -140,6 +140,8 @@ interface SaveSession extends SessionCtl {
   stopCopyBytes: number;
   fault?: { errno: number; message: string };
   ended: boolean;
+  /** The worker died during this session: write ends it was given may never be closed. */
+  workerDied?: boolean;
 }
 
 interface ResumeSession extends SessionCtl {
@@ -490,7 +492,10 @@ export class SimDevice implements MigrationDevice {
     this.#workerOnline = false;
     const errno = (e as NodeJS.ErrnoException).code === 'EMFILE' || /EMFILE/.test(e.message) ? Errno.EMFILE : Errno.EIO;
     const s = this.#save;
-    if (s) s.fault ??= { errno, message: `simulator worker failed: ${e.message}` };
+    if (s) {
+      s.fault ??= { errno, message: `simulator worker failed: ${e.message}` };
+      s.workerDied = true;
+    }
     for (const [job, w] of this.#jobWaiters) w({ type: 'jobDone', session: s?.id ?? -1, job, status: 'failed', written: 0, message: e.message });
     this.#jobWaiters.clear();
     const r = this.#resume;
@@ -717,7 +722,12 @@ export class SimDevice implements MigrationDevice {
       drain();
       await Promise.race([new Promise<void>((r) => s.jobsIdle.push(r)), delay(2)]);
     }
-    for (let i = 0; !drain(); i++) {
+    // A worker that died after it started may have taken write ends of this pipe with it
+    // (its 'error' can arrive before or after it began loading, so which ends it closed is
+    // not known and closing them here could close a reused fd number): no EOF is coming,
+    // and the pipe goes with its read end. Measured under load: an EMFILE while the worker
+    // loaded its modules, after its 'online' event.
+    for (let i = 0; !s.workerDied && !drain(); i++) {
       if (i > 1000) throw new Error(`internal: saving pipe of ${this.id} still has a writer after the session ended`);
       await delay(1);
     }
