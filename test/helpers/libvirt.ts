@@ -13,6 +13,7 @@ import { chmod, chown, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { waitFor } from './cli-run.js';
 import { bootSector, COUNTER_GPA } from './qemu-guest.js';
 import { acquireLock, type Release } from './qemu-lock.js';
@@ -74,6 +75,12 @@ export class PrivateLibvirt {
     const release = await acquireLock(LIBVIRT_LOCK, 30 * 60_000);
     let dir: string;
     try {
+      // A libvirt started by something that does not take the lock (an older checkout's
+      // tests, a system libvirtd) would share the same fixed paths: wait until it is gone.
+      for (const deadline = Date.now() + 30 * 60_000; (await run('pidof', ['libvirtd', 'virtlogd'])).code === 0;) {
+        if (Date.now() > deadline) throw new Error('another libvirtd or virtlogd kept running for 30 min');
+        await sleep(500);
+      }
       dir = await mkdtemp(join(tmpdir(), 'migbridge-libvirt-'));
     } catch (e) {
       release();
