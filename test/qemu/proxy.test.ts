@@ -15,7 +15,6 @@ import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { QemuVm, SCENARIOS, directRamRanges, readCounter, streamFor, type MigrationInfo, type QemuVersion, type ScenarioName } from '../helpers/qemu.js';
 import { imagePath } from '../helpers/qemu-guest.js';
 import { acquireLock } from '../helpers/qemu-lock.js';
@@ -127,11 +126,15 @@ function sameTally(t: ExecutionContext, got: Tally, ins: InspectJson, what: stri
  * last progress note (one a second), checked to have stopped moving: what left the source.
  */
 async function stalledAt(t: ExecutionContext, proxy: { stderr: () => string }, field: 'forwardBytes' | 'multifdBytes'): Promise<number> {
-  await sleep(2500);
-  const progress = proxyNotes(proxy.stderr()).filter((n) => n.type === 'progress') as unknown as Record<typeof field, number>[];
-  t.true(progress.length >= 2, proxy.stderr());
-  const inFlight = progress.at(-1)![field];
-  t.is(inFlight, progress.at(-2)![field], 'stalled');
+  // Stalled: three progress notes in a row (one a second) with the same non-zero count. Waited
+  // for, not slept: under load the proxy may take seconds to start forwarding at all.
+  const progress = (): number[] => (proxyNotes(proxy.stderr()).filter((n) => n.type === 'progress') as unknown as Record<typeof field, number>[]).map((n) => n[field]);
+  await waitFor(`${field} to stop growing`, () => {
+    const last = progress().slice(-3);
+    return last.length === 3 && last[0]! > 0 && last.every((v) => v === last[0]);
+  }, 180_000);
+  const inFlight = progress().at(-1)!;
+  t.true(inFlight > 0, proxy.stderr());
   return inFlight;
 }
 
@@ -451,12 +454,14 @@ test.serial('backpressure: a destination that stops reading holds the source bac
   const proxy = startProxy(t, dir);
   await proxyListening(proxy);
   const c = net.connect(proxy.listen);
+  let sourceError: Error | undefined;
+  c.on('error', (e) => { sourceError = e; });
   c.resume();
   await new Promise<void>((res) => c.once('connect', () => res()));
   let written = false;
   c.write(stream, () => { written = true; });
   c.end();
-  await waitFor('the destination connected', () => destSock !== undefined, 10_000);
+  await waitFor('the destination connected', () => destSock !== undefined, 120_000);
   // Socket buffers (a few hundred KiB per hop) and a read chunk or two, no more.
   const inFlight = await stalledAt(t, proxy, 'forwardBytes');
   t.false(written);
@@ -465,6 +470,7 @@ test.serial('backpressure: a destination that stops reading holds the source bac
   const got = await received;
   const r = await proxy.done;
   t.true(got.equals(stream), 'the destination got every byte, in order');
+  t.is(sourceError, undefined, 'the source connection was never reset');
   const report = reportOf(r);
   t.is(report.forwardBytes, stream.length);
   t.log(`held back: ${inFlight} of ${stream.length} bytes in flight while the destination was paused; proxy exit ${String(r.code)}, ${report.seconds.toFixed(2)} s`);
@@ -996,7 +1002,7 @@ test.serial('backpressure on a multifd channel: a destination that stops reading
   let written = false;
   ch.c.write(big, () => { written = true; });
   ch.c.end();
-  await waitFor('the destination holding the channel', () => held !== undefined, 10_000);
+  await waitFor('the destination holding the channel', () => held !== undefined, 120_000);
   const inFlight = await stalledAt(t, proxy, 'multifdBytes');
   t.false(written);
   t.true(inFlight < 8 << 20, `${inFlight} bytes left the channel's source while the destination read nothing`);
