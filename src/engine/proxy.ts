@@ -16,7 +16,7 @@
 // routed by its first 4 bytes (proxy-multifd.ts). A multifd channel failing fails the
 // migration the same way, and the proxy's exit waits for every channel to close.
 import { StreamedOutput } from '../util/atomic-file.js';
-import { type Endpoint, type Listener, EndpointError, connectEndpoint, formatEndpoint, listenEndpoint } from '../util/endpoint.js';
+import { type Endpoint, type Listener, EndpointError, checkConnectable, connectEndpoint, formatEndpoint, listenEndpoint } from '../util/endpoint.js';
 import * as net from 'node:net';
 import { MigbridgeError, errnoNumber, errorCode as errCode } from '../errors.js';
 import { RecordType } from '../qemu/constants.js';
@@ -270,6 +270,8 @@ interface MainLink {
 /** Runs one migration through the proxy; resolves with the report, or rejects with ProxyFailedError (report attached). */
 export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
   const note = opts.onNote ?? (() => undefined);
+  // An unusable inherited destination fd is a usage error now, not once the source has come.
+  checkConnectable(opts.to, '--to');
   const tee = opts.tee !== undefined ? await openTee(opts.tee) : undefined;
   const link: MainLink = { failure: null, onFail: () => undefined, mainLoaded: () => false };
   const channels: MultifdChannels = new MultifdChannels({

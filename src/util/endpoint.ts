@@ -257,6 +257,16 @@ export interface ConnectOptions {
   noDelay?: boolean;
 }
 
+/** Throws the EndpointError connecting would: an fd:N must be a connected stream socket (checked before waiting for anyone). */
+export function checkConnectable(ep: Endpoint, what: string): void {
+  if (ep.kind !== 'fd') return;
+  const fd = inspectFd(ep.fd, what);
+  if (fd.type !== 'socket' || fd.listening) {
+    const text = formatEndpoint(ep);
+    throw new EndpointError(text, `${what} ${text}: ${fd.type === 'socket' ? 'a listening socket' : `a ${fd.type}`} is not a connection; give a connected socket`);
+  }
+}
+
 /** Connects to `ep` (a connected socket handed in as fd:N is used as is). */
 export async function connectEndpoint(ep: Endpoint, opts: ConnectOptions): Promise<net.Socket> {
   const allowHalfOpen = opts.allowHalfOpen ?? false;
@@ -269,11 +279,7 @@ export async function connectEndpoint(ep: Endpoint, opts: ConnectOptions): Promi
       return s;
     }
     case 'fd': {
-      const text = formatEndpoint(ep);
-      const fd = inspectFd(ep.fd, opts.what);
-      if (fd.type !== 'socket' || fd.listening) {
-        throw new EndpointError(text, `${opts.what} ${text}: ${fd.type === 'socket' ? 'a listening socket' : `a ${fd.type}`} is not a connection; give a connected socket`);
-      }
+      checkConnectable(ep, opts.what);
       const s = socketFromFd(ep.fd, allowHalfOpen);
       if (opts.noDelay) s.setNoDelay(true);
       return s;
