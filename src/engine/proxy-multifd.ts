@@ -15,7 +15,7 @@ import { MULTIFD_MAGIC, MultifdDecoder, MultifdTallier, type MultifdTally } from
 import { StreamedOutput } from '../util/atomic-file.js';
 import { type Endpoint, type Listener, connectEndpoint, formatEndpoint } from '../util/endpoint.js';
 import type { DecodeStop } from './proxy-decode.js';
-import type { ProxyFailure, ProxyNote, SideResult } from './proxy.js';
+import type { ProxyFailure, ProxyNote, SideResult } from './proxy-types.js';
 
 /** `QEVM`: the first 4 bytes of the main migration channel. */
 export const MAIN_CHANNEL_MAGIC = 0x5145564d;
