@@ -26,6 +26,7 @@ import { parseVmDesc } from '../qemu/vmdesc.js';
 import { LiveDecoder, tallyOf, type DecodeStop, type StreamTally } from './proxy-decode.js';
 import { ConnectionRouter, MultifdChannels, type MultifdChannelReport, type RejectedConnection } from './proxy-multifd.js';
 import type { ProxyFailure, ProxyNote, SideResult } from './proxy-types.js';
+import { ProxyLink } from './proxy-link.js';
 import { ReturnPathObserver, type ReturnPathSummary } from './proxy-return-path.js';
 
 export type { DecodeStop, StreamTally } from './proxy-decode.js';
@@ -278,15 +279,13 @@ export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
   opts.onListening?.(listener.endpoint);
   let src: net.Socket;
   let dst: net.Socket;
-  let early: Early;
+  let pair: ProxyLink;
   let t0: number;
   try {
     src = await mainChannel(mainArrived, link, listening, opts.signal);
     t0 = Date.now();
-    // Watch the source from the start: it may fail while the destination is being connected.
-    const e: Early = { error: undefined, closed: false, closedP: new Promise((r) => src.once('close', () => { e.closed = true; r(); })) };
-    early = e;
-    src.on('error', (err) => { e.error ??= err; });
+    // Watched from the start: the source may fail while the destination is being connected.
+    pair = new ProxyLink(src);
     note({ type: 'connected', side: 'source' });
     try {
       dst = await connect(opts.to, opts.connectWaitMs ?? DEFAULT_CONNECT_WAIT_MS);
@@ -304,13 +303,7 @@ export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
     throw err;
   }
   note({ type: 'connected', side: 'destination' });
-  return forward(opts, src, early, dst, t0, note, tee, { link, channels, router, closeListener, listening });
-}
-
-interface Early {
-  error: unknown;
-  closed: boolean;
-  closedP: Promise<void>;
+  return forward(opts, pair, dst, t0, note, tee, { link, channels, router, closeListener, listening });
 }
 
 interface Around {
@@ -322,8 +315,9 @@ interface Around {
   listening: string;
 }
 
-async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: net.Socket, t0: number, note: (n: ProxyNote) => void, teeFile: TeeFile | undefined, around: Around): Promise<ProxyReport> {
+async function forward(opts: ProxyOptions, pair: ProxyLink, dst: net.Socket, t0: number, note: (n: ProxyNote) => void, teeFile: TeeFile | undefined, around: Around): Promise<ProxyReport> {
   const { link, channels, router, closeListener } = around;
+  const src = pair.source;
   const rp = new ReturnPathObserver();
   const tail = new Tail(16 << 20);
   let records = 0;
@@ -360,37 +354,19 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
 
   const teeOut = teeFile?.out;
   const teeTmp = teeFile?.file.tempPath;
-  let teeError: unknown;
   // A tee that cannot be written is reported; the migration itself goes on.
-  teeOut?.on('error', (e) => {
-    teeError ??= e;
-    teeBlocked = false;
-    resumeSource();
-  });
+  let teeError: unknown;
 
-  let forwardBytes = 0;
-  let returnBytes = 0;
   const source: SideResult = { closed: 'open', offset: 0, error: null };
   const destination: SideResult = { closed: 'open', offset: 0, error: null };
-  let dstGone = false;
-  let srcGone = false;
-  let dstBlocked = false;
-  let teeBlocked = false;
-  let srcBlocked = false;
-
-  const delivered = (): number => forwardBytes - (dstGone ? 0 : dst.writableLength);
+  const srcGone = (): boolean => pair.src !== 'open';
+  const dstGone = (): boolean => pair.dst !== 'open';
   let deliveredAtClose: number | undefined;
-  const resumeSource = (): void => {
-    if (!dstBlocked && !teeBlocked && !srcGone) src.resume();
-  };
-  const resumeDestination = (): void => {
-    if (!srcBlocked && !dstGone) dst.resume();
-  };
 
   /** Did the EOF record reach the destination's socket? Brings the decoder up to date first. */
   const eofDelivered = (upTo: number): boolean => {
     live.flush();
-    const eof = live.eofOffset ?? tail.trailerEof(forwardBytes);
+    const eof = live.eofOffset ?? tail.trailerEof(pair.forwardBytes);
     if (eof !== undefined) return eof < upTo;
     // Live decoding stopped without a vmdesc: the destination's own word on the return path.
     return rp.shutStatus === 0;
@@ -398,93 +374,65 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
 
   let closeTimer: NodeJS.Timeout | undefined;
   const armCloseTimer = (): void => {
-    if (closeTimer || (srcGone && dstGone)) return;
+    if (closeTimer || (srcGone() && dstGone())) return;
     const ms = opts.closeTimeoutMs ?? 30_000;
     closeTimer = setTimeout(() => {
-      const side = srcGone ? 'destination' : 'source';
-      link.failure ??= { side, offset: forwardBytes, message: `the ${side} did not close its connection within ${ms} ms after the other side closed` };
-      if (!srcGone) src.destroy();
-      if (!dstGone) dst.destroy();
+      const side = srcGone() ? 'destination' : 'source';
+      link.failure ??= { side, offset: pair.forwardBytes, message: `the ${side} did not close its connection within ${ms} ms after the other side closed` };
+      if (!srcGone()) src.destroy();
+      if (!dstGone()) dst.destroy();
     }, ms);
   };
 
-  const done = Promise.all([early.closedP, new Promise<void>((resolve) => dst.once('close', () => resolve()))]);
-
-  // Source -> destination (and tee, and decoder).
-  src.on('data', (chunk: Buffer) => {
-    forwardBytes += chunk.length;
-    tail.push(chunk);
-    if (teeOut && !teeError && !teeOut.write(chunk)) {
-      teeBlocked = true;
-      src.pause();
-      teeOut.once('drain', () => { teeBlocked = false; resumeSource(); });
-    }
-    if (!dstGone && !dst.write(chunk)) {
-      dstBlocked = true;
-      src.pause();
-    }
-    live.feed(chunk);
-  });
-  dst.on('drain', () => { dstBlocked = false; resumeSource(); });
-
-  // Destination -> source: QEMU's return path.
-  dst.on('data', (chunk: Buffer) => {
-    returnBytes += chunk.length;
-    rp.push(chunk);
-    if (!srcGone && !src.write(chunk)) {
-      srcBlocked = true;
-      dst.pause();
-    }
-  });
-  src.on('drain', () => { srcBlocked = false; resumeDestination(); });
+  const done = Promise.all([pair.sourceGone, new Promise<void>((resolve) => dst.once('close', () => resolve()))]);
 
   const sourceClosed = (how: 'fin' | 'error', e?: unknown): void => {
     if (source.closed !== 'open') return;
+    const at = pair.forwardBytes;
     source.closed = how;
-    source.offset = forwardBytes;
+    source.offset = at;
     source.error = e === undefined ? null : errCode(e);
-    note({ type: 'closed', side: 'source', offset: forwardBytes, how, ...(source.error ? { error: source.error } : {}) });
+    note({ type: 'closed', side: 'source', offset: at, how, ...(source.error ? { error: source.error } : {}) });
     live.flush();
-    const eof = live.eofOffset ?? tail.trailerEof(forwardBytes);
+    const eof = live.eofOffset ?? tail.trailerEof(at);
     if (how === 'error') {
-      link.failure ??= { side: 'source', offset: forwardBytes, message: `the source connection failed (${source.error}) at forward offset ${forwardBytes}${eof === undefined ? ', before the EOF record' : ''}` };
+      link.failure ??= { side: 'source', offset: at, message: `the source connection failed (${source.error}) at forward offset ${at}${eof === undefined ? ', before the EOF record' : ''}` };
     } else if (eof === undefined && !live.stopped) {
       // The decoder is up to date and saw no EOF (when it stopped early, the tee decides later).
-      link.failure ??= { side: 'source', offset: forwardBytes, message: `the source closed the connection at forward offset ${forwardBytes}, before the EOF record` };
+      link.failure ??= { side: 'source', offset: at, message: `the source closed the connection at forward offset ${at}, before the EOF record` };
     }
     // What the destination would see with the source gone: the end of its input.
-    if (!dstGone) dst.end();
+    if (!dstGone()) dst.end();
     armCloseTimer();
   };
   /** The migration failed: the source's main connection goes, so its migration fails. */
   const closeMainSource = (): void => {
-    if (srcGone) return;
-    srcGone = true;
+    if (srcGone()) return;
+    pair.sourceDone();
     source.closed = 'closed-by-proxy';
-    source.offset = forwardBytes;
+    source.offset = pair.forwardBytes;
     src.destroy();
   };
   // A multifd channel that fails closes the main channel's source too (the channels closed
   // their own sources already); the channels ask whether the main stream reached its EOF.
   link.onFail = () => closeMainSource();
-  link.mainLoaded = () => eofDelivered(deliveredAtClose ?? delivered());
+  link.mainLoaded = () => eofDelivered(deliveredAtClose ?? pair.delivered());
   if (link.failure) closeMainSource();
   const destinationClosed = (how: 'fin' | 'error', e?: unknown): void => {
     if (destination.closed !== 'open') return;
-    deliveredAtClose = delivered();
+    deliveredAtClose = pair.delivered();
     destination.closed = how;
     destination.offset = deliveredAtClose;
     destination.error = e === undefined ? null : errCode(e);
-    dstGone = true;
-    dstBlocked = false;
+    pair.destinationDone();
     // Nothing more goes to a destination that closed: finish our side too (an error has destroyed it already).
     if (how === 'fin') dst.end();
     note({ type: 'closed', side: 'destination', offset: deliveredAtClose, how, ...(destination.error ? { error: destination.error } : {}) });
     if (eofDelivered(deliveredAtClose)) {
       // Normal end: the destination loaded the stream and closed. Keep reading the
       // source to its end (the vmdesc trailer follows EOF) and pass the FIN back.
-      if (!srcGone) src.end();
-      resumeSource();
+      if (!srcGone()) src.end();
+      pair.resumeSource();
     } else {
       link.failure ??= {
         side: 'destination', offset: deliveredAtClose,
@@ -496,24 +444,18 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
     armCloseTimer();
   };
 
-  src.on('end', () => sourceClosed('fin'));
-  src.on('error', (e) => sourceClosed('error', e));
-  const onSourceGone = (): void => {
-    srcGone = true;
-    if (source.closed === 'open') sourceClosed('error', early.error ?? new Error('closed'));
-    if (!dstGone) dst.end();
-  };
-  if (early.error !== undefined) sourceClosed('error', early.error);
-  void early.closedP.then(onSourceGone);
-  dst.on('end', () => destinationClosed('fin'));
-  dst.on('error', (e) => destinationClosed('error', e));
-  dst.on('close', () => {
-    if (destination.closed === 'open') destinationClosed('error', new Error('closed'));
-    dstGone = true;
+  pair.listen({
+    forwarded: (chunk) => { tail.push(chunk); live.feed(chunk); },
+    returned: (chunk) => rp.push(chunk),
+    sourceEnded: sourceClosed,
+    // With the source gone, the destination sees the end of its input.
+    sourceClosed: () => { if (!dstGone()) dst.end(); },
+    destinationEnded: destinationClosed,
+    teeFailed: (e) => { teeError ??= e; },
   });
 
   const onAbort = (): void => {
-    link.failure ??= { side: 'stream', offset: forwardBytes, message: `aborted at forward offset ${forwardBytes}` };
+    link.failure ??= { side: 'stream', offset: pair.forwardBytes, message: `aborted at forward offset ${pair.forwardBytes}` };
     src.destroy();
     dst.destroy();
     channels.destroyAll();
@@ -522,12 +464,11 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
 
   const interval = opts.progressIntervalMs ?? 1000;
   const ticker = interval > 0
-    ? setInterval(() => note({ type: 'progress', forwardBytes, returnBytes, seconds: (Date.now() - t0) / 1000, decodedRecords: records, multifdBytes: channels.bytes }), interval)
+    ? setInterval(() => note({ type: 'progress', forwardBytes: pair.forwardBytes, returnBytes: pair.returnBytes, seconds: (Date.now() - t0) / 1000, decodedRecords: records, multifdBytes: channels.bytes }), interval)
     : undefined;
   ticker?.unref();
 
-  src.resume();
-  dst.resume();
+  pair.start(dst, teeOut);
   await done;
   if (closeTimer) clearTimeout(closeTimer);
   // The main channel finished: no more channels can come. The proxy's exit waits for every
@@ -561,6 +502,7 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
       }
     }
   }
+  const { forwardBytes, returnBytes } = pair;
   if (!eof && sourceClean) {
     const t = tail.trailerEof(forwardBytes);
     if (t !== undefined) eof = { offset: t, via: 'trailer' };
@@ -569,7 +511,7 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
   if (!link.failure) {
     if (!sourceClean) link.failure = { side: 'source', offset: source.offset, message: `the source connection ended with ${source.error ?? source.closed} at forward offset ${source.offset}` };
     else if (!eof && rp.shutStatus !== 0) link.failure = { side: 'stream', offset: forwardBytes, message: `the source closed cleanly at ${forwardBytes} but no EOF record was established (live decoding: ${live.stopped?.message ?? 'incomplete'}; give --vmdesc or --tee)` };
-    else if (destination.closed === 'open') link.failure = { side: 'destination', offset: delivered(), message: 'the destination did not close its connection' };
+    else if (destination.closed === 'open') link.failure = { side: 'destination', offset: pair.delivered(), message: 'the destination did not close its connection' };
   }
   // The tees (main and multifd channels) are kept together or not at all.
   const channelTeeProblem = channels.teeProblem();
@@ -597,7 +539,7 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
     to: formatEndpoint(opts.to),
     seconds: (Date.now() - t0) / 1000,
     forwardBytes,
-    deliveredBytes: deliveredAtClose ?? delivered(),
+    deliveredBytes: deliveredAtClose ?? pair.delivered(),
     returnPath: { ...rp.result(), bytes: returnBytes },
     source,
     destination,
