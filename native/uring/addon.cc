@@ -4,6 +4,7 @@
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   migbridge::InitSys(env, exports);
+  migbridge::InitSocket(env, exports);
   migbridge::InitEngine(env, exports);
   return exports;
 }

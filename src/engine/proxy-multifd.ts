@@ -13,9 +13,10 @@ import * as net from 'node:net';
 import { MigbridgeError, errorCode as errCode } from '../errors.js';
 import { MULTIFD_MAGIC, MultifdDecoder, MultifdTallier, type MultifdTally } from '../qemu/multifd.js';
 import { StreamedOutput } from '../util/atomic-file.js';
-import { connectUnixWhenListening } from '../util/unix-connect.js';
+import { type Endpoint, type Listener, connectEndpoint, formatEndpoint } from '../util/endpoint.js';
+import { ProxyLink } from './proxy-link.js';
 import type { DecodeStop } from './proxy-decode.js';
-import type { ProxyFailure, ProxyNote, SideResult } from './proxy.js';
+import type { ProxyFailure, ProxyNote, SideResult } from './proxy-types.js';
 
 /** `QEVM`: the first 4 bytes of the main migration channel. */
 export const MAIN_CHANNEL_MAGIC = 0x5145564d;
@@ -42,10 +43,10 @@ export class ConnectionRouter {
   private mainTaken = false;
 
   constructor(
-    server: net.Server,
+    listener: Listener,
     private readonly routes: { main: (s: net.Socket, connection: number) => void; multifd: (s: net.Socket, connection: number) => void; note: (n: ProxyNote) => void },
   ) {
-    server.on('connection', (s: net.Socket) => this.classify(s, this.count++));
+    listener.onConnection((s: net.Socket) => this.classify(s, this.count++));
   }
 
   private reject(s: net.Socket, connection: number, head: Buffer, reason: string): void {
@@ -133,7 +134,8 @@ export interface MultifdChannelReport extends Omit<MultifdTally, 'decodedBytes'>
 
 /** What a channel needs from the proxy around it. */
 export interface ChannelHost {
-  to: string;
+  /** The destination: each channel opens its own connection there, as QEMU's channels do. */
+  to: Endpoint;
   connectWaitMs: number;
   pageSize?: number;
   note: (n: ProxyNote) => void;
@@ -141,6 +143,16 @@ export interface ChannelHost {
   fail: (f: ProxyFailure) => void;
   /** Did the main channel's EOF reach the destination (its load is complete)? */
   mainLoaded: () => boolean;
+}
+
+/**
+ * A multifd channel's own connection to the destination, with TCP_NODELAY as QEMU sets it on
+ * its multifd channels (see util/endpoint.ts). An inherited fd is one connection only: it
+ * carries the main channel and cannot be opened again for a channel.
+ */
+async function connectChannel(host: ChannelHost): Promise<net.Socket> {
+  if (host.to.kind === 'fd') throw new Error(`${formatEndpoint(host.to)} is a single connection (the main channel's); multifd channels need a unix: or tcp: destination`);
+  return connectEndpoint(host.to, { what: '--to', waitMs: host.connectWaitMs, allowHalfOpen: true, noDelay: true });
 }
 
 interface ChannelTee {
@@ -156,33 +168,32 @@ class MultifdChannel {
   private readonly decoder: MultifdDecoder;
   private readonly tally = new MultifdTallier();
   private decodeStop: DecodeStop | null = null;
-  private bytes = 0;
-  private returnBytes = 0;
   private deliveredAtClose: number | undefined;
   readonly source: SideResult = { closed: 'open', offset: 0, error: null };
   readonly destination: SideResult = { closed: 'open', offset: 0, error: null };
-  private srcGone = false;
-  private dstGone = false;
-  private srcClosed = false;
-  private dstClosed = false;
-  private dstBlocked = false;
-  private teeBlocked = false;
-  private earlyError: unknown;
+  /** The forwarding, and where each side's socket is (the destination's is 'closed' when it never connected). */
+  private readonly link: ProxyLink;
   private resolveDone!: () => void;
   readonly done = new Promise<void>((r) => { this.resolveDone = r; });
   private teePath: string | null = null;
   private teeKept = false;
 
-  constructor(readonly connection: number, private readonly src: net.Socket, private readonly host: ChannelHost) {
+  constructor(readonly connection: number, src: net.Socket, private readonly host: ChannelHost) {
     this.decoder = new MultifdDecoder({ ...(host.pageSize ? { pageSize: host.pageSize } : {}), onEvent: (ev) => this.onEvent(ev) });
     // Watched from the start: the source may fail while the destination is being connected.
-    src.on('error', (e) => { this.earlyError ??= e; });
-    src.once('close', () => {
-      this.srcClosed = true;
-      this.srcGone = true;
-      if (this.source.closed === 'open') this.sourceClosed('error', this.earlyError ?? new Error('closed'));
-      this.maybeDone();
+    this.link = new ProxyLink(src);
+    this.link.listen({
+      forwarded: (chunk) => this.decode(chunk),
+      sourceEnded: (how, e) => this.sourceClosed(how, e),
+      sourceClosed: () => this.maybeDone(),
+      destinationEnded: (how, e) => this.destinationClosed(how, e),
+      destinationClosed: () => this.maybeDone(),
+      teeFailed: (e) => { this.tee!.error ??= e; },
     });
+  }
+
+  private get bytes(): number {
+    return this.link.forwardBytes;
   }
 
   /** Multifd channel id from the init packet, once decoded. */
@@ -207,79 +218,31 @@ class MultifdChannel {
     const [tee] = await Promise.allSettled([teeBase !== undefined ? openChannelTee(teeBase) : Promise.resolve(undefined)]);
     if (tee.status === 'fulfilled') this.tee = tee.value;
     else this.teeOpenError = tee.reason;
-    const [dst] = await Promise.allSettled([connectUnixWhenListening(this.host.to, { waitMs: this.host.connectWaitMs, allowHalfOpen: true })]);
+    const [dst] = await Promise.allSettled([connectChannel(this.host)]);
     if (dst.status === 'rejected') {
-      this.dstGone = true;
-      this.dstClosed = true;
+      this.link.dst = 'closed';
       this.destination.closed = 'error';
       this.destination.error = errCode(dst.reason);
       this.host.fail({
         side: 'destination', channel: null, connection: this.connection, offset: 0,
-        message: `cannot connect to the destination unix:${this.host.to} for multifd connection #${this.connection}: ${dst.reason instanceof Error ? dst.reason.message : String(dst.reason)}`,
+        message: `cannot connect to the destination ${formatEndpoint(this.host.to)} for multifd connection #${this.connection}: ${dst.reason instanceof Error ? dst.reason.message : String(dst.reason)}`,
       });
       this.closeSource();
       this.maybeDone();
       return;
     }
     this.dst = dst.value;
-    if (this.srcGone) {
+    if (this.link.src !== 'open') {
       // The source failed (or the proxy closed it) while connecting: nothing to forward.
       // (A source's FIN cannot come first: its bytes, and so its end, are not read yet.)
       this.destination.closed = 'closed-by-proxy';
-      this.dstGone = true;
-      this.dstClosed = true;
+      this.link.dst = 'closed';
       this.dst.destroy();
       this.maybeDone();
       return;
     }
     this.host.note({ type: 'multifd-connected', connection: this.connection });
-    this.wire(this.dst);
-  }
-
-  private wire(dst: net.Socket): void {
-    const src = this.src;
-    const teeOut = this.tee?.out;
-    teeOut?.on('error', (e) => {
-      this.tee!.error ??= e;
-      this.teeBlocked = false;
-      this.resumeSource();
-    });
-    src.on('data', (chunk: Buffer) => {
-      this.bytes += chunk.length;
-      if (teeOut && !this.tee!.error && !teeOut.write(chunk)) {
-        this.teeBlocked = true;
-        src.pause();
-        teeOut.once('drain', () => { this.teeBlocked = false; this.resumeSource(); });
-      }
-      if (!this.dstGone && !dst.write(chunk)) {
-        this.dstBlocked = true;
-        src.pause();
-      }
-      this.decode(chunk);
-    });
-    dst.on('drain', () => { this.dstBlocked = false; this.resumeSource(); });
-    dst.on('data', (chunk: Buffer) => {
-      this.returnBytes += chunk.length;
-      if (!this.srcGone && !src.write(chunk)) dst.pause();
-    });
-    src.on('drain', () => { if (!this.dstGone) dst.resume(); });
-    src.on('end', () => this.sourceClosed('fin'));
-    src.on('error', (e) => this.sourceClosed('error', e));
-    dst.on('end', () => this.destinationClosed('fin'));
-    dst.on('error', (e) => this.destinationClosed('error', e));
-    dst.once('close', () => {
-      if (this.destination.closed === 'open') this.destinationClosed('error', new Error('closed'));
-      this.dstGone = true;
-      this.dstClosed = true;
-      this.maybeDone();
-    });
-    if (this.earlyError !== undefined) this.sourceClosed('error', this.earlyError);
-    if (!this.srcGone) src.resume();
-    dst.resume();
-  }
-
-  private resumeSource(): void {
-    if (!this.dstBlocked && !this.teeBlocked && !this.srcGone) this.src.resume();
+    this.link.start(this.dst, this.tee?.out);
   }
 
   /** Header-only decoding, done in line: it costs a few comparisons per chunk and no copy of payloads. */
@@ -317,26 +280,25 @@ class MultifdChannel {
       }
     }
     // What the destination would see with the source gone: the end of this channel.
-    if (this.dst && !this.dstGone) this.dst.end();
+    if (this.dst && this.link.dst === 'open') this.dst.end();
   }
 
   private destinationClosed(how: 'fin' | 'error', e?: unknown): void {
     if (this.destination.closed !== 'open') return;
     const dst = this.dst!;
-    this.deliveredAtClose = this.bytes - (this.dstGone ? 0 : dst.writableLength);
+    this.deliveredAtClose = this.link.delivered();
     this.destination.closed = how;
     this.destination.offset = this.deliveredAtClose;
     this.destination.error = e === undefined ? null : errCode(e);
-    this.dstGone = true;
-    this.dstBlocked = false;
+    this.link.destinationDone();
     if (how === 'fin') dst.end();
     this.host.note({ type: 'multifd-closed', connection: this.connection, channel: this.channel, side: 'destination', offset: this.deliveredAtClose, how, ...(this.destination.error ? { error: this.destination.error } : {}) });
     // Normal: the source ended this channel cleanly first, or the destination has loaded the
     // whole main stream (it closes its channels once done).
     const sourceEndedCleanly = this.source.closed === 'fin' && (this.decodeStop !== null || this.decoder.atBoundary) && this.deliveredAtClose === this.bytes;
     if (sourceEndedCleanly || this.host.mainLoaded()) {
-      if (!this.srcGone) this.src.end();
-      this.resumeSource();
+      if (this.link.src === 'open') this.link.source.end();
+      this.link.resumeSource();
       return;
     }
     this.host.fail({
@@ -347,32 +309,32 @@ class MultifdChannel {
 
   /** The migration failed: close the source side so the source QEMU's migration fails too. */
   closeSource(): void {
-    if (this.srcGone) return;
-    this.srcGone = true;
+    if (this.link.src !== 'open') return;
+    this.link.sourceDone();
     if (this.source.closed === 'open') {
       this.source.closed = 'closed-by-proxy';
       this.source.offset = this.bytes;
     }
-    this.src.destroy();
-    if (this.dst && !this.dstGone) this.dst.end();
+    this.link.source.destroy();
+    if (this.dst && this.link.dst === 'open') this.dst.end();
   }
 
   /** Gives up on a channel that does not close: both sides closed by the proxy. */
   destroy(): void {
     this.closeSource();
-    if (this.dst && !this.dstGone) {
+    if (this.dst && this.link.dst === 'open') {
       if (this.destination.closed === 'open') {
         this.destination.closed = 'closed-by-proxy';
-        this.destination.offset = this.bytes - this.dst.writableLength;
+        this.destination.offset = this.link.delivered();
       }
-      this.dstGone = true;
+      this.link.destinationDone();
       this.dst.destroy();
     }
   }
 
   /** Which side is still open (for a close timeout), or null. */
   get openSide(): 'source' | 'destination' | null {
-    return !this.srcClosed ? 'source' : this.dst && !this.dstClosed ? 'destination' : null;
+    return this.link.src !== 'closed' ? 'source' : this.dst && this.link.dst !== 'closed' ? 'destination' : null;
   }
 
   get forwarded(): number {
@@ -380,7 +342,7 @@ class MultifdChannel {
   }
 
   private maybeDone(): void {
-    if (this.srcClosed && (this.dstClosed || (!this.dst && this.destination.closed !== 'open'))) this.resolveDone();
+    if (this.link.src === 'closed' && (this.link.dst === 'closed' || (!this.dst && this.destination.closed !== 'open'))) this.resolveDone();
   }
 
   /** Closes the tee; renames it to `path` when `keep`, removes it otherwise. */
@@ -417,13 +379,13 @@ class MultifdChannel {
       ...rest,
       connection: this.connection,
       bytes: this.bytes,
-      deliveredBytes: this.deliveredAtClose ?? (this.dst ? this.bytes - (this.dstGone ? 0 : this.dst.writableLength) : 0),
-      returnBytes: this.returnBytes,
+      deliveredBytes: this.deliveredAtClose ?? (this.dst ? this.link.delivered() : 0),
+      returnBytes: this.link.returnBytes,
       decodedBytes,
       decodeStopped: this.decodeStop,
       source: { ...this.source },
       destination: { ...this.destination },
-      closed: this.srcClosed && (this.dstClosed || !this.dst),
+      closed: this.link.src === 'closed' && (this.link.dst === 'closed' || !this.dst),
       tee,
     };
   }

@@ -1,5 +1,5 @@
-// A helper beside QEMU: sits between a source QEMU (`migrate uri=unix:IN`) and a
-// destination QEMU (`-incoming unix:OUT`), forwards every byte unchanged both ways (the
+// A helper beside QEMU: sits between a source QEMU (`migrate uri=unix:IN`, or tcp:) and a
+// destination QEMU (`-incoming unix:OUT`, or tcp:), forwards every byte unchanged both ways (the
 // migration stream, and QEMU's return path back), optionally tees the forward stream to a
 // file, and decodes it on the side for a report. The forwarding never waits for the
 // decoder, and a decoding problem never breaks the migration.
@@ -15,10 +15,8 @@
 // source with the `multifd` capability can open its extra channels; each connection is
 // routed by its first 4 bytes (proxy-multifd.ts). A multifd channel failing fails the
 // migration the same way, and the proxy's exit waits for every channel to close.
-import { rm } from 'node:fs/promises';
 import { StreamedOutput } from '../util/atomic-file.js';
-import { connectUnixWhenListening } from '../util/unix-connect.js';
-import { listenUnix } from '../util/unix-listen.js';
+import { type Endpoint, type Listener, EndpointError, checkConnectable, connectEndpoint, formatEndpoint, listenEndpoint } from '../util/endpoint.js';
 import * as net from 'node:net';
 import { MigbridgeError, errnoNumber, errorCode as errCode } from '../errors.js';
 import { RecordType } from '../qemu/constants.js';
@@ -27,19 +25,22 @@ import { inspectStreamFile } from '../qemu/summary.js';
 import { parseVmDesc } from '../qemu/vmdesc.js';
 import { LiveDecoder, tallyOf, type DecodeStop, type StreamTally } from './proxy-decode.js';
 import { ConnectionRouter, MultifdChannels, type MultifdChannelReport, type RejectedConnection } from './proxy-multifd.js';
+import type { ProxyFailure, ProxyNote, SideResult } from './proxy-types.js';
+import { ProxyLink } from './proxy-link.js';
 import { ReturnPathObserver, type ReturnPathSummary } from './proxy-return-path.js';
 
 export type { DecodeStop, StreamTally } from './proxy-decode.js';
 export type { ReturnPathSummary, ReturnPathMessage } from './proxy-return-path.js';
 export type { MultifdChannelReport, RejectedConnection } from './proxy-multifd.js';
+export type { ProxyFailure, ProxyNote, SideResult } from './proxy-types.js';
 
 export const DEFAULT_CONNECT_WAIT_MS = 3000;
 
 export interface ProxyOptions {
-  /** Unix socket path to listen on (the source QEMU's `migrate uri=unix:PATH`). */
-  listen: string;
-  /** Unix socket path of the destination (a QEMU started with `-incoming unix:PATH`). */
-  to: string;
+  /** Where to listen (the source QEMU's `migrate uri=`): unix:, tcp: or an inherited socket. */
+  listen: Endpoint;
+  /** The destination (a QEMU started with `-incoming`); every multifd channel connects there too. */
+  to: Endpoint;
   /**
    * Also write the forward stream here (temp name, renamed once the stream completed), and
    * each multifd channel to `TEE.multifd-<channel id>` (kept only when the whole migration succeeded).
@@ -57,50 +58,17 @@ export interface ProxyOptions {
   maxDecodeBacklog?: number;
   /** How long to keep retrying a destination that is not listening yet (default 3000 ms). */
   connectWaitMs?: number;
-  /** Called once the listening socket exists. */
-  onListening?: () => void;
+  /** Called once the listening socket exists, with where it listens (a tcp port 0: the chosen port). */
+  onListening?: (endpoint: Endpoint) => void;
   /** Aborts waiting for the source, or the forwarding (both connections are closed). */
   signal?: AbortSignal;
   /** Mode of the listening socket (default 0600: only the owner may connect); e.g. 0o660 for a QEMU of the same group. */
   socketMode?: number;
 }
 
-export type ProxyNote =
-  | { type: 'listening'; path: string }
-  | { type: 'connected'; side: 'source' | 'destination' }
-  | { type: 'record'; offset: number; kind: string; idstr?: string; sectionId?: number; command?: string }
-  | { type: 'vfio-section'; offset: number; kind: string; idstr: string; sectionId: number; dataBytes: number; chunks: number }
-  | { type: 'decode-stopped'; stop: DecodeStop }
-  | { type: 'closed'; side: 'source' | 'destination'; offset: number; how: SideResult['closed']; error?: string }
-  | { type: 'progress'; forwardBytes: number; returnBytes: number; seconds: number; decodedRecords: number; multifdBytes: number }
-  | { type: 'multifd-accepted'; connection: number }
-  | { type: 'multifd-connected'; connection: number }
-  | { type: 'multifd-channel'; connection: number; channel: number; uuid: string }
-  | { type: 'multifd-closed'; connection: number; channel: number | null; side: 'source' | 'destination'; offset: number; how: SideResult['closed']; error?: string }
-  | { type: 'multifd-decode-stopped'; connection: number; channel: number | null; stop: DecodeStop }
-  | { type: 'rejected'; connection: number; firstBytes: string; reason: string };
-
-export interface SideResult {
-  /** 'fin': the peer closed its end; 'error': the connection failed (errno in `error`); 'closed-by-proxy': we closed it. */
-  closed: 'fin' | 'error' | 'closed-by-proxy' | 'open';
-  /** Forward-stream offset when it closed: bytes received from the source / handed to the destination. */
-  offset: number;
-  error: string | null;
-}
-
-export interface ProxyFailure {
-  side: 'source' | 'destination' | 'stream';
-  /** Forward-stream offset where it happened (on a multifd channel: that channel's offset). */
-  offset: number;
-  message: string;
-  /** Set when it happened on a multifd channel: its id (null when its init packet was not seen). */
-  channel?: number | null;
-  /** With `channel`: the connection's accept order. */
-  connection?: number;
-}
-
 export interface ProxyReport {
   ok: boolean;
+  /** Where the proxy listened, as bound (formatted endpoint). */
   listen: string;
   to: string;
   seconds: number;
@@ -203,21 +171,23 @@ class Tail {
   }
 }
 
-async function listen(path: string, signal: AbortSignal | undefined, mode: number | undefined): Promise<net.Server> {
+async function listen(ep: Endpoint, signal: AbortSignal | undefined, mode: number | undefined): Promise<Listener> {
   // pauseOnConnect: nothing is read from the source before the destination is connected.
-  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
+  const listening = listenEndpoint(ep, { what: '--listen', allowHalfOpen: true, pauseOnConnect: true, ...(mode !== undefined ? { mode } : {}) });
   const aborted = new Promise<never>((_, reject) => {
-    signal?.addEventListener('abort', () => { server.close(); reject(new ProxyError('EPROXY_ABORTED', 'aborted while starting')); }, { once: true });
+    signal?.addEventListener('abort', () => {
+      void listening.then((l) => l.close(), () => undefined);
+      reject(new ProxyError('EPROXY_ABORTED', 'aborted while starting'));
+    }, { once: true });
   });
   aborted.catch(() => undefined);
-  await Promise.race([listenUnix(server, path, mode), aborted]);
-  return server;
+  return Promise.race([listening, aborted]);
 }
 
 /** Resolves with the main channel's socket; rejects on abort, or when a multifd channel failed first. */
-function mainChannel(arrived: Promise<net.Socket>, link: MainLink, path: string, signal?: AbortSignal): Promise<net.Socket> {
+function mainChannel(arrived: Promise<net.Socket>, link: MainLink, where: string, signal?: AbortSignal): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const onAbort = (): void => reject(new ProxyError('EPROXY_ABORTED', `aborted while waiting for the source on unix:${path}`));
+    const onAbort = (): void => reject(new ProxyError('EPROXY_ABORTED', `aborted while waiting for the source on ${where}`));
     if (signal?.aborted) return onAbort();
     signal?.addEventListener('abort', onAbort, { once: true });
     link.onFail = (f) => reject(new ProxyEarlyFailure(f));
@@ -228,12 +198,13 @@ function mainChannel(arrived: Promise<net.Socket>, link: MainLink, path: string,
   });
 }
 
-async function connect(path: string, waitMs: number): Promise<net.Socket> {
+async function connect(to: Endpoint, waitMs: number): Promise<net.Socket> {
   try {
     // A destination QEMU started together with the proxy may not have reached listen() yet.
-    return await connectUnixWhenListening(path, { waitMs, allowHalfOpen: true });
+    return await connectEndpoint(to, { what: '--to', waitMs, allowHalfOpen: true });
   } catch (e) {
-    throw sysError(`cannot connect to the destination unix:${path}`, e as Error);
+    if (e instanceof EndpointError) throw e;
+    throw sysError(`cannot connect to the destination ${formatEndpoint(to)}`, e as Error);
   }
 }
 
@@ -268,6 +239,8 @@ interface MainLink {
 /** Runs one migration through the proxy; resolves with the report, or rejects with ProxyFailedError (report attached). */
 export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
   const note = opts.onNote ?? (() => undefined);
+  // An unusable inherited destination fd is a usage error now, not once the source has come.
+  checkConnectable(opts.to, '--to');
   const tee = opts.tee !== undefined ? await openTee(opts.tee) : undefined;
   const link: MainLink = { failure: null, onFail: () => undefined, mainLoaded: () => false };
   const channels: MultifdChannels = new MultifdChannels({
@@ -283,38 +256,36 @@ export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
     },
     mainLoaded: () => link.mainLoaded(),
   }, opts.tee);
-  let server: net.Server;
+  let listener: Listener;
   try {
-    server = await listen(opts.listen, opts.signal, opts.socketMode);
+    listener = await listen(opts.listen, opts.signal, opts.socketMode);
   } catch (err) {
     await dropTee(tee);
     throw err;
   }
   let arrived!: (s: net.Socket) => void;
   const mainArrived = new Promise<net.Socket>((r) => { arrived = r; });
-  const router = new ConnectionRouter(server, { main: (s) => arrived(s), multifd: (s, k) => channels.add(s, k), note });
+  const router = new ConnectionRouter(listener, { main: (s) => arrived(s), multifd: (s, k) => channels.add(s, k), note });
   let listenerClosed = false;
   // The listening socket stays until the main channel finished: multifd channels may come at any time before.
   const closeListener = async (): Promise<void> => {
     if (listenerClosed) return;
     listenerClosed = true;
-    server.close();
     router.closePending('still without its first 4 bytes when the main channel finished');
-    await rm(opts.listen, { force: true });
+    await listener.close();
   };
-  note({ type: 'listening', path: opts.listen });
-  opts.onListening?.();
+  const listening = formatEndpoint(listener.endpoint);
+  note({ type: 'listening', endpoint: listening });
+  opts.onListening?.(listener.endpoint);
   let src: net.Socket;
   let dst: net.Socket;
-  let early: Early;
+  let pair: ProxyLink;
   let t0: number;
   try {
-    src = await mainChannel(mainArrived, link, opts.listen, opts.signal);
+    src = await mainChannel(mainArrived, link, listening, opts.signal);
     t0 = Date.now();
-    // Watch the source from the start: it may fail while the destination is being connected.
-    const e: Early = { error: undefined, closed: false, closedP: new Promise((r) => src.once('close', () => { e.closed = true; r(); })) };
-    early = e;
-    src.on('error', (err) => { e.error ??= err; });
+    // Watched from the start: the source may fail while the destination is being connected.
+    pair = new ProxyLink(src);
     note({ type: 'connected', side: 'source' });
     try {
       dst = await connect(opts.to, opts.connectWaitMs ?? DEFAULT_CONNECT_WAIT_MS);
@@ -332,13 +303,7 @@ export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
     throw err;
   }
   note({ type: 'connected', side: 'destination' });
-  return forward(opts, src, early, dst, t0, note, tee, { link, channels, router, closeListener });
-}
-
-interface Early {
-  error: unknown;
-  closed: boolean;
-  closedP: Promise<void>;
+  return forward(opts, pair, dst, t0, note, tee, { link, channels, router, closeListener, listening });
 }
 
 interface Around {
@@ -346,10 +311,13 @@ interface Around {
   channels: MultifdChannels;
   router: ConnectionRouter;
   closeListener: () => Promise<void>;
+  /** The bound listening endpoint, formatted for the report. */
+  listening: string;
 }
 
-async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: net.Socket, t0: number, note: (n: ProxyNote) => void, teeFile: TeeFile | undefined, around: Around): Promise<ProxyReport> {
+async function forward(opts: ProxyOptions, pair: ProxyLink, dst: net.Socket, t0: number, note: (n: ProxyNote) => void, teeFile: TeeFile | undefined, around: Around): Promise<ProxyReport> {
   const { link, channels, router, closeListener } = around;
+  const src = pair.source;
   const rp = new ReturnPathObserver();
   const tail = new Tail(16 << 20);
   let records = 0;
@@ -386,37 +354,19 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
 
   const teeOut = teeFile?.out;
   const teeTmp = teeFile?.file.tempPath;
-  let teeError: unknown;
   // A tee that cannot be written is reported; the migration itself goes on.
-  teeOut?.on('error', (e) => {
-    teeError ??= e;
-    teeBlocked = false;
-    resumeSource();
-  });
+  let teeError: unknown;
 
-  let forwardBytes = 0;
-  let returnBytes = 0;
   const source: SideResult = { closed: 'open', offset: 0, error: null };
   const destination: SideResult = { closed: 'open', offset: 0, error: null };
-  let dstGone = false;
-  let srcGone = false;
-  let dstBlocked = false;
-  let teeBlocked = false;
-  let srcBlocked = false;
-
-  const delivered = (): number => forwardBytes - (dstGone ? 0 : dst.writableLength);
+  const srcGone = (): boolean => pair.src !== 'open';
+  const dstGone = (): boolean => pair.dst !== 'open';
   let deliveredAtClose: number | undefined;
-  const resumeSource = (): void => {
-    if (!dstBlocked && !teeBlocked && !srcGone) src.resume();
-  };
-  const resumeDestination = (): void => {
-    if (!srcBlocked && !dstGone) dst.resume();
-  };
 
   /** Did the EOF record reach the destination's socket? Brings the decoder up to date first. */
   const eofDelivered = (upTo: number): boolean => {
     live.flush();
-    const eof = live.eofOffset ?? tail.trailerEof(forwardBytes);
+    const eof = live.eofOffset ?? tail.trailerEof(pair.forwardBytes);
     if (eof !== undefined) return eof < upTo;
     // Live decoding stopped without a vmdesc: the destination's own word on the return path.
     return rp.shutStatus === 0;
@@ -424,93 +374,65 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
 
   let closeTimer: NodeJS.Timeout | undefined;
   const armCloseTimer = (): void => {
-    if (closeTimer || (srcGone && dstGone)) return;
+    if (closeTimer || (srcGone() && dstGone())) return;
     const ms = opts.closeTimeoutMs ?? 30_000;
     closeTimer = setTimeout(() => {
-      const side = srcGone ? 'destination' : 'source';
-      link.failure ??= { side, offset: forwardBytes, message: `the ${side} did not close its connection within ${ms} ms after the other side closed` };
-      if (!srcGone) src.destroy();
-      if (!dstGone) dst.destroy();
+      const side = srcGone() ? 'destination' : 'source';
+      link.failure ??= { side, offset: pair.forwardBytes, message: `the ${side} did not close its connection within ${ms} ms after the other side closed` };
+      if (!srcGone()) src.destroy();
+      if (!dstGone()) dst.destroy();
     }, ms);
   };
 
-  const done = Promise.all([early.closedP, new Promise<void>((resolve) => dst.once('close', () => resolve()))]);
-
-  // Source -> destination (and tee, and decoder).
-  src.on('data', (chunk: Buffer) => {
-    forwardBytes += chunk.length;
-    tail.push(chunk);
-    if (teeOut && !teeError && !teeOut.write(chunk)) {
-      teeBlocked = true;
-      src.pause();
-      teeOut.once('drain', () => { teeBlocked = false; resumeSource(); });
-    }
-    if (!dstGone && !dst.write(chunk)) {
-      dstBlocked = true;
-      src.pause();
-    }
-    live.feed(chunk);
-  });
-  dst.on('drain', () => { dstBlocked = false; resumeSource(); });
-
-  // Destination -> source: QEMU's return path.
-  dst.on('data', (chunk: Buffer) => {
-    returnBytes += chunk.length;
-    rp.push(chunk);
-    if (!srcGone && !src.write(chunk)) {
-      srcBlocked = true;
-      dst.pause();
-    }
-  });
-  src.on('drain', () => { srcBlocked = false; resumeDestination(); });
+  const done = Promise.all([pair.sourceGone, new Promise<void>((resolve) => dst.once('close', () => resolve()))]);
 
   const sourceClosed = (how: 'fin' | 'error', e?: unknown): void => {
     if (source.closed !== 'open') return;
+    const at = pair.forwardBytes;
     source.closed = how;
-    source.offset = forwardBytes;
+    source.offset = at;
     source.error = e === undefined ? null : errCode(e);
-    note({ type: 'closed', side: 'source', offset: forwardBytes, how, ...(source.error ? { error: source.error } : {}) });
+    note({ type: 'closed', side: 'source', offset: at, how, ...(source.error ? { error: source.error } : {}) });
     live.flush();
-    const eof = live.eofOffset ?? tail.trailerEof(forwardBytes);
+    const eof = live.eofOffset ?? tail.trailerEof(at);
     if (how === 'error') {
-      link.failure ??= { side: 'source', offset: forwardBytes, message: `the source connection failed (${source.error}) at forward offset ${forwardBytes}${eof === undefined ? ', before the EOF record' : ''}` };
+      link.failure ??= { side: 'source', offset: at, message: `the source connection failed (${source.error}) at forward offset ${at}${eof === undefined ? ', before the EOF record' : ''}` };
     } else if (eof === undefined && !live.stopped) {
       // The decoder is up to date and saw no EOF (when it stopped early, the tee decides later).
-      link.failure ??= { side: 'source', offset: forwardBytes, message: `the source closed the connection at forward offset ${forwardBytes}, before the EOF record` };
+      link.failure ??= { side: 'source', offset: at, message: `the source closed the connection at forward offset ${at}, before the EOF record` };
     }
     // What the destination would see with the source gone: the end of its input.
-    if (!dstGone) dst.end();
+    if (!dstGone()) dst.end();
     armCloseTimer();
   };
   /** The migration failed: the source's main connection goes, so its migration fails. */
   const closeMainSource = (): void => {
-    if (srcGone) return;
-    srcGone = true;
+    if (srcGone()) return;
+    pair.sourceDone();
     source.closed = 'closed-by-proxy';
-    source.offset = forwardBytes;
+    source.offset = pair.forwardBytes;
     src.destroy();
   };
   // A multifd channel that fails closes the main channel's source too (the channels closed
   // their own sources already); the channels ask whether the main stream reached its EOF.
   link.onFail = () => closeMainSource();
-  link.mainLoaded = () => eofDelivered(deliveredAtClose ?? delivered());
+  link.mainLoaded = () => eofDelivered(deliveredAtClose ?? pair.delivered());
   if (link.failure) closeMainSource();
   const destinationClosed = (how: 'fin' | 'error', e?: unknown): void => {
     if (destination.closed !== 'open') return;
-    deliveredAtClose = delivered();
+    deliveredAtClose = pair.delivered();
     destination.closed = how;
     destination.offset = deliveredAtClose;
     destination.error = e === undefined ? null : errCode(e);
-    dstGone = true;
-    dstBlocked = false;
+    pair.destinationDone();
     // Nothing more goes to a destination that closed: finish our side too (an error has destroyed it already).
     if (how === 'fin') dst.end();
     note({ type: 'closed', side: 'destination', offset: deliveredAtClose, how, ...(destination.error ? { error: destination.error } : {}) });
     if (eofDelivered(deliveredAtClose)) {
       // Normal end: the destination loaded the stream and closed. Keep reading the
       // source to its end (the vmdesc trailer follows EOF) and pass the FIN back.
-      if (!srcGone) src.end();
-      resumeSource();
+      if (!srcGone()) src.end();
+      pair.resumeSource();
     } else {
       link.failure ??= {
         side: 'destination', offset: deliveredAtClose,
@@ -522,24 +444,18 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
     armCloseTimer();
   };
 
-  src.on('end', () => sourceClosed('fin'));
-  src.on('error', (e) => sourceClosed('error', e));
-  const onSourceGone = (): void => {
-    srcGone = true;
-    if (source.closed === 'open') sourceClosed('error', early.error ?? new Error('closed'));
-    if (!dstGone) dst.end();
-  };
-  if (early.error !== undefined) sourceClosed('error', early.error);
-  void early.closedP.then(onSourceGone);
-  dst.on('end', () => destinationClosed('fin'));
-  dst.on('error', (e) => destinationClosed('error', e));
-  dst.on('close', () => {
-    if (destination.closed === 'open') destinationClosed('error', new Error('closed'));
-    dstGone = true;
+  pair.listen({
+    forwarded: (chunk) => { tail.push(chunk); live.feed(chunk); },
+    returned: (chunk) => rp.push(chunk),
+    sourceEnded: sourceClosed,
+    // With the source gone, the destination sees the end of its input.
+    sourceClosed: () => { if (!dstGone()) dst.end(); },
+    destinationEnded: destinationClosed,
+    teeFailed: (e) => { teeError ??= e; },
   });
 
   const onAbort = (): void => {
-    link.failure ??= { side: 'stream', offset: forwardBytes, message: `aborted at forward offset ${forwardBytes}` };
+    link.failure ??= { side: 'stream', offset: pair.forwardBytes, message: `aborted at forward offset ${pair.forwardBytes}` };
     src.destroy();
     dst.destroy();
     channels.destroyAll();
@@ -548,12 +464,11 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
 
   const interval = opts.progressIntervalMs ?? 1000;
   const ticker = interval > 0
-    ? setInterval(() => note({ type: 'progress', forwardBytes, returnBytes, seconds: (Date.now() - t0) / 1000, decodedRecords: records, multifdBytes: channels.bytes }), interval)
+    ? setInterval(() => note({ type: 'progress', forwardBytes: pair.forwardBytes, returnBytes: pair.returnBytes, seconds: (Date.now() - t0) / 1000, decodedRecords: records, multifdBytes: channels.bytes }), interval)
     : undefined;
   ticker?.unref();
 
-  src.resume();
-  dst.resume();
+  pair.start(dst, teeOut);
   await done;
   if (closeTimer) clearTimeout(closeTimer);
   // The main channel finished: no more channels can come. The proxy's exit waits for every
@@ -587,6 +502,7 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
       }
     }
   }
+  const { forwardBytes, returnBytes } = pair;
   if (!eof && sourceClean) {
     const t = tail.trailerEof(forwardBytes);
     if (t !== undefined) eof = { offset: t, via: 'trailer' };
@@ -595,7 +511,7 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
   if (!link.failure) {
     if (!sourceClean) link.failure = { side: 'source', offset: source.offset, message: `the source connection ended with ${source.error ?? source.closed} at forward offset ${source.offset}` };
     else if (!eof && rp.shutStatus !== 0) link.failure = { side: 'stream', offset: forwardBytes, message: `the source closed cleanly at ${forwardBytes} but no EOF record was established (live decoding: ${live.stopped?.message ?? 'incomplete'}; give --vmdesc or --tee)` };
-    else if (destination.closed === 'open') link.failure = { side: 'destination', offset: delivered(), message: 'the destination did not close its connection' };
+    else if (destination.closed === 'open') link.failure = { side: 'destination', offset: pair.delivered(), message: 'the destination did not close its connection' };
   }
   // The tees (main and multifd channels) are kept together or not at all.
   const channelTeeProblem = channels.teeProblem();
@@ -619,11 +535,11 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
 
   const report: ProxyReport = {
     ok: link.failure === null,
-    listen: opts.listen,
-    to: opts.to,
+    listen: around.listening,
+    to: formatEndpoint(opts.to),
     seconds: (Date.now() - t0) / 1000,
     forwardBytes,
-    deliveredBytes: deliveredAtClose ?? delivered(),
+    deliveredBytes: deliveredAtClose ?? pair.delivered(),
     returnPath: { ...rp.result(), bytes: returnBytes },
     source,
     destination,
