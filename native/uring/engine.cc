@@ -267,8 +267,11 @@ class Engine : public Napi::ObjectWrap<Engine> {
         else
           io_uring_prep_read(sqe, op.fd, op.iov[0].iov_base, op.iov[0].iov_len, off);
         break;
-      case kWrite:
-        io_uring_prep_write(sqe, op.fd, op.iov[0].iov_base, op.iov[0].iov_len, off);
+      case kWrite:  // a slice of a pooled read goes back out from the same registered buffer
+        if (fixed_ && fixedIndex >= 0)
+          io_uring_prep_write_fixed(sqe, op.fd, op.iov[0].iov_base, op.iov[0].iov_len, off, fixedIndex);
+        else
+          io_uring_prep_write(sqe, op.fd, op.iov[0].iov_base, op.iov[0].iov_len, off);
         break;
       case kReadv:
         io_uring_prep_readv(sqe, op.fd, op.iov.data(), op.iov.size(), off);
