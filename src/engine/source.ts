@@ -6,21 +6,33 @@ import { DEFAULT_TARGET_PAGE_SIZE, type StreamEvent, probeStreamFile, readStream
 import { indexMultifdChannels } from '../qemu/multifd-index.js';
 import { withMultifdDeviceState } from '../qemu/reframe-multifd.js';
 import { listenUnix } from '../util/unix-listen.js';
+import { defaultEngine, type IoEngine } from '../native/index.js';
 import { CancelledError, abortReason, whenCancelled } from './cancel.js';
+import { RingByteSource } from './ring-source.js';
 
 /** A file may come with the captures of its multifd channels (a proxy tee's FILE.multifd-N). */
 export type SourceTarget = { file: string; multifd?: readonly string[] } | { fd: number } | { unix: string };
 
-export async function openEvents(source: SourceTarget, signal?: AbortSignal): Promise<AsyncIterable<StreamEvent>> {
+/**
+ * The stream's events. Its bytes are read through the io engine into the registered
+ * buffer pool (see ring-source.ts): a restore writes the payloads from those buffers.
+ */
+export async function openEvents(source: SourceTarget, signal?: AbortSignal, io: IoEngine = defaultEngine()): Promise<AsyncIterable<StreamEvent>> {
+  const openBytes = (path: string, chunkSize: number) => RingByteSource.openFile(io, path, chunkSize);
   if ('file' in source) {
-    if (!source.multifd?.length) return readStreamFile(source.file);
+    if (!source.multifd?.length) return readStreamFile(source.file, { openBytes });
     // Device state that went over multifd channels is put back into the VFIO END sections.
     const { vmdesc } = await probeStreamFile(source.file);
     const index = await indexMultifdChannels(source.multifd, vmdesc?.page_size ?? DEFAULT_TARGET_PAGE_SIZE);
     // The decode reuses the vmdesc just read instead of reading the file's tail again.
-    return withMultifdDeviceState(readStreamFile(source.file, vmdesc ? { vmdesc } : {}), index);
+    return withMultifdDeviceState(readStreamFile(source.file, { openBytes, ...(vmdesc ? { vmdesc } : {}) }), index);
   }
-  if ('fd' in source) return readStream(fs.createReadStream('', { fd: source.fd, highWaterMark: 1 << 20, autoClose: false }));
+  if ('fd' in source) {
+    const bytes = new RingByteSource(io, source.fd);
+    // A cancel interrupts a read waiting on a sender that stopped.
+    whenCancelled(signal, () => bytes.destroy());
+    return readStream(bytes);
+  }
   const server = net.createServer();
   await listenUnix(server, source.unix);
   // A cancel while nobody connected yet (also one that came while the socket was being
