@@ -38,7 +38,9 @@ interface Sample {
 type Measured = Exclude<keyof Sample, 'downtimeEstimateMs'>;
 type Contender = (p: Point, dir: string) => Promise<ChildResult>;
 
-const latencyUs = (m: Point['model']) => (m === 'b' ? 200 : 0);
+/** Model (b)'s firmware time per 1 MiB (`--latency-us`, default 200; see bench/c/cbench.c for where a reader pays it). */
+let modelBLatencyUs = 200;
+const latencyUs = (m: Point['model']) => (m === 'b' ? modelBLatencyUs : 0);
 /** Model (c): device 0 holds 4x the size, the others a sixteenth of it. */
 const sizesOf = (p: Point) => Array.from({ length: p.n }, (_, i) => (p.model !== 'c' ? p.size : i === 0 ? p.size * 4 : p.size / 16));
 
@@ -80,7 +82,8 @@ function fifos(dir: string, tag: string, n: number): string[] {
 }
 
 export async function main(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { quick: { type: 'boolean' }, repeats: { type: 'string' }, size: { type: 'string' } } });
+  const { values } = parseArgs({ args, options: { quick: { type: 'boolean' }, repeats: { type: 'string' }, size: { type: 'string' }, 'latency-us': { type: 'string' } } });
+  modelBLatencyUs = Number(values['latency-us'] ?? 200);
   const quick = values.quick ?? false;
   const repeats = Number(values.repeats ?? (quick ? 3 : 5));
   // --size MiB shrinks the quick points (a check of the harness, not a measurement).
@@ -171,7 +174,7 @@ export async function main(args: string[]): Promise<void> {
     rssOverheadMiB: round(Math.max(...results.filter((r) => r.contender.startsWith('migbridge')).flatMap((r) => r.samples.map((s) => s.rssOverheadMiB)))),
     uringVsThreadpool: round(med('migbridge-save', a) / med('migbridge-save-threadpool', a)),
   };
-  const machine = { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? '?', loadavgStart: load0, loadavgEnd: loadavg()[0]!, kernel: execFileSync('uname', ['-r']).toString().trim(), node: process.version };
+  const machine = { modelBLatencyUs, cpus: cpus().length, cpuModel: cpus()[0]?.model ?? '?', loadavgStart: load0, loadavgEnd: loadavg()[0]!, kernel: execFileSync('uname', ['-r']).toString().trim(), node: process.version };
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const outDir = path.join(root, 'bench', 'results');
   mkdirSync(outDir, { recursive: true });

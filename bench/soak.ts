@@ -12,7 +12,7 @@ import { restore } from '../src/engine/restore.js';
 import { save } from '../src/engine/save.js';
 import { openSink } from '../src/engine/sink.js';
 import { MigState } from '../src/fsm/index.js';
-import { readStreamFile } from '../src/qemu/index.js';
+import { openEvents } from '../src/engine/source.js';
 import { createSimDevice } from '../src/vfio/sim/index.js';
 
 const DEVICES = 32;
@@ -54,7 +54,7 @@ async function main(): Promise<number> {
       const saved = await save({ devices: sources, sink: await openSink({ file }), precopy: true });
       // The sources are in STOP: their state is what the stream carries.
       const expected = sources.map((d) => d.stateDigest());
-      const restored = await restore({ events: readStreamFile(file), devices: targets });
+      const restored = await restore({ events: await openEvents({ file }), devices: targets });
       let bad = 0;
       targets.forEach((d, i) => {
         if (!d.resumeResult?.verified || d.stateDigest() !== expected[i]) bad++;

@@ -7,7 +7,15 @@
 //                                    contenders: the same cheap producers as the limit's)
 //   cbench drain FIFO...             reads each named pipe to EOF (restore's destinations)
 //   cbench sink-unix PATH            accepts one unix connection and reads it to EOF
-// LAT_US: a sleep before each 1 MiB produced (slow firmware). limit/seq print one JSON line.
+// LAT_US: a slow device (model b). Its firmware produces the next 1 MiB only when asked,
+// i.e. once the reader took the previous one, and takes LAT_US to do it: the producer
+// fills the pipe (sized to exactly 1 MiB) with one chunk, waits for POLLOUT (the kernel
+// wakes a writer of a full pipe only after a read emptied it), then sleeps LAT_US before
+// writing the next. So a read of the data_fd returns LAT_US after the previous read, as
+// on a device whose read() waits for the firmware: a reader that reads devices one after
+// another pays it per MiB per device, one that reads all devices at once overlaps it.
+// (LAT_US 0, model a: the producer writes ahead as fast as the pipe takes it.)
+// limit/seq print one JSON line.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -40,11 +48,20 @@ static void *producer(void *arg) {
   struct prod *p = arg;
   int fd = p->fd >= 0 ? p->fd : open(p->path, O_WRONLY | O_CLOEXEC);
   if (fd < 0) die("open fifo");
-  fcntl(fd, F_SETPIPE_SZ, CHUNK);
+  // model (b) needs a pipe of exactly one chunk (a full pipe = one chunk not yet read)
+  if (fcntl(fd, F_SETPIPE_SZ, CHUNK) != CHUNK && g_lat) die("F_SETPIPE_SZ 1 MiB (see /proc/sys/fs/pipe-max-size, pipe-user-pages-soft)");
   char *buf = malloc(CHUNK);
   memset(buf, 0x5a, CHUNK);
   for (long long left = g_size; left > 0;) {
-    if (g_lat) usleep(g_lat);
+    if (g_lat) {
+      // wait for the read of the previous chunk (the pipe holds exactly one), then the firmware's time
+      if (left != g_size) {
+        struct pollfd w = {.fd = fd, .events = POLLOUT};
+        while (poll(&w, 1, -1) < 0)
+          if (errno != EINTR) die("producer poll");
+      }
+      usleep(g_lat);
+    }
     size_t n = left < CHUNK ? left : CHUNK;
     for (size_t off = 0; off < n;) {
       ssize_t w = write(fd, buf + off, n - off);

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import type { WriteStream } from 'node:tty';
 import { inspectStreamFile } from '../qemu/summary.js';
-import { readStreamFile } from '../qemu/index.js';
+import { openEvents } from './source.js';
 import { createSimDevice, type SimDevice } from '../vfio/sim/index.js';
 import { closeDevices } from './devices.js';
 import { Progress } from './progress.js';
@@ -72,7 +72,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     });
     const inspected = await inspectStreamFile(stream);
     const restored: RestoreReport = await restore({
-      events: readStreamFile(stream),
+      events: await openEvents({ file: stream }),
       devices: targets,
       ...(opts.progressTo ? { progress: new Progress(opts.progressTo, 'restore') } : {}),
     });

@@ -4,7 +4,7 @@
 // where the kernel validates each device's data on its exit from RESUMING.
 import { MigbridgeError } from '../errors.js';
 import { MigFlag, MigState } from '../fsm/index.js';
-import { defaultEngine, type IoEngine } from '../native/index.js';
+import { defaultEngine, retainPooled, type IoEngine } from '../native/index.js';
 import { type ByteSource, type StreamEvent, readStream } from '../qemu/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
 import { CancelledError, abortReason, untilCancelled, throwIfCancelled, whenCancelled } from './cancel.js';
@@ -315,6 +315,10 @@ async function loadState(
     const data = ev.data;
     while (inFlight >= maxInFlight) await new Promise<void>((r) => waiters.push(r));
     throwIfCancelled(signal, 'restore');
+    // A slice of a pool buffer (the stream read through the ring) keeps that buffer out of
+    // the pool until its write completed; the source recycles the rest as it reads on (it
+    // is not pulled again before this).
+    const release = retainPooled(data);
     if (t.chunks === 0) note({ type: 'device-data', device: t.dev.id, section: ev.section.idstr, offset: ev.offset });
     inFlight += data.length;
     t.chunks++;
@@ -332,6 +336,7 @@ async function loadState(
             ? new VfioDeviceError(t.dev.id, 'write resume data', e.errno ?? 5, { message: `after ${t.bytes} bytes of ${t.idstr}`, cause: e })
             : (e as Error);
       } finally {
+        release?.();
         inFlight -= data.length;
         waiters.shift()?.();
       }

@@ -11,7 +11,8 @@ import { MigbridgeError } from '../errors.js';
 export interface RawEngine {
   info(): { io: 'io_uring' | 'threadpool'; reason: string; ringEntries: number; fixedBuffers: boolean };
   submitRead(id: number, fd: number, buf: Buffer, offset: number, timeoutMs: number, fixedIndex: number): void;
-  submitWrite(id: number, fd: number, buf: Buffer, offset: number, timeoutMs: number): void;
+  /** fixedIndex >= 0: buf lies in that registered pool buffer (WRITE_FIXED on io_uring). */
+  submitWrite(id: number, fd: number, buf: Buffer, offset: number, timeoutMs: number, fixedIndex: number): void;
   submitReadv(id: number, fd: number, bufs: Buffer[], offset: number, timeoutMs: number): void;
   submitWritev(id: number, fd: number, bufs: Buffer[], offset: number, timeoutMs: number): void;
   submitPoll(id: number, fd: number, events: number, timeoutMs: number): void;

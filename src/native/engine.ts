@@ -113,6 +113,8 @@ export class IoEngine {
   readonly #ops: (OpRecord | undefined)[];
   readonly #freeIds: number[];
   readonly #freeBuffers: number[];
+  /** Holders of each pool buffer (the read that filled it, then every retain()); free at 0. */
+  readonly #bufferRefs: Uint32Array;
   #idWaiters: Waiter[] = [];
   #bufferWaiters: Waiter[] = [];
   #cancelEpoch = new Map<number, number>();
@@ -134,6 +136,7 @@ export class IoEngine {
     this.#ops = new Array<OpRecord | undefined>(o.maxOps).fill(undefined);
     this.#freeIds = Array.from({ length: o.maxOps }, (_, i) => o.maxOps - 1 - i);
     this.#freeBuffers = Array.from({ length: o.bufferCount }, (_, i) => o.bufferCount - 1 - i);
+    this.#bufferRefs = new Uint32Array(o.bufferCount);
     const Native = addon().Engine;
     this.#native = new Native(
       { entries: o.entries, maxOps: o.maxOps, forceThreadpool: o.force === 'threadpool', ioWorkers: o.ioWorkers, ioctlWorkers: o.ioctlWorkers },
@@ -149,6 +152,7 @@ export class IoEngine {
       throw new MigbridgeError('ENOIOURING', `io_uring was required but is unavailable: ${raw.reason}`);
     }
     this.#info = { io: raw.io, reason: raw.reason, bufferCount: o.bufferCount, bufferSize: o.bufferSize };
+    pools.set(this.#pool.buffer, this);
     if (raw.io === 'io_uring') {
       this.#info.ringEntries = raw.ringEntries;
       this.#info.fixedBuffers = raw.fixedBuffers;
@@ -172,6 +176,28 @@ export class IoEngine {
   /** Pool bytes checked out (in-flight reads and unreleased PooledBuffers) plus caller bytes in pending ops. */
   inFlightBytes(): number {
     return (this.#info.bufferCount - this.#freeBuffers.length) * this.#bufferSize + this.#callerBytes;
+  }
+
+  /** Pool buffers free right now (none checked out by a read or held by a retain()). */
+  freeBufferCount(): number {
+    return this.#freeBuffers.length;
+  }
+
+  /**
+   * One more holder of the pool buffer `view` lies in (e.g. a write of a slice of a
+   * pooled read that must outlive the reader's release); the buffer returns to the pool
+   * when every holder released it. Undefined when `view` is not inside the pool.
+   */
+  retain(view: Buffer): (() => void) | undefined {
+    const index = this.#poolIndexOf(view);
+    if (index < 0 || this.#bufferRefs[index] === 0) return undefined;
+    this.#bufferRefs[index]!++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.releaseBuffer(index);
+    };
   }
 
   // ---- data ops ------------------------------------------------------------
@@ -219,7 +245,8 @@ export class IoEngine {
       while (done < data.length) {
         const rest = data.subarray(done);
         const at = ctx.offset < 0 ? -1 : ctx.offset + done;
-        const n = await this.#retrying(ctx, POLLOUT, (id, t) => this.#native.submitWrite(id, fd, rest, at, t), rest);
+        const fixed = this.#poolIndexOf(rest);
+      const n = await this.#retrying(ctx, POLLOUT, (id, t) => this.#native.submitWrite(id, fd, rest, at, t, fixed), rest);
         if (n === 0) throw new SysError('write', EIO, `write returned 0 with ${data.length - done} bytes left on fd ${fd}`, { fd });
         done += n;
       }
@@ -317,16 +344,21 @@ export class IoEngine {
       }
       if (this.#pending > 0) await new Promise<void>((r) => this.#idleWaiters.push(r));
       this.#native.destroy();
+      pools.delete(this.#pool.buffer);
       if (defaultInstance === this) defaultInstance = undefined;
     })();
     return this.#shutdown;
   }
 
-  /** @internal Returns a pool buffer (PooledBuffer.release). */
+  /** @internal Drops one holder of a pool buffer (PooledBuffer.release, retain()'s release). */
   releaseBuffer(index: number): void {
+    if (this.#bufferRefs[index] === 0) return;
+    if (--this.#bufferRefs[index]! > 0) return;
     const w = this.#bufferWaiters.shift();
-    if (w) w.resolve(index);
-    else this.#freeBuffers.push(index);
+    if (w) {
+      this.#bufferRefs[index] = 1;
+      w.resolve(index);
+    } else this.#freeBuffers.push(index);
   }
 
   // ---- internals -----------------------------------------------------------
@@ -448,9 +480,22 @@ export class IoEngine {
     return new Promise((resolve, reject) => this.#idWaiters.push({ fd, resolve, reject }));
   }
 
+  /** Which pool buffer `view` lies inside (its registered index for a fixed op), or -1. */
+  #poolIndexOf(view: Buffer): number {
+    if (view.buffer !== this.#pool.buffer || view.length === 0) return -1;
+    const at = view.byteOffset - this.#pool.byteOffset;
+    const index = Math.floor(at / this.#bufferSize);
+    if (at < 0 || index >= this.#info.bufferCount) return -1;
+    // a fixed op must stay inside its one registered buffer
+    return at + view.length <= (index + 1) * this.#bufferSize ? index : -1;
+  }
+
   async #takeBuffer(fd: number, ctx: OpContext): Promise<number> {
     const index = this.#freeBuffers.pop();
-    if (index !== undefined) return index;
+    if (index !== undefined) {
+      this.#bufferRefs[index] = 1;
+      return index;
+    }
     const got = await new Promise<number>((resolve, reject) => this.#bufferWaiters.push({ fd, resolve, reject }));
     try {
       this.#checkCancelled(ctx);
@@ -503,6 +548,17 @@ class OpContext {
 }
 
 let defaultInstance: IoEngine | undefined;
+
+/** Each open engine by the memory of its buffer pool. */
+const pools = new Map<ArrayBufferLike, IoEngine>();
+
+/**
+ * IoEngine.retain on whichever engine's pool `view` lies in (a consumer of decoded
+ * payloads need not know which engine read them); undefined for memory of no pool.
+ */
+export function retainPooled(view: Buffer): (() => void) | undefined {
+  return pools.get(view.buffer)?.retain(view);
+}
 
 /** The process-wide engine, created on first use; MIGBRIDGE_IO=threadpool|io_uring forces a backend. */
 export function defaultEngine(): IoEngine {

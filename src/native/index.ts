@@ -4,6 +4,7 @@ export { pipe, socketpair, setPipeSize, setNonBlocking, ioctlSync, closeSync } f
 export {
   IoEngine,
   defaultEngine,
+  retainPooled,
   envForce,
   POLLIN,
   POLLOUT,

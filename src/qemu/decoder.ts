@@ -86,6 +86,11 @@ export class StreamDecoder {
     return this.r.offset;
   }
 
+  /** Bytes pushed and not consumed yet: the tail of the input the decoder still holds. */
+  get buffered(): number {
+    return this.r.available;
+  }
+
   /** True once the stream was decoded to its end (EOF, plus vmdesc if any). */
   get done(): boolean {
     return this.finished;

@@ -15,12 +15,23 @@ import { libvirtStreamBytes, libvirtVmDesc, readLibvirtImageHeader, type Libvirt
 
 export type ByteSource = AsyncIterable<Uint8Array | Buffer | string>;
 
+/**
+ * A source that reuses the memory of the chunks it yields (a buffer pool) learns, before
+ * each pull, how many bytes at the end of what it yielded the decoder still holds; every
+ * event of the chunks before them has been handed to the consumer by then.
+ */
+export interface RecyclingByteSource extends AsyncIterable<Buffer> {
+  held(bytes: number): void;
+}
+
 /** Decodes a stream from any async byte source. Throws StreamError on bad input. */
 export async function* readStream(source: ByteSource, opts: DecoderOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
   const dec = new StreamDecoder(opts);
+  const recycler = (source as Partial<RecyclingByteSource>).held?.bind(source);
   for await (const chunk of source) {
     if (typeof chunk === 'string') throw new TypeError('readStream: the source must yield bytes, not strings (no encoding set)');
     yield* decodeStep(dec, () => dec.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)));
+    recycler?.(dec.buffered);
   }
   yield* decodeStep(dec, () => dec.end());
 }
@@ -46,6 +57,8 @@ export interface FileReadOptions extends DecoderOptions {
   chunkSize?: number;
   /** How far from the end to look for the vmdesc (default 64 MiB). */
   vmdescSearchBytes?: number;
+  /** Reads a plain (not libvirt) stream file's bytes instead of a libuv read stream (e.g. through the io_uring pool). */
+  openBytes?: (path: string, chunkSize: number) => ByteSource & { destroy?: () => void };
 }
 
 /** What `openStreamFile` found before streaming: the vmdesc read from the file's tail. */
@@ -77,8 +90,14 @@ export async function probeStreamFile(path: string, opts: FileReadOptions = {}):
  * libvirt save image (after its header, decompressed when stored compressed). The one
  * place a stream file is opened for reading.
  */
-export function openStreamBytes(path: string, info: StreamFileInfo, chunkSize = 1 << 20): AsyncIterable<Buffer> & { destroy?: () => void } {
+export function openStreamBytes(
+  path: string,
+  info: StreamFileInfo,
+  chunkSize = 1 << 20,
+  openBytes?: FileReadOptions['openBytes'],
+): ByteSource & { destroy?: () => void } {
   if (info.libvirt) return libvirtStreamBytes(path, info.libvirt, chunkSize);
+  if (openBytes) return openBytes(path, chunkSize);
   return createReadStream(path, { highWaterMark: chunkSize });
 }
 
@@ -110,7 +129,7 @@ function missingTrailer(e: MigbridgeError, info: StreamFileInfo): MigbridgeError
  */
 export async function* readStreamFile(path: string, opts: FileReadOptions = {}): AsyncGenerator<StreamEvent, void, undefined> {
   const info = await probeStreamFile(path, opts);
-  const source = openStreamBytes(path, info, opts.chunkSize);
+  const source = openStreamBytes(path, info, opts.chunkSize, opts.openBytes);
   try {
     yield* readStream(source, {
       ...opts,

@@ -151,19 +151,58 @@ export interface TailVmDesc {
 /**
  * Finds the vmdesc trailer at the end of a seekable file: the last `0x06 be32 len`
  * whose JSON ends exactly at end of file and is preceded by the EOF byte (§5).
- * Reads at most `maxBytes` from the tail; returns undefined when there is none.
+ * Looks at most `maxBytes` back from the end; returns undefined when there is none.
+ * The tail is scanned backwards one block at a time and only a candidate's JSON is read
+ * whole, so a stream without a vmdesc does not cost a buffer of `maxBytes` (a restore's
+ * memory budget is 64 MiB).
  */
 export async function readTailVmDesc(path: string, maxBytes = 64 << 20): Promise<TailVmDesc | undefined> {
   const fh = await open(path, 'r');
   try {
     const size = (await fh.stat()).size;
-    const n = Math.min(size, maxBytes);
-    const tail = Buffer.allocUnsafe(n);
-    const { bytesRead } = await fh.read(tail, 0, n, size - n);
-    if (bytesRead !== n) return undefined;
-    return findTailVmDesc(tail, size - n);
+    const base = size - Math.min(size, maxBytes);
+    const block = Buffer.allocUnsafe(TAIL_BLOCK + TRAILER_HEAD + 1);
+    // candidate offsets p in [start, end); the last possible one is size - 6
+    for (let end = size - TRAILER_HEAD; end > base; ) {
+      const start = Math.max(base, end - TAIL_BLOCK);
+      const from = start > base ? start - 1 : start; // with the byte before the first candidate
+      const want = end + TRAILER_HEAD - from;
+      if ((await fh.read(block, 0, want, from)).bytesRead !== want) return undefined;
+      for (let p = end - 1; p >= start; p--) {
+        if (!trailerAt(block, p - from, size - p, p, base)) continue;
+        const json = Buffer.allocUnsafe(size - p - TRAILER_HEAD);
+        if ((await fh.read(json, 0, json.length, p + TRAILER_HEAD)).bytesRead !== json.length) return undefined;
+        return parsedTrailer(json, p);
+      }
+      end = start;
+    }
+    return undefined;
   } finally {
     await fh.close();
+  }
+}
+
+const TAIL_BLOCK = 1 << 20;
+/** 0x06 + be32 length: the JSON follows. */
+const TRAILER_HEAD = 5;
+
+/**
+ * Whether buf[i] (stream offset `at`, `toEnd` bytes before the end of the stream, the
+ * window starting at stream offset `base`) starts a vmdesc trailer: type byte, a length
+ * that reaches exactly the end, a JSON object, and the EOF byte before it (unless the
+ * stream is nothing else; at the window's first byte that byte is not known).
+ */
+function trailerAt(buf: Buffer, i: number, toEnd: number, at: number, base: number): boolean {
+  if (buf[i] !== RecordType.VMDESCRIPTION || buf[i + TRAILER_HEAD] !== 0x7b /* '{' */) return false;
+  if (buf.readUInt32BE(i + 1) !== toEnd - TRAILER_HEAD) return false;
+  return at === 0 || (at > base && buf[i - 1] === RecordType.EOF);
+}
+
+function parsedTrailer(json: Buffer, offset: number): TailVmDesc | undefined {
+  try {
+    return { offset, json, desc: parseVmDesc(json, offset) };
+  } catch {
+    return undefined;
   }
 }
 
@@ -174,16 +213,8 @@ export async function readTailVmDesc(path: string, maxBytes = 64 << 20): Promise
  */
 export function findTailVmDesc(tail: Buffer, base: number): TailVmDesc | undefined {
   const n = tail.length;
-  for (let p = n - 6; p >= 0; p--) {
-    if (tail[p] !== RecordType.VMDESCRIPTION || tail[p + 5] !== 0x7b /* '{' */) continue;
-    if (tail.readUInt32BE(p + 1) !== n - p - 5) continue;
-    if (base + p > 0 && (p === 0 || tail[p - 1] !== RecordType.EOF)) continue;
-    const json = Buffer.from(tail.subarray(p + 5));
-    try {
-      return { offset: base + p, json, desc: parseVmDesc(json, base + p) };
-    } catch {
-      return undefined;
-    }
+  for (let p = n - TRAILER_HEAD - 1; p >= 0; p--) {
+    if (trailerAt(tail, p, n - p, base + p, base)) return parsedTrailer(Buffer.from(tail.subarray(p + TRAILER_HEAD)), base + p);
   }
   return undefined;
 }

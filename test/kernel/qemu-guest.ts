@@ -38,6 +38,8 @@ export interface MttyVmOptions {
   paused?: boolean;
   /** Destination: -incoming defer (then migrateIncomingFile). */
   incoming?: boolean;
+  /** More mdevs, as vfio-pci at 00:05.0, 00:06.0, ... (idstrs 0000:00:05.0/vfio, ...). */
+  more?: readonly string[];
 }
 
 /** QEMU 10 (`-M pc -m 64`, halt firmware) owning the mdev as vfio-pci at 00:04.0. */
@@ -50,7 +52,7 @@ export function startMttyVm(o: MttyVmOptions): Promise<QemuVm> {
     args: [
       '-M', 'pc', '-m', '64', '-bios', '{dir}/halt.bin',
       ...(o.paused ? ['-S'] : []),
-      '-device', `vfio-pci,id=mt0,addr=04.0,sysfsdev=/sys/bus/mdev/devices/${o.uuid}`,
+      ...[o.uuid, ...(o.more ?? [])].flatMap((u, i) => ['-device', `vfio-pci,id=mt${i},addr=0${4 + i}.0,sysfsdev=/sys/bus/mdev/devices/${u}`]),
     ],
   });
 }
@@ -73,11 +75,17 @@ export async function portIn(vm: QemuVm, port: number): Promise<number> {
   return parseInt(m[1]!, 16);
 }
 
-/** Places BAR0 at I/O UART_IO and enables I/O decoding (no firmware does it here). */
-export async function mapUart(vm: QemuVm): Promise<void> {
-  await portOut(vm, 'w', 0xcf8, (CONFIG_ADDR | 0x10) >>> 0);
-  await portOut(vm, 'w', 0xcfc, UART_IO);
-  await portOut(vm, 'w', 0xcf8, (CONFIG_ADDR | 0x04) >>> 0);
+/** Where the tests place the UART of the `index`th device (slot 4 + index): BAR0 I/O base and config address. */
+export function uartAt(index: number): { io: number; config: number } {
+  return { io: UART_IO + 0x100 * index, config: (CONFIG_ADDR + (index << 11)) >>> 0 };
+}
+
+/** Places BAR0 of the `index`th device at its I/O base and enables I/O decoding (no firmware does it here). */
+export async function mapUart(vm: QemuVm, index = 0): Promise<void> {
+  const at = uartAt(index);
+  await portOut(vm, 'w', 0xcf8, (at.config | 0x10) >>> 0);
+  await portOut(vm, 'w', 0xcfc, at.io);
+  await portOut(vm, 'w', 0xcf8, (at.config | 0x04) >>> 0);
   await portOut(vm, 'h', 0xcfc, 0x0001);
 }
 
@@ -90,12 +98,13 @@ export async function programUartHmp(vm: QemuVm, u: Uart): Promise<void> {
   for (const ch of Buffer.from(u.fifo)) await portOut(vm, 'b', UART_IO + UART.THR, ch);
 }
 
-/** Reads SCR, LCR and pops the RX FIFO (LSR bit 0 = data ready) through the VM's BAR0 as it is mapped now. */
-export async function readUartHmp(vm: QemuVm): Promise<Uart> {
-  const scr = await portIn(vm, UART_IO + UART.SCR);
-  const lcr = await portIn(vm, UART_IO + UART.LCR);
+/** Reads SCR, LCR and pops the RX FIFO (LSR bit 0 = data ready) through the VM's BAR0 (of the `index`th device) as it is mapped now. */
+export async function readUartHmp(vm: QemuVm, index = 0): Promise<Uart> {
+  const io = uartAt(index).io;
+  const scr = await portIn(vm, io + UART.SCR);
+  const lcr = await portIn(vm, io + UART.LCR);
   let fifo = '';
-  for (let i = 0; i < 16 && (await portIn(vm, UART_IO + UART.LSR)) & 1; i++) fifo += String.fromCharCode(await portIn(vm, UART_IO + UART.THR));
+  for (let i = 0; i < 16 && (await portIn(vm, io + UART.LSR)) & 1; i++) fifo += String.fromCharCode(await portIn(vm, io + UART.THR));
   return { scr, lcr, fifo };
 }
 

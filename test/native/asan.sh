@@ -23,7 +23,7 @@ if [ ! -f "$out" ]; then
   g++ -shared -fPIC -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1 -std=c++17 \
     -DNAPI_VERSION=8 -DNAPI_CPP_EXCEPTIONS -DNODE_ADDON_API_DISABLE_DEPRECATED \
     -I/usr/include/node -I"$(node -p "require('node-addon-api').include_dir")" \
-    native/uring/addon.cc native/uring/sys.cc native/uring/engine.cc \
+    native/uring/*.cc \
     $(pkg-config --cflags --libs liburing) -lpthread -o "$out.tmp"
   mv "$out.tmp" "$out"
 fi
