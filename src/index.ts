@@ -3,6 +3,8 @@ export * as fsm from './fsm/index.js';
 export * as vfio from './vfio/index.js';
 export * as qemu from './qemu/index.js';
 export * as native from './native/index.js';
+export * as qmp from './qmp/index.js';
+export { QmpClient, QmpError, type QmpEvent } from './qmp/index.js';
 export { MigState, MigFlag } from './fsm/index.js';
 export { openDevice, openDevices, type MigrationDevice } from './vfio/index.js';
 export { save, type SaveOptions, type SaveReport, SaveRefusedError } from './engine/save.js';

@@ -1,10 +1,12 @@
-// migbridge native addon entry: synchronous syscall helpers (sys.cc) and the
-// asynchronous I/O engine (engine.cc). I/O and ioctls only; all logic is in TS.
+// migbridge native addon entry: synchronous syscall helpers (sys.cc), the asynchronous
+// I/O engine (engine.cc) and fd passing over unix sockets (fdpass.cc). I/O and ioctls
+// only; all logic is in TS.
 #include "addon.h"
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   migbridge::InitSys(env, exports);
   migbridge::InitEngine(env, exports);
+  migbridge::InitFdPass(env, exports);
   return exports;
 }
 

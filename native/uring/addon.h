@@ -5,5 +5,6 @@
 namespace migbridge {
 void InitSys(Napi::Env env, Napi::Object exports);
 void InitEngine(Napi::Env env, Napi::Object exports);
+void InitFdPass(Napi::Env env, Napi::Object exports);
 unsigned long IoctlArg(const Napi::Value& v);
 }  // namespace migbridge

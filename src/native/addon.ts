@@ -47,6 +47,8 @@ export interface RawAddon {
   setNonBlocking(fd: number, on: boolean): number;
   ioctl(fd: number, request: number, arg: Buffer | number | null): number;
   close(fd: number): number;
+  /** sendmsg of `bytes` with `fd` as SCM_RIGHTS: bytes sent or -errno. */
+  sendWithFd(socketFd: number, bytes: Buffer, fd: number): number;
   /** `completions` receives [id, res] pairs; `onComplete(n)` is called with the pair count. */
   Engine: new (
     opts: RawEngineOptions,

@@ -45,3 +45,12 @@ export function ioctlSync(fd: number, request: number, arg: Buffer | number | nu
 export function closeSync(fd: number): void {
   check('close', addon().close(fd), fd);
 }
+
+/**
+ * One sendmsg of `bytes` on the unix socket `socketFd` carrying `fd` (SCM_RIGHTS); the
+ * receiver gets its own copy of `fd`. Returns how many bytes went (at least one, which
+ * carried the fd); the caller sends any rest as ordinary bytes.
+ */
+export function sendWithFd(socketFd: number, bytes: Buffer, fd: number): number {
+  return check('sendmsg(SCM_RIGHTS)', addon().sendWithFd(socketFd, bytes, fd), socketFd);
+}

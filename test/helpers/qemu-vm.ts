@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { qemuBinary, type QemuBinary, type QemuVersion } from './qemu-binary.js';
-import { QmpClient } from './qemu-qmp.js';
+import { QmpClient } from '../../src/qmp/index.js';
 import { acquireSlot, type Release } from './qemu-lock.js';
 
 const SLOT_DIR = '/tmp/migbridge-qemu-slots';
@@ -135,15 +135,26 @@ export class QemuVm {
         if (Date.now() > deadline) throw new Error(`no QMP socket after ${timeoutMs} ms`);
         await sleep(20);
       }
-      vm.qmpClient = await QmpClient.connect(sock, name, Math.max(1000, deadline - Date.now()));
+      vm.qmpClient = await QmpClient.connect(sock, { label: name, connectTimeoutMs: Math.max(1000, deadline - Date.now()), commandTimeoutMs: timeoutMs });
       // MIGRATION events (capability `events`, not part of the stream) let the tests wait for a
       // migration's end without polling a QEMU whose main loop may be busy loading it.
-      await vm.qmpClient.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] }, Math.max(1000, deadline - Date.now()));
+      await vm.qmpClient.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] }, { timeoutMs: Math.max(1000, deadline - Date.now()) });
     } catch (err) {
       await vm.kill();
       throw vm.failure(`could not start (${(err as Error).message})`, args);
     }
     return vm;
+  }
+
+  /** The VM's QMP connection (for fd passing and event listeners). */
+  get qmpConnection(): QmpClient {
+    if (!this.qmpClient) throw this.failure('QMP not connected');
+    return this.qmpClient;
+  }
+
+  /** The VM's QMP socket path. */
+  get qmpPath(): string {
+    return join(this.dir, 'qmp.sock');
   }
 
   /** QEMU's stderr so far (capped). */
@@ -170,7 +181,7 @@ export class QemuVm {
   async qmp(command: string, args?: Record<string, unknown>, timeoutMs = this.timeoutMs): Promise<unknown> {
     if (!this.qmpClient) throw this.failure(`QMP not connected for ${command}`);
     try {
-      return await this.qmpClient.execute(command, args, timeoutMs);
+      return await this.qmpClient.execute(command, args, { timeoutMs });
     } catch (err) {
       throw this.failure((err as Error).message);
     }
@@ -292,7 +303,7 @@ export class QemuVm {
   async quit(): Promise<void> {
     if (this.exited) return;
     const gone = this.waitExit(5_000);
-    await this.qmpClient?.execute('quit', undefined, 5_000).catch(() => undefined);
+    await this.qmpClient?.execute('quit', undefined, { timeoutMs: 5_000 }).catch(() => undefined);
     if (!(await gone)) await this.kill();
   }
 
