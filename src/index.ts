@@ -11,6 +11,9 @@ export { save, type SaveOptions, type SaveReport, SaveRefusedError } from './eng
 export { restore, type RestoreOptions, type RestoreReport, RestoreFailedError } from './engine/restore.js';
 export { openSink, type SinkTarget } from './engine/sink.js';
 export { openEvents, type SourceTarget } from './engine/source.js';
+export { migrate, type MigrateOptions } from './migrate/run.js';
+export { type MigrateReport } from './migrate/report.js';
+export { MigrateFailedError, MigrateRefusedError } from './migrate/errors.js';
 export { runDemo, type DemoReport } from './engine/demo.js';
 export { MigbridgeError, SysError, UsageError } from './errors.js';
 export { runCheck, formatCheckReport, type CheckReport, type CheckResult, type CheckOptions } from './check/index.js';

@@ -40,7 +40,8 @@ export interface QmpCommandOptions {
 export interface QmpWaitOptions {
   /** Only events at this index of `events` or later count (see `eventCount`). */
   since?: number;
-  timeoutMs: number;
+  /** Omitted: no timeout; the wait still ends when the connection does. */
+  timeoutMs?: number;
   /** What is awaited, for the timeout's message. */
   what: string;
 }
@@ -114,8 +115,8 @@ export class QmpClient {
     });
     const client = new QmpClient(socket, path, label, opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS);
     try {
-      await client.greeting(Math.max(1, deadline - performance.now()));
-      await client.execute('qmp_capabilities', undefined, { timeoutMs: Math.max(1, deadline - performance.now()) });
+      await client.greeting(Math.max(1, Math.round(deadline - performance.now())));
+      await client.execute('qmp_capabilities', undefined, { timeoutMs: Math.max(1, Math.round(deadline - performance.now())) });
     } catch (e) {
       client.close();
       throw e;
@@ -163,7 +164,7 @@ export class QmpClient {
         resolve: (e) => { clearTimeout(timer); resolve(e); },
         reject: (e) => { clearTimeout(timer); reject(e); },
       };
-      const timer = setTimeout(() => {
+      const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => {
         this.eventWaiters.delete(waiter);
         reject(new QmpError('EQMP_TIMEOUT', `${this.label}: no ${opts.what} within ${opts.timeoutMs} ms`, { path: this.path, label: this.label }));
       }, opts.timeoutMs);

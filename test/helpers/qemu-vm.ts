@@ -39,6 +39,10 @@ export interface QemuVmOptions {
   timeoutMs?: number;
   /** Registers the kill with the test (e.g. `t.teardown.bind(t)`). */
   teardown?: Teardown;
+  /** Opens a second QMP monitor (`spareQmpPath`) for another client, e.g. `migbridge migrate`. */
+  spareQmp?: boolean;
+  /** A command QEMU runs under, e.g. `['ip', 'netns', 'exec', NS]` (it must exec QEMU in place: same pid). */
+  wrapper?: string[];
   /** Runs in the VM's dir before QEMU starts (e.g. to copy disk images there). */
   beforeStart?: (dir: string) => Promise<void>;
 }
@@ -122,8 +126,10 @@ export class QemuVm {
       ...opts.args.map((a) => a.replaceAll('{dir}', dir)),
       ...(opts.incomingDefer ? ['-incoming', 'defer'] : []),
       '-qmp', `unix:${sock},server=on,wait=off`,
+      ...(opts.spareQmp ? ['-qmp', `unix:${join(dir, 'qmp-spare.sock')},server=on,wait=off`] : []),
     ];
-    const proc = spawn(binary.bin, args, { env: binary.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const argv = [...(opts.wrapper ?? []), binary.bin, ...args];
+    const proc = spawn(argv[0]!, argv.slice(1), { env: binary.env, stdio: ['ignore', 'pipe', 'pipe'] });
     const vm = new QemuVm(proc, binary, dir, name, release, timeoutMs);
     live.add(vm);
     opts.teardown?.(() => vm.kill());
@@ -152,9 +158,9 @@ export class QemuVm {
     return this.qmpClient;
   }
 
-  /** The VM's QMP socket path. */
-  get qmpPath(): string {
-    return join(this.dir, 'qmp.sock');
+  /** The second monitor's socket (started with `spareQmp`), free for another client. */
+  get spareQmpPath(): string {
+    return join(this.dir, 'qmp-spare.sock');
   }
 
   /** QEMU's stderr so far (capped). */
