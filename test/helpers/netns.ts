@@ -25,6 +25,8 @@ export interface TwoHosts {
   destination: Host;
   /** Takes the source's link down: packets stop, nothing tells either end. */
   cutLink(): Promise<void>;
+  /** Bytes the host's veth end has sent so far (the kernel's counter). */
+  txBytes(host: Host): Promise<number>;
 }
 
 async function ip(...args: string[]): Promise<string> {
@@ -72,5 +74,9 @@ export async function twoHosts(teardown: Teardown, opts: TwoHostsOptions = {}): 
     source,
     destination,
     cutLink: async () => { await ip('-n', source.ns, 'link', 'set', source.dev, 'down'); },
+    txBytes: async (h) => {
+      const [link] = JSON.parse(await ip('-n', h.ns, '-s', '-j', 'link', 'show', 'dev', h.dev)) as { stats64: { tx: { bytes: number } } }[];
+      return link!.stats64.tx.bytes;
+    },
   };
 }
