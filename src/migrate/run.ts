@@ -49,6 +49,7 @@ export interface MigrateOptions {
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 const FD_NAME = 'migbridge-migration';
+const DESTINATION_GONE = 'QEMU closed its monitor (it exits when a load fails)';
 
 function isEnd(e: QmpEvent): boolean {
   return e.event === 'MIGRATION' && TERMINAL.has(String(e.data?.status));
@@ -299,10 +300,11 @@ class Migration {
     r.passes = q.ram?.['dirty-sync-count'] ?? 0;
     r.source.runState = (await this.src.execute<{ status: string }>('query-status').catch(() => null))?.status ?? null;
     if (this.dst.isClosed) {
-      r.destination.error ??= 'QEMU closed its monitor (it exits when a load fails)';
+      r.destination.error ??= DESTINATION_GONE;
       return;
     }
-    const d = await this.dst.execute<QueryMigrate>('query-migrate').catch((e: unknown) => ({ 'error-desc': `no answer: ${errorCode(e)}` }) as QueryMigrate);
+    const d = await this.dst.execute<QueryMigrate>('query-migrate')
+      .catch((e: unknown) => ({ 'error-desc': this.dst.isClosed ? DESTINATION_GONE : `no answer: ${errorCode(e)}` }) as QueryMigrate);
     r.destination.migration = d.status ?? null;
     r.destination.error = d['error-desc'] ?? null;
     r.destination.runState = (await this.dst.execute<{ status: string }>('query-status').catch(() => null))?.status ?? null;
