@@ -42,7 +42,7 @@ function statusKiB(field: 'VmRSS' | 'VmHWM'): number {
 async function run(job: ChildJob): Promise<Omit<ChildResult, 'cpuSeconds' | 'peakRssKiB' | 'idleRssKiB' | 'io'>> {
   const devices = job.fifos.map((f, i) => new FifoDevice(`bench${i}`, f, job.sizes[i]!));
   if (job.mode === 'save') {
-    const sink = await openSink(job.unix ? { unix: job.unix } : { file: job.out! });
+    const sink = await openSink(job.unix ? { endpoint: { kind: 'unix', path: job.unix } } : { file: job.out! });
     const t0 = performance.now();
     const r = await save({ devices, sink, interleave: job.interleave ?? false });
     return { bytes: r.totalBytes, seconds: (performance.now() - t0) / 1000, downtimeEstimateMs: r.downtime.estimateMs, downtimeActualMs: r.downtime.actualMs };

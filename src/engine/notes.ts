@@ -21,6 +21,8 @@ export type TransferNote =
   /** restore: the first DATA_STATE bytes for a device were handed to its data_fd. */
   | { readonly type: 'device-data'; readonly device: string; readonly section: string; readonly offset: number }
   /** save or restore: cancelled; devices are being brought back. */
-  | { readonly type: 'cancelling'; readonly reason: string };
+  | { readonly type: 'cancelling'; readonly reason: string }
+  /** restore --from ENDPOINT: listening, at the address bound (a tcp port 0 is the port chosen). */
+  | { readonly type: 'listening'; readonly endpoint: string };
 
 export type NoteSink = (note: TransferNote) => void;

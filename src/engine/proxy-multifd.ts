@@ -13,9 +13,9 @@ import * as net from 'node:net';
 import { MigbridgeError, errorCode as errCode } from '../errors.js';
 import { MULTIFD_MAGIC, MultifdDecoder, MultifdTallier, type MultifdTally } from '../qemu/multifd.js';
 import { StreamedOutput } from '../util/atomic-file.js';
-import { connectUnixWhenListening } from '../util/unix-connect.js';
+import { type Endpoint, type Listener, connectEndpoint, formatEndpoint } from '../util/endpoint.js';
 import type { DecodeStop } from './proxy-decode.js';
-import type { ProxyFailure, ProxyNote, SideResult } from './proxy.js';
+import type { ProxyFailure, ProxyNote, SideResult } from './proxy-types.js';
 
 /** `QEVM`: the first 4 bytes of the main migration channel. */
 export const MAIN_CHANNEL_MAGIC = 0x5145564d;
@@ -42,10 +42,10 @@ export class ConnectionRouter {
   private mainTaken = false;
 
   constructor(
-    server: net.Server,
+    listener: Listener,
     private readonly routes: { main: (s: net.Socket, connection: number) => void; multifd: (s: net.Socket, connection: number) => void; note: (n: ProxyNote) => void },
   ) {
-    server.on('connection', (s: net.Socket) => this.classify(s, this.count++));
+    listener.onConnection((s: net.Socket) => this.classify(s, this.count++));
   }
 
   private reject(s: net.Socket, connection: number, head: Buffer, reason: string): void {
@@ -133,7 +133,8 @@ export interface MultifdChannelReport extends Omit<MultifdTally, 'decodedBytes'>
 
 /** What a channel needs from the proxy around it. */
 export interface ChannelHost {
-  to: string;
+  /** The destination: each channel opens its own connection there, as QEMU's channels do. */
+  to: Endpoint;
   connectWaitMs: number;
   pageSize?: number;
   note: (n: ProxyNote) => void;
@@ -141,6 +142,16 @@ export interface ChannelHost {
   fail: (f: ProxyFailure) => void;
   /** Did the main channel's EOF reach the destination (its load is complete)? */
   mainLoaded: () => boolean;
+}
+
+/**
+ * A multifd channel's own connection to the destination, with TCP_NODELAY as QEMU sets it on
+ * its multifd channels (see util/endpoint.ts). An inherited fd is one connection only: it
+ * carries the main channel and cannot be opened again for a channel.
+ */
+async function connectChannel(host: ChannelHost): Promise<net.Socket> {
+  if (host.to.kind === 'fd') throw new Error(`${formatEndpoint(host.to)} is a single connection (the main channel's); multifd channels need a unix: or tcp: destination`);
+  return connectEndpoint(host.to, { what: '--to', waitMs: host.connectWaitMs, allowHalfOpen: true, noDelay: true });
 }
 
 interface ChannelTee {
@@ -207,7 +218,7 @@ class MultifdChannel {
     const [tee] = await Promise.allSettled([teeBase !== undefined ? openChannelTee(teeBase) : Promise.resolve(undefined)]);
     if (tee.status === 'fulfilled') this.tee = tee.value;
     else this.teeOpenError = tee.reason;
-    const [dst] = await Promise.allSettled([connectUnixWhenListening(this.host.to, { waitMs: this.host.connectWaitMs, allowHalfOpen: true })]);
+    const [dst] = await Promise.allSettled([connectChannel(this.host)]);
     if (dst.status === 'rejected') {
       this.dstGone = true;
       this.dstClosed = true;
@@ -215,7 +226,7 @@ class MultifdChannel {
       this.destination.error = errCode(dst.reason);
       this.host.fail({
         side: 'destination', channel: null, connection: this.connection, offset: 0,
-        message: `cannot connect to the destination unix:${this.host.to} for multifd connection #${this.connection}: ${dst.reason instanceof Error ? dst.reason.message : String(dst.reason)}`,
+        message: `cannot connect to the destination ${formatEndpoint(this.host.to)} for multifd connection #${this.connection}: ${dst.reason instanceof Error ? dst.reason.message : String(dst.reason)}`,
       });
       this.closeSource();
       this.maybeDone();

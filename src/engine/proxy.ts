@@ -1,5 +1,5 @@
-// A helper beside QEMU: sits between a source QEMU (`migrate uri=unix:IN`) and a
-// destination QEMU (`-incoming unix:OUT`), forwards every byte unchanged both ways (the
+// A helper beside QEMU: sits between a source QEMU (`migrate uri=unix:IN`, or tcp:) and a
+// destination QEMU (`-incoming unix:OUT`, or tcp:), forwards every byte unchanged both ways (the
 // migration stream, and QEMU's return path back), optionally tees the forward stream to a
 // file, and decodes it on the side for a report. The forwarding never waits for the
 // decoder, and a decoding problem never breaks the migration.
@@ -15,10 +15,8 @@
 // source with the `multifd` capability can open its extra channels; each connection is
 // routed by its first 4 bytes (proxy-multifd.ts). A multifd channel failing fails the
 // migration the same way, and the proxy's exit waits for every channel to close.
-import { rm } from 'node:fs/promises';
 import { StreamedOutput } from '../util/atomic-file.js';
-import { connectUnixWhenListening } from '../util/unix-connect.js';
-import { listenUnix } from '../util/unix-listen.js';
+import { type Endpoint, type Listener, EndpointError, checkConnectable, connectEndpoint, formatEndpoint, listenEndpoint } from '../util/endpoint.js';
 import * as net from 'node:net';
 import { MigbridgeError, errnoNumber, errorCode as errCode } from '../errors.js';
 import { RecordType } from '../qemu/constants.js';
@@ -27,19 +25,21 @@ import { inspectStreamFile } from '../qemu/summary.js';
 import { parseVmDesc } from '../qemu/vmdesc.js';
 import { LiveDecoder, tallyOf, type DecodeStop, type StreamTally } from './proxy-decode.js';
 import { ConnectionRouter, MultifdChannels, type MultifdChannelReport, type RejectedConnection } from './proxy-multifd.js';
+import type { ProxyFailure, ProxyNote, SideResult } from './proxy-types.js';
 import { ReturnPathObserver, type ReturnPathSummary } from './proxy-return-path.js';
 
 export type { DecodeStop, StreamTally } from './proxy-decode.js';
 export type { ReturnPathSummary, ReturnPathMessage } from './proxy-return-path.js';
 export type { MultifdChannelReport, RejectedConnection } from './proxy-multifd.js';
+export type { ProxyFailure, ProxyNote, SideResult } from './proxy-types.js';
 
 export const DEFAULT_CONNECT_WAIT_MS = 3000;
 
 export interface ProxyOptions {
-  /** Unix socket path to listen on (the source QEMU's `migrate uri=unix:PATH`). */
-  listen: string;
-  /** Unix socket path of the destination (a QEMU started with `-incoming unix:PATH`). */
-  to: string;
+  /** Where to listen (the source QEMU's `migrate uri=`): unix:, tcp: or an inherited socket. */
+  listen: Endpoint;
+  /** The destination (a QEMU started with `-incoming`); every multifd channel connects there too. */
+  to: Endpoint;
   /**
    * Also write the forward stream here (temp name, renamed once the stream completed), and
    * each multifd channel to `TEE.multifd-<channel id>` (kept only when the whole migration succeeded).
@@ -57,50 +57,17 @@ export interface ProxyOptions {
   maxDecodeBacklog?: number;
   /** How long to keep retrying a destination that is not listening yet (default 3000 ms). */
   connectWaitMs?: number;
-  /** Called once the listening socket exists. */
-  onListening?: () => void;
+  /** Called once the listening socket exists, with where it listens (a tcp port 0: the chosen port). */
+  onListening?: (endpoint: Endpoint) => void;
   /** Aborts waiting for the source, or the forwarding (both connections are closed). */
   signal?: AbortSignal;
   /** Mode of the listening socket (default 0600: only the owner may connect); e.g. 0o660 for a QEMU of the same group. */
   socketMode?: number;
 }
 
-export type ProxyNote =
-  | { type: 'listening'; path: string }
-  | { type: 'connected'; side: 'source' | 'destination' }
-  | { type: 'record'; offset: number; kind: string; idstr?: string; sectionId?: number; command?: string }
-  | { type: 'vfio-section'; offset: number; kind: string; idstr: string; sectionId: number; dataBytes: number; chunks: number }
-  | { type: 'decode-stopped'; stop: DecodeStop }
-  | { type: 'closed'; side: 'source' | 'destination'; offset: number; how: SideResult['closed']; error?: string }
-  | { type: 'progress'; forwardBytes: number; returnBytes: number; seconds: number; decodedRecords: number; multifdBytes: number }
-  | { type: 'multifd-accepted'; connection: number }
-  | { type: 'multifd-connected'; connection: number }
-  | { type: 'multifd-channel'; connection: number; channel: number; uuid: string }
-  | { type: 'multifd-closed'; connection: number; channel: number | null; side: 'source' | 'destination'; offset: number; how: SideResult['closed']; error?: string }
-  | { type: 'multifd-decode-stopped'; connection: number; channel: number | null; stop: DecodeStop }
-  | { type: 'rejected'; connection: number; firstBytes: string; reason: string };
-
-export interface SideResult {
-  /** 'fin': the peer closed its end; 'error': the connection failed (errno in `error`); 'closed-by-proxy': we closed it. */
-  closed: 'fin' | 'error' | 'closed-by-proxy' | 'open';
-  /** Forward-stream offset when it closed: bytes received from the source / handed to the destination. */
-  offset: number;
-  error: string | null;
-}
-
-export interface ProxyFailure {
-  side: 'source' | 'destination' | 'stream';
-  /** Forward-stream offset where it happened (on a multifd channel: that channel's offset). */
-  offset: number;
-  message: string;
-  /** Set when it happened on a multifd channel: its id (null when its init packet was not seen). */
-  channel?: number | null;
-  /** With `channel`: the connection's accept order. */
-  connection?: number;
-}
-
 export interface ProxyReport {
   ok: boolean;
+  /** Where the proxy listened, as bound (formatted endpoint). */
   listen: string;
   to: string;
   seconds: number;
@@ -203,21 +170,23 @@ class Tail {
   }
 }
 
-async function listen(path: string, signal: AbortSignal | undefined, mode: number | undefined): Promise<net.Server> {
+async function listen(ep: Endpoint, signal: AbortSignal | undefined, mode: number | undefined): Promise<Listener> {
   // pauseOnConnect: nothing is read from the source before the destination is connected.
-  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
+  const listening = listenEndpoint(ep, { what: '--listen', allowHalfOpen: true, pauseOnConnect: true, ...(mode !== undefined ? { mode } : {}) });
   const aborted = new Promise<never>((_, reject) => {
-    signal?.addEventListener('abort', () => { server.close(); reject(new ProxyError('EPROXY_ABORTED', 'aborted while starting')); }, { once: true });
+    signal?.addEventListener('abort', () => {
+      void listening.then((l) => l.close(), () => undefined);
+      reject(new ProxyError('EPROXY_ABORTED', 'aborted while starting'));
+    }, { once: true });
   });
   aborted.catch(() => undefined);
-  await Promise.race([listenUnix(server, path, mode), aborted]);
-  return server;
+  return Promise.race([listening, aborted]);
 }
 
 /** Resolves with the main channel's socket; rejects on abort, or when a multifd channel failed first. */
-function mainChannel(arrived: Promise<net.Socket>, link: MainLink, path: string, signal?: AbortSignal): Promise<net.Socket> {
+function mainChannel(arrived: Promise<net.Socket>, link: MainLink, where: string, signal?: AbortSignal): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const onAbort = (): void => reject(new ProxyError('EPROXY_ABORTED', `aborted while waiting for the source on unix:${path}`));
+    const onAbort = (): void => reject(new ProxyError('EPROXY_ABORTED', `aborted while waiting for the source on ${where}`));
     if (signal?.aborted) return onAbort();
     signal?.addEventListener('abort', onAbort, { once: true });
     link.onFail = (f) => reject(new ProxyEarlyFailure(f));
@@ -228,12 +197,13 @@ function mainChannel(arrived: Promise<net.Socket>, link: MainLink, path: string,
   });
 }
 
-async function connect(path: string, waitMs: number): Promise<net.Socket> {
+async function connect(to: Endpoint, waitMs: number): Promise<net.Socket> {
   try {
     // A destination QEMU started together with the proxy may not have reached listen() yet.
-    return await connectUnixWhenListening(path, { waitMs, allowHalfOpen: true });
+    return await connectEndpoint(to, { what: '--to', waitMs, allowHalfOpen: true });
   } catch (e) {
-    throw sysError(`cannot connect to the destination unix:${path}`, e as Error);
+    if (e instanceof EndpointError) throw e;
+    throw sysError(`cannot connect to the destination ${formatEndpoint(to)}`, e as Error);
   }
 }
 
@@ -268,6 +238,8 @@ interface MainLink {
 /** Runs one migration through the proxy; resolves with the report, or rejects with ProxyFailedError (report attached). */
 export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
   const note = opts.onNote ?? (() => undefined);
+  // An unusable inherited destination fd is a usage error now, not once the source has come.
+  checkConnectable(opts.to, '--to');
   const tee = opts.tee !== undefined ? await openTee(opts.tee) : undefined;
   const link: MainLink = { failure: null, onFail: () => undefined, mainLoaded: () => false };
   const channels: MultifdChannels = new MultifdChannels({
@@ -283,33 +255,33 @@ export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
     },
     mainLoaded: () => link.mainLoaded(),
   }, opts.tee);
-  let server: net.Server;
+  let listener: Listener;
   try {
-    server = await listen(opts.listen, opts.signal, opts.socketMode);
+    listener = await listen(opts.listen, opts.signal, opts.socketMode);
   } catch (err) {
     await dropTee(tee);
     throw err;
   }
   let arrived!: (s: net.Socket) => void;
   const mainArrived = new Promise<net.Socket>((r) => { arrived = r; });
-  const router = new ConnectionRouter(server, { main: (s) => arrived(s), multifd: (s, k) => channels.add(s, k), note });
+  const router = new ConnectionRouter(listener, { main: (s) => arrived(s), multifd: (s, k) => channels.add(s, k), note });
   let listenerClosed = false;
   // The listening socket stays until the main channel finished: multifd channels may come at any time before.
   const closeListener = async (): Promise<void> => {
     if (listenerClosed) return;
     listenerClosed = true;
-    server.close();
     router.closePending('still without its first 4 bytes when the main channel finished');
-    await rm(opts.listen, { force: true });
+    await listener.close();
   };
-  note({ type: 'listening', path: opts.listen });
-  opts.onListening?.();
+  const listening = formatEndpoint(listener.endpoint);
+  note({ type: 'listening', endpoint: listening });
+  opts.onListening?.(listener.endpoint);
   let src: net.Socket;
   let dst: net.Socket;
   let early: Early;
   let t0: number;
   try {
-    src = await mainChannel(mainArrived, link, opts.listen, opts.signal);
+    src = await mainChannel(mainArrived, link, listening, opts.signal);
     t0 = Date.now();
     // Watch the source from the start: it may fail while the destination is being connected.
     const e: Early = { error: undefined, closed: false, closedP: new Promise((r) => src.once('close', () => { e.closed = true; r(); })) };
@@ -332,7 +304,7 @@ export async function proxy(opts: ProxyOptions): Promise<ProxyReport> {
     throw err;
   }
   note({ type: 'connected', side: 'destination' });
-  return forward(opts, src, early, dst, t0, note, tee, { link, channels, router, closeListener });
+  return forward(opts, src, early, dst, t0, note, tee, { link, channels, router, closeListener, listening });
 }
 
 interface Early {
@@ -346,6 +318,8 @@ interface Around {
   channels: MultifdChannels;
   router: ConnectionRouter;
   closeListener: () => Promise<void>;
+  /** The bound listening endpoint, formatted for the report. */
+  listening: string;
 }
 
 async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: net.Socket, t0: number, note: (n: ProxyNote) => void, teeFile: TeeFile | undefined, around: Around): Promise<ProxyReport> {
@@ -619,8 +593,8 @@ async function forward(opts: ProxyOptions, src: net.Socket, early: Early, dst: n
 
   const report: ProxyReport = {
     ok: link.failure === null,
-    listen: opts.listen,
-    to: opts.to,
+    listen: around.listening,
+    to: formatEndpoint(opts.to),
     seconds: (Date.now() - t0) / 1000,
     forwardBytes,
     deliveredBytes: deliveredAtClose ?? delivered(),

@@ -1,15 +1,15 @@
 // Where a saved stream goes: a file (an OutputFile: written under an unpredictable temporary
 // name, 0600, fsync'd and renamed only when complete, so a failed save never leaves a file
-// that looks complete), an fd handed in, or a unix socket.
+// that looks complete), an fd handed in, or an endpoint (unix:, tcp:, fd:) connected to.
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { MigbridgeError } from '../errors.js';
+import { MigbridgeError, errorCode } from '../errors.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
 import { OutputFile, outputFileError } from '../util/atomic-file.js';
-import { connectUnixWhenListening } from '../util/unix-connect.js';
+import { type Endpoint, connectEndpoint, formatEndpoint, inspectFd } from '../util/endpoint.js';
 
-/** A QEMU started beside `save --to unix:` may not listen yet: wait this long for it. */
-const UNIX_CONNECT_WAIT_MS = 3000;
+/** A QEMU started beside `save --to` may not listen yet: wait this long for it. */
+const CONNECT_WAIT_MS = 3000;
 
 export interface ByteSink {
   readonly description: string;
@@ -24,7 +24,7 @@ export interface ByteSink {
   bytesWritten(): number;
 }
 
-export type SinkTarget = { file: string } | { fd: number } | { unix: string };
+export type SinkTarget = { file: string } | { fd: number } | { endpoint: Endpoint };
 
 export class SinkError extends MigbridgeError {}
 
@@ -146,14 +146,15 @@ export async function openSink(target: SinkTarget): Promise<ByteSink> {
     const file = await OutputFile.create(target.file);
     return withOutputErrors(new FdSink(path.resolve(target.file), file.fd, true, defaultEngine(), () => file.commit(), () => file.abort()), target.file);
   }
-  if ('fd' in target) {
-    return new FdSink(`fd ${target.fd}`, target.fd, false, defaultEngine(), async () => {}, async () => {});
-  }
+  if ('fd' in target) return fdSink(`fd ${target.fd}`, target.fd);
+  const text = formatEndpoint(target.endpoint);
+  if (target.endpoint.kind === 'fd') return fdSink(text, target.endpoint.fd);
   let socket: net.Socket;
   try {
-    socket = await connectUnixWhenListening(target.unix, { waitMs: UNIX_CONNECT_WAIT_MS });
+    socket = await connectEndpoint(target.endpoint, { what: '--to', waitMs: CONNECT_WAIT_MS });
   } catch (e) {
-    throw new SinkError('ECONNREFUSED', `cannot connect to unix:${target.unix}: ${(e as Error).message}`, { cause: e });
+    if (e instanceof MigbridgeError) throw e;
+    throw new SinkError(errorCode(e), `cannot connect to ${text}: ${(e as Error).message}`, { cause: e });
   }
   // The connected socket's fd goes through the io engine like any output (records as one
   // writev, no copy); libuv keeps the handle only to close it. SocketSink is the fallback
@@ -161,7 +162,7 @@ export async function openSink(target: SinkTarget): Promise<ByteSink> {
   const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
   if (typeof fd === 'number' && fd >= 0) {
     return new FdSink(
-      `unix:${target.unix}`,
+      text,
       fd,
       false,
       defaultEngine(),
@@ -171,5 +172,11 @@ export async function openSink(target: SinkTarget): Promise<ByteSink> {
       },
     );
   }
-  return new SocketSink(`unix:${target.unix}`, socket);
+  return new SocketSink(text, socket);
+}
+
+/** An inherited fd (a pipe, socket or file opened by whoever started us), checked then written in order. */
+function fdSink(description: string, fd: number): ByteSink {
+  inspectFd(fd, '--to');
+  return new FdSink(description, fd, false, defaultEngine(), async () => {}, async () => {});
 }

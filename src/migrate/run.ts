@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { errorCode } from '../errors.js';
 import { proxy, type ProxyNote, type ProxyReport, ProxyFailedError } from '../engine/proxy.js';
 import { closeSync, socketpair } from '../native/sys.js';
+import { EndpointError, formatEndpoint, parseEndpoint, type Endpoint } from '../util/endpoint.js';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
 import { MigrateFailedError, MigrateRefusedError } from './errors.js';
 import { progressOf, type MigrateProgress, type QueryMigrate } from './progress.js';
@@ -23,13 +24,13 @@ export interface MigrateOptions {
   sourceQmp: string;
   destinationQmp: string;
   /**
-   * Where the destination listens: a QEMU URI (`tcp:HOST:PORT`, `unix:PATH`), or `fd`:
+   * Where the destination listens: an endpoint (`tcp:HOST:PORT`, `unix:PATH`), or `fd`:
    * migbridge makes a socket pair and passes one end to each QEMU (getfd + fd:NAME).
    */
   incoming: string;
   /** What the source connects to, when it differs from `incoming` (NAT, another name). */
   uri?: string;
-  /** Forward the stream through an in-process proxy (needs a `unix:` incoming). */
+  /** Forward the stream through an in-process proxy (to a `tcp:` or `unix:` incoming). */
   viaProxy?: boolean;
   /** With the proxy: tee the stream to this file (kept only when it completed). */
   tee?: string;
@@ -55,6 +56,14 @@ function isEnd(e: QmpEvent): boolean {
   return e.event === 'MIGRATION' && TERMINAL.has(String(e.data?.status));
 }
 
+/** `fd`, or an endpoint QEMU can listen on (`fd:N` is ours to inherit, not QEMU's: refused). */
+function incomingEndpoint(text: string): Endpoint | null {
+  if (text === 'fd') return null;
+  const ep = parseEndpoint(text, '--incoming', 'connect');
+  if (ep.kind === 'fd') throw new EndpointError(text, `--incoming ${JSON.stringify(text)}: QEMU listens on tcp:HOST:PORT or unix:PATH; for a socket migbridge passes to both QEMUs write fd`);
+  return ep;
+}
+
 function versionText(c: QmpClient): string {
   return `${c.version.major}.${c.version.minor}.${c.version.micro}`;
 }
@@ -66,11 +75,12 @@ function sideReport(c: QmpClient): SideReport {
 /** Runs one migration; resolves with the report when both sides completed, else throws MigrateFailedError (or MigrateRefusedError before anything changed). */
 export async function migrate(opts: MigrateOptions): Promise<MigrateReport> {
   const qmpTimeoutMs = opts.qmpTimeoutMs ?? 10_000;
+  const incoming = incomingEndpoint(opts.incoming); // a bad endpoint is a usage error before anything is touched
   const src = await QmpClient.connect(opts.sourceQmp, { label: 'source', connectTimeoutMs: qmpTimeoutMs, commandTimeoutMs: qmpTimeoutMs });
   let dst: QmpClient | undefined;
   try {
     dst = await QmpClient.connect(opts.destinationQmp, { label: 'destination', connectTimeoutMs: qmpTimeoutMs, commandTimeoutMs: qmpTimeoutMs });
-    return await new Migration(opts, src, dst).run();
+    return await new Migration(opts, incoming, src, dst).run();
   } finally {
     src.close();
     dst?.close();
@@ -90,7 +100,13 @@ class Migration {
   private sourceStarted = false;
   private incomingStarted = false;
 
-  constructor(private readonly opts: MigrateOptions, private readonly src: QmpClient, private readonly dst: QmpClient) {
+  /** `incoming`: where the destination listens; null for `fd` (a socket pair migbridge passes). */
+  constructor(
+    private readonly opts: MigrateOptions,
+    private readonly incoming: Endpoint | null,
+    private readonly src: QmpClient,
+    private readonly dst: QmpClient,
+  ) {
     this.capabilities = { ...(opts.capabilities ?? {}) };
     this.parameters = { ...(opts.parameters ?? {}) };
     if (opts.maxDowntimeMs !== undefined) this.parameters['downtime-limit'] = opts.maxDowntimeMs;
@@ -129,8 +145,8 @@ class Migration {
   /** Everything that can refuse the migration is checked before anything is changed. */
   private async prepare(): Promise<void> {
     const { opts } = this;
-    if (opts.viaProxy && !opts.incoming.startsWith('unix:')) {
-      throw new MigrateRefusedError(`--via-proxy forwards to the destination's unix socket: give --incoming unix:PATH (got ${opts.incoming})`);
+    if (opts.viaProxy && this.incoming === null) {
+      throw new MigrateRefusedError('--via-proxy forwards to where the destination listens: give --incoming tcp:HOST:PORT or unix:PATH');
     }
     if (opts.tee !== undefined && !opts.viaProxy) throw new MigrateRefusedError('--tee needs --via-proxy (the proxy writes the tee)');
     if (opts.incoming === 'fd' && (this.capabilities.multifd || opts.uri !== undefined)) {
@@ -164,15 +180,17 @@ class Migration {
   /** Starts the destination listening; returns the URI the source is to migrate to. */
   private async startIncoming(): Promise<string> {
     const { opts } = this;
-    if (opts.incoming === 'fd') return this.passSocketPair();
-    await this.dst.execute('migrate-incoming', { uri: opts.incoming });
+    if (this.incoming === null) return this.passSocketPair();
+    const uri = formatEndpoint(this.incoming);
+    await this.dst.execute('migrate-incoming', { uri });
     this.incomingStarted = true;
-    if (!opts.viaProxy) return opts.uri ?? opts.incoming;
+    if (!opts.viaProxy) return opts.uri ?? uri;
+    // The source reaches the proxy by a unix socket in a private directory (0600).
     this.proxyDir = mkdtempSync(join(tmpdir(), 'migbridge-migrate-'));
     const listen = join(this.proxyDir, 'proxy.sock');
     const listening = new Promise<void>((resolve, reject) => {
       this.proxyRun = proxy({
-        listen, to: opts.incoming.slice('unix:'.length), signal: this.proxyAbort.signal,
+        listen: { kind: 'unix', path: listen }, to: this.incoming!, signal: this.proxyAbort.signal,
         ...(opts.tee !== undefined ? { tee: opts.tee } : {}),
         onListening: () => resolve(),
         onNote: (n) => this.onProxyNote(n),

@@ -54,3 +54,25 @@ export function closeSync(fd: number): void {
 export function sendWithFd(socketFd: number, bytes: Buffer, fd: number): number {
   return check('sendmsg(SCM_RIGHTS)', addon().sendWithFd(socketFd, bytes, fd), socketFd);
 }
+
+export interface SocketInfo {
+  /** AF_UNIX, AF_INET, AF_INET6 (os.constants has no AF_*: see SOCKET_FAMILY). */
+  family: number;
+  /** SOCK_STREAM, SOCK_DGRAM, ... */
+  type: number;
+  /** listen() was called on it (SO_ACCEPTCONN). */
+  listening: boolean;
+  /** TCP_NODELAY (false on a non-TCP socket). */
+  noDelay: boolean;
+}
+
+/** Linux values of the socket constants Node does not export. */
+export const SOCKET_FAMILY = { unix: 1, inet: 2, inet6: 10 } as const;
+export const SOCK_STREAM = 1;
+
+/** getsockopt(SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN, TCP_NODELAY); SysError ENOTSOCK when `fd` is not a socket. */
+export function socketInfo(fd: number): SocketInfo {
+  const r = addon().socketInfo(fd);
+  if (typeof r === 'number') throw new SysError('getsockopt', -r, undefined, { fd });
+  return { family: r[0], type: r[1], listening: r[2], noDelay: r[3] };
+}

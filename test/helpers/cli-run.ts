@@ -19,13 +19,16 @@ export interface RunningCli {
   stderr: () => string;
 }
 
-/** Starts the CLI; `done` settles when it exits (killed after timeoutMs, and at teardown). */
-export function runningCli(args: string[], timeoutMs: number, teardown?: (fn: () => void) => void): RunningCli {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Starts the CLI; `done` settles when it exits (killed after timeoutMs, and at teardown).
+ * `fds` are handed to it as its fds 3, 4, ... (for fd:N endpoints).
+ */
+export function runningCli(args: string[], timeoutMs: number, teardown?: (fn: () => void) => void, fds: readonly number[] = []): RunningCli {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe', ...fds] });
   let stdout = '';
   let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s; });
-  child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s; });
+  child.stdout!.setEncoding('utf8').on('data', (s: string) => { stdout += s; });
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => { stderr += s; });
   const kill = (): void => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); };
   const timer = setTimeout(kill, timeoutMs);
   teardown?.(kill);

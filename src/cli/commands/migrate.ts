@@ -18,12 +18,6 @@ function qmpPath(v: string | undefined, name: string): string {
   return v.slice(5);
 }
 
-function incoming(v: string | undefined): string {
-  if (v === undefined || v === 'fd') return 'fd';
-  if (/^tcp:.+:\d+$/.test(v) || /^unix:.+/.test(v)) return v;
-  throw new UsageError(`--incoming takes tcp:HOST:PORT, unix:PATH or fd, got ${JSON.stringify(v)}`);
-}
-
 function sideLine(name: string, s: SideReport): string {
   return `${name} (QEMU ${s.version}, ${s.qmp}): migration ${s.migration ?? 'unknown'}, run state ${s.runState ?? 'unknown'}` +
     `${s.error ? `, error: ${s.error}` : ''}${s.action ? `; migbridge sent ${s.action}` : ''}`;
@@ -89,7 +83,7 @@ export const migrateCommand: Command = {
     const progress = progressPrinter(io);
     try {
       const report = await withSignals(io, (signal) => migrate({
-        sourceQmp, destinationQmp, incoming: incoming(optionalString(args, 'incoming')), signal,
+        sourceQmp, destinationQmp, incoming: optionalString(args, 'incoming') ?? 'fd', signal,
         viaProxy: args.values['via-proxy'] === true,
         capabilities: parseCapabilities(stringList(args, 'caps')),
         parameters: parseParameters(stringList(args, 'params')),

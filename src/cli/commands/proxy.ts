@@ -1,4 +1,4 @@
-// `migbridge proxy --listen unix:IN --to unix:OUT`: forwards a live QEMU migration (and
+// `migbridge proxy --listen ENDPOINT --to ENDPOINT`: forwards a live QEMU migration (and
 // its return path) unchanged between a source and a destination QEMU, tees and decodes it
 // on the side. See src/engine/proxy.ts.
 import { readFile } from 'node:fs/promises';
@@ -6,13 +6,13 @@ import { UsageError } from '../../errors.js';
 import { formatBytes, formatRate } from '../../engine/progress.js';
 import { type ProxyNote, type ProxyReport, type StreamTally, ProxyFailedError, proxy } from '../../engine/proxy.js';
 import { parseVmDesc } from '../../qemu/vmdesc.js';
+import { type Endpoint, type EndpointUse, formatEndpoint, parseEndpoint } from '../../util/endpoint.js';
 import type { Command, CommandIO } from '../command.js';
 import { optionalNumber, optionalString } from './transfer-args.js';
 
-function unixPath(v: string | undefined, name: string): string {
-  if (v === undefined) throw new UsageError(`--${name} unix:PATH is required`);
-  if (!v.startsWith('unix:') || v.length === 5) throw new UsageError(`--${name} takes unix:PATH, got ${JSON.stringify(v)}`);
-  return v.slice(5);
+function endpoint(v: string | undefined, name: string, use: EndpointUse): Endpoint {
+  if (v === undefined) throw new UsageError(`--${name} ENDPOINT is required (unix:PATH, tcp:HOST:PORT or fd:N)`);
+  return parseEndpoint(v, `--${name}`, use);
 }
 
 function tallyLines(t: StreamTally, indent: string): string[] {
@@ -68,7 +68,7 @@ export function proxyHuman(r: ProxyReport): string {
 
 function noteLine(n: ProxyNote): string {
   switch (n.type) {
-    case 'listening': return `listening on unix:${n.path}`;
+    case 'listening': return `listening on ${n.endpoint}`;
     case 'connected': return `${n.side} connected`;
     case 'record': return `${String(n.offset).padStart(12)}  ${n.kind}${n.idstr !== undefined ? ` ${n.idstr} (${n.sectionId})` : ''}${n.command ? ` ${n.command}` : ''}`;
     case 'vfio-section': return `${String(n.offset).padStart(12)}  vfio ${n.kind} ${n.idstr}: ${n.dataBytes} data bytes in ${n.chunks} chunks`;
@@ -104,7 +104,7 @@ function octalMode(v: string | undefined, name: string): number | undefined {
 export const proxyCommand: Command = {
   name: ['proxy'],
   summary: 'Forward a live QEMU migration between a source and a destination QEMU (both ways), tee and decode it on the side.',
-  usage: 'proxy --listen unix:IN --to unix:OUT [--tee FILE] [--vmdesc JSONFILE] [--progress] [--close-timeout MS] [--socket-mode OCTAL]',
+  usage: 'proxy --listen ENDPOINT --to ENDPOINT [--tee FILE] [--vmdesc JSONFILE] [--progress] [--close-timeout MS] [--socket-mode OCTAL]',
   operands: [],
   options: {
     listen: { type: 'string' },
@@ -116,9 +116,9 @@ export const proxyCommand: Command = {
     'socket-mode': { type: 'string' },
   },
   async run(args, io) {
-    const listen = unixPath(optionalString(args, 'listen'), 'listen');
-    const to = unixPath(optionalString(args, 'to'), 'to');
-    if (listen === to) throw new UsageError('--listen and --to name the same socket');
+    const listen = endpoint(optionalString(args, 'listen'), 'listen', 'listen');
+    const to = endpoint(optionalString(args, 'to'), 'to', 'connect');
+    if (formatEndpoint(listen) === formatEndpoint(to)) throw new UsageError('--listen and --to name the same endpoint');
     const tee = optionalString(args, 'tee');
     const closeTimeoutMs = optionalNumber(args, 'close-timeout');
     const socketMode = octalMode(optionalString(args, 'socket-mode'), 'socket-mode');

@@ -49,7 +49,7 @@ export function parseMap(entries: readonly string[], specs: readonly string[]): 
 export const restoreCommand: Command = {
   name: ['restore'],
   summary: "Restore devices from a QEMU migration stream's VFIO sections, in parallel.",
-  usage: 'restore (-i FILE [--multifd CHANNELFILE...] | --fd N | --from unix:PATH) --device SPEC... [--map IDSTR=SPEC...] [--idstr IDSTR...] [--max-device-data SIZE] [--progress]',
+  usage: 'restore (-i FILE [--multifd CHANNELFILE...] | --fd N | --from ENDPOINT) --device SPEC... [--map IDSTR=SPEC...] [--idstr IDSTR...] [--max-device-data SIZE] [--progress]',
   operands: [],
   options: {
     input: { type: 'string', short: 'i' },
@@ -79,7 +79,7 @@ export const restoreCommand: Command = {
     try {
       const progress = io.isTTY && io.output === 'human' ? new Progress(process.stderr as WriteStream, 'total') : undefined;
       return await withSignals(io, async (signal) => {
-        const events = await openEvents(source, signal);
+        const events = await openEvents(source, signal, onNote ? (endpoint) => onNote({ type: 'listening', endpoint }) : undefined);
         // A file is read twice: once whole before any device is touched (hostile structure
         // refused then), once to restore.
         const preflight = 'file' in source ? await openEvents(source, signal) : undefined;

@@ -25,7 +25,7 @@ export function saveHuman(r: SaveReport, where: string): string {
 export const saveCommand: Command = {
   name: ['save'],
   summary: 'Save the state of one or more devices, in parallel, into a QEMU migration stream.',
-  usage: 'save --device SPEC... (-o FILE | --fd N | --to unix:PATH) [--precopy] [--max-downtime MS] [--resume-source] [--machine TYPE] [--idstr IDSTR...] [--read-timeout MS] [--write-timeout MS] [--no-init-data-sent] [--framing qemu|interleave] [--progress]',
+  usage: 'save --device SPEC... (-o FILE | --fd N | --to ENDPOINT) [--precopy] [--max-downtime MS] [--resume-source] [--machine TYPE] [--idstr IDSTR...] [--read-timeout MS] [--write-timeout MS] [--no-init-data-sent] [--framing qemu|interleave] [--progress]',
   operands: [],
   options: {
     device: { type: 'string', multiple: true },

@@ -2,6 +2,7 @@
 import { UsageError } from '../../errors.js';
 import type { SinkTarget } from '../../engine/sink.js';
 import type { SourceTarget } from '../../engine/source.js';
+import { parseEndpoint } from '../../util/endpoint.js';
 import { parseSize } from '../../vfio/sim/spec.js';
 import type { ParsedCommandArgs } from '../command.js';
 
@@ -35,28 +36,26 @@ function fdNumber(v: string, name: string): number {
   return Number(v);
 }
 
-/** Exactly one of -o FILE, --fd N, --to unix:PATH. */
+/** Exactly one of -o FILE, --fd N, --to ENDPOINT (unix:, tcp:, fd:). */
 export function sinkTarget(args: ParsedCommandArgs): SinkTarget {
   const file = optionalString(args, 'output-file');
   const fd = optionalString(args, 'fd');
   const to = optionalString(args, 'to');
   const given = [file, fd, to].filter((x) => x !== undefined).length;
-  if (given !== 1) throw new UsageError('give exactly one of -o FILE, --fd N, --to unix:PATH');
+  if (given !== 1) throw new UsageError('give exactly one of -o FILE, --fd N, --to ENDPOINT');
   if (file !== undefined) return { file };
   if (fd !== undefined) return { fd: fdNumber(fd, 'fd') };
-  if (!to!.startsWith('unix:')) throw new UsageError(`--to takes unix:PATH, got ${JSON.stringify(to)}`);
-  return { unix: to!.slice(5) };
+  return { endpoint: parseEndpoint(to!, '--to', 'connect') };
 }
 
-/** Exactly one of -i FILE, --fd N, --from unix:PATH. */
+/** Exactly one of -i FILE, --fd N, --from ENDPOINT (unix:, tcp:, fd:). */
 export function sourceTarget(args: ParsedCommandArgs): SourceTarget {
   const file = optionalString(args, 'input');
   const fd = optionalString(args, 'fd');
   const from = optionalString(args, 'from');
   const given = [file, fd, from].filter((x) => x !== undefined).length;
-  if (given !== 1) throw new UsageError('give exactly one of -i FILE, --fd N, --from unix:PATH');
+  if (given !== 1) throw new UsageError('give exactly one of -i FILE, --fd N, --from ENDPOINT');
   if (file !== undefined) return { file };
   if (fd !== undefined) return { fd: fdNumber(fd, 'fd') };
-  if (!from!.startsWith('unix:')) throw new UsageError(`--from takes unix:PATH, got ${JSON.stringify(from)}`);
-  return { unix: from!.slice(5) };
+  return { endpoint: parseEndpoint(from!, '--from', 'listen') };
 }

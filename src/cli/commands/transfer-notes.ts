@@ -18,6 +18,7 @@ function noteLine(n: TransferNote): string {
     case 'resuming': return `${n.devices} device(s) in RESUMING`;
     case 'device-data': return `${n.device} <- ${n.section} (from offset ${n.offset})`;
     case 'cancelling': return `cancelled (${n.reason}): bringing the devices back`;
+    case 'listening': return `listening on ${n.endpoint}`;
   }
 }
 
