@@ -341,19 +341,20 @@ class Migration {
         if (done) await this.src.waitEvent(isEnd, { since, timeoutMs: this.opts.qmpTimeoutMs ?? 10_000, what: 'the cancel to finish' }).catch(() => undefined);
       }
     }
+    // The proxy closes both its connections: the destination sees its stream end.
+    this.proxyAbort.abort();
+    if (this.proxyRun) {
+      const r = await this.proxyRun.catch((x: unknown) => (x instanceof ProxyFailedError ? x.report : null));
+      if (r) this.applyProxy(r);
+    }
     // The destination's stream is incomplete: QEMU reports its failure, then it is quit.
     if (this.incomingStarted && !this.dst.isClosed) {
-      await this.dst.waitEvent(isEnd, { timeoutMs: cancelled ? 1 : 2_000, what: 'the destination failure' }).catch(() => undefined);
+      await this.dst.waitEvent(isEnd, { timeoutMs: 2_000, what: 'the destination failure' }).catch(() => undefined);
     }
     await this.collect();
     if (this.incomingStarted && !this.dst.isClosed) {
       const quit = await this.dst.execute('quit').then(() => true, () => false);
       this.report.destination.action = quit ? 'quit' : 'quit (no answer)';
-    }
-    this.proxyAbort.abort();
-    if (this.proxyRun) {
-      const r = await this.proxyRun.catch((x: unknown) => (x instanceof ProxyFailedError ? x.report : null));
-      if (r) this.applyProxy(r);
     }
     const { side, message } = this.blame(e, cancelled);
     this.report.failure = { side, message };
