@@ -2,12 +2,18 @@
 // a source QEMU in one and a destination QEMU in the other, migrated over TCP between their
 // namespace-only addresses by `migbridge migrate` (which reaches both monitors by their unix
 // sockets on the shared file system): direct, with multifd on 4 channels, across versions
-// (QEMU 10 with -M pc-i440fx-7.2 to QEMU 7.2), and with the link cut mid-migration. The
+// (QEMU 10 with -M pc-i440fx-7.2 to QEMU 7.2), through `migbridge proxy` on each host (unix
+// from the source QEMU, TCP between the proxies, unix into the destination QEMU), and with
+// the link cut mid-migration. The
 // guest's counter on the destination shows it really runs there. Timings are logged; the
 // machine is shared with other runs, so they are noisy.
 import test, { type ExecutionContext } from 'ava';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ProxyReport } from '../../src/engine/proxy.js';
 import type { MigrateReport } from '../../src/migrate/report.js';
-import { runningCli, waitFor, type CliResult } from '../helpers/cli-run.js';
+import { proxyListening, runningCli, waitFor, type CliResult } from '../helpers/cli-run.js';
 import { twoHosts, type TwoHosts } from '../helpers/netns.js';
 import { readCounter } from '../helpers/qemu.js';
 import type { QemuVersion } from '../helpers/qemu-binary.js';
@@ -29,23 +35,22 @@ async function hostsAndPair(t: ExecutionContext, versions: [QemuVersion, QemuVer
   return { hosts, pair };
 }
 
-function migrateArgs(hosts: TwoHosts, pair: Pair, extra: string[] = []): string[] {
+function migrateArgs(hosts: TwoHosts, pair: Pair, extra: string[] = [], incoming = `tcp:${hosts.destination.address}:${PORT}`): string[] {
   return [
     'migrate', '--src-qmp', `unix:${pair.source.spareQmpPath}`, '--dst-qmp', `unix:${pair.destination.spareQmpPath}`,
-    '--incoming', `tcp:${hosts.destination.address}:${PORT}`, '--output=json', ...extra,
+    '--incoming', incoming, '--output=json', ...extra,
   ];
 }
 
 /** Runs a migration that must complete; checks the guest runs on (and only on) the destination. */
-async function migrated(t: ExecutionContext, hosts: TwoHosts, pair: Pair, extra: string[] = []): Promise<MigrateReport> {
+async function migrated(t: ExecutionContext, hosts: TwoHosts, pair: Pair, extra: string[] = [], incoming?: string): Promise<MigrateReport> {
   const txBefore = await hosts.txBytes(hosts.source);
-  const r = await runningCli(migrateArgs(hosts, pair, extra), 5 * 60_000, t.teardown.bind(t)).done;
+  const r = await runningCli(migrateArgs(hosts, pair, extra, incoming), 5 * 60_000, t.teardown.bind(t)).done;
   t.is(r.code, 0, show(r));
   const rep = JSON.parse(r.stdout) as MigrateReport;
   const tx = (await hosts.txBytes(hosts.source)) - txBefore;
   t.true(tx >= rep.ramBytes!, `the stream crossed the veth pair: ${tx} bytes sent >= ${rep.ramBytes} RAM bytes`);
   t.true(rep.ok);
-  t.is(rep.uri, `tcp:${hosts.destination.address}:${PORT}`);
   t.is(rep.destination.runState, 'running');
   t.is(await pair.destination.status(), 'running');
   t.is(await pair.source.status(), 'postmigrate');
@@ -59,6 +64,37 @@ async function migrated(t: ExecutionContext, hosts: TwoHosts, pair: Pair, extra:
 test.serial('(a) direct over TCP between the namespaces, QEMU 10 -> 10', async (t) => {
   const { hosts, pair } = await hostsAndPair(t, ['10.0', '10.0']);
   await migrated(t, hosts, pair);
+});
+
+test.serial('(b) through `migbridge proxy` on each host: source proxy -> TCP -> destination proxy; both tees are the stream the destination got', async (t) => {
+  const { hosts, pair } = await hostsAndPair(t, ['10.0', '10.0']);
+  const dir = await mkdtemp(join(tmpdir(), 'migbridge-two-hosts-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const link = `tcp:${hosts.destination.address}:${PORT}`;
+  const proxyArgs = (listen: string, to: string, tee: string): string[] => ['proxy', '--listen', listen, '--to', to, '--tee', join(dir, tee), '--progress', '--output=json'];
+  const dstProxy = runningCli(proxyArgs(link, `unix:${join(dir, 'destination.sock')}`, 'destination-side.mig'), 5 * 60_000, t.teardown.bind(t), [], hosts.destination.exec);
+  const srcProxy = runningCli(proxyArgs(`unix:${join(dir, 'source.sock')}`, link, 'source-side.mig'), 5 * 60_000, t.teardown.bind(t), [], hosts.source.exec);
+  await proxyListening(dstProxy, 30_000);
+  await proxyListening(srcProxy, 30_000);
+  await migrated(t, hosts, pair, ['--uri', `unix:${join(dir, 'source.sock')}`], `unix:${join(dir, 'destination.sock')}`);
+  const [s, d] = await Promise.all([srcProxy.done, dstProxy.done]);
+  t.is(s.code, 0, show(s));
+  t.is(d.code, 0, show(d));
+  const srcReport = JSON.parse(s.stdout) as ProxyReport;
+  const dstReport = JSON.parse(d.stdout) as ProxyReport;
+  const [srcTee, dstTee] = await Promise.all([readFile(join(dir, 'source-side.mig')), readFile(join(dir, 'destination-side.mig'))]);
+  t.true(srcTee.equals(dstTee), 'the two tees are the same bytes');
+  t.is(dstReport.deliveredBytes, dstTee.length, 'the destination QEMU received exactly the tee');
+  t.is(srcReport.forwardBytes, dstReport.forwardBytes);
+  const ins = await runningCli(['inspect', join(dir, 'destination-side.mig'), '--output=json'], 60_000, t.teardown.bind(t)).done;
+  t.is(ins.code, 0, show(ins));
+  const inspected = JSON.parse(ins.stdout) as { size: number; records: { kind: string; offset: number }[]; vmdesc: unknown };
+  t.truthy(inspected.vmdesc);
+  t.is(inspected.size, dstTee.length);
+  const kinds: Record<string, number> = {};
+  for (const r of inspected.records) kinds[r.kind] = (kinds[r.kind] ?? 0) + 1;
+  t.deepEqual(dstReport.tee?.report?.records, kinds, "the proxy's record counts are inspect's");
+  t.is(dstReport.eof?.offset, inspected.records.find((r) => r.kind === 'EOF')?.offset);
 });
 
 test.serial('(c) multifd with 4 channels, QEMU 10 -> 10: the same capability and channel count on both', async (t) => {
