@@ -76,6 +76,9 @@ function sideReport(c: QmpClient): SideReport {
 export async function migrate(opts: MigrateOptions): Promise<MigrateReport> {
   const qmpTimeoutMs = opts.qmpTimeoutMs ?? 10_000;
   const incoming = incomingEndpoint(opts.incoming); // a bad endpoint is a usage error before anything is touched
+  if (opts.viaProxy && opts.parameters?.['tls-creds']) {
+    throw new MigrateRefusedError('--via-proxy cannot decode or tee a TLS stream (tls-creds is set): migrate without the proxy, or without tls-creds inside a tunnel or on a trusted link');
+  }
   const src = await QmpClient.connect(opts.sourceQmp, { label: 'source', connectTimeoutMs: qmpTimeoutMs, commandTimeoutMs: qmpTimeoutMs });
   let dst: QmpClient | undefined;
   try {

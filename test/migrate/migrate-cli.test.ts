@@ -151,3 +151,11 @@ test.serial('Ctrl-C during a slow migration: migrate_cancel on the source (it ru
   t.false(existsSync(tee));
   t.deepEqual((await readdir(dir)).filter((n) => n.startsWith('tee.mig')), [], 'no partial tee under any name');
 });
+
+test('--via-proxy with tls-creds is refused before any QEMU is contacted: the proxy cannot decode TLS', async (t) => {
+  const r = await migrateCli(t, ['--src-qmp', 'unix:/nonexistent/src.sock', '--dst-qmp', 'unix:/nonexistent/dst.sock', '--incoming', 'unix:/nonexistent/in.sock', '--via-proxy', '--params', 'tls-creds=tls0']).done;
+  t.is(r.code, 1, show(r));
+  const err = errorOf(r);
+  t.is(err.code, 'EMIGRATE_REFUSED');
+  t.regex(String(err.message), /cannot decode or tee a TLS stream/);
+});
