@@ -34,7 +34,7 @@ export function progressOf(q: QueryMigrate, elapsedMs: number): MigrateProgress 
   const ram = q.ram ?? {};
   return {
     status: q.status ?? 'unknown',
-    elapsedMs,
+    elapsedMs: Math.round(elapsedMs),
     transferred: ram.transferred ?? 0,
     remaining: ram.remaining ?? 0,
     total: ram.total ?? 0,

@@ -64,6 +64,20 @@ function incomingEndpoint(text: string): Endpoint | null {
   return ep;
 }
 
+/** Options that do not fit together: refused before any QEMU is contacted. */
+function checkOptions(opts: MigrateOptions, incoming: Endpoint | null): void {
+  if (opts.viaProxy && incoming === null) {
+    throw new MigrateRefusedError('--via-proxy forwards to where the destination listens: give --incoming tcp:HOST:PORT or unix:PATH');
+  }
+  if (opts.viaProxy && opts.parameters?.['tls-creds']) {
+    throw new MigrateRefusedError('--via-proxy cannot decode or tee a TLS stream (tls-creds is set): migrate without the proxy, or without tls-creds inside a tunnel or on a trusted link');
+  }
+  if (opts.tee !== undefined && !opts.viaProxy) throw new MigrateRefusedError('--tee needs --via-proxy (the proxy writes the tee)');
+  if (incoming === null && (opts.capabilities?.multifd || opts.uri !== undefined)) {
+    throw new MigrateRefusedError('--incoming fd passes one socket: it cannot carry multifd channels or go to another --uri');
+  }
+}
+
 function versionText(c: QmpClient): string {
   return `${c.version.major}.${c.version.minor}.${c.version.micro}`;
 }
@@ -75,10 +89,8 @@ function sideReport(c: QmpClient): SideReport {
 /** Runs one migration; resolves with the report when both sides completed, else throws MigrateFailedError (or MigrateRefusedError before anything changed). */
 export async function migrate(opts: MigrateOptions): Promise<MigrateReport> {
   const qmpTimeoutMs = opts.qmpTimeoutMs ?? 10_000;
-  const incoming = incomingEndpoint(opts.incoming); // a bad endpoint is a usage error before anything is touched
-  if (opts.viaProxy && opts.parameters?.['tls-creds']) {
-    throw new MigrateRefusedError('--via-proxy cannot decode or tee a TLS stream (tls-creds is set): migrate without the proxy, or without tls-creds inside a tunnel or on a trusted link');
-  }
+  const incoming = incomingEndpoint(opts.incoming);
+  checkOptions(opts, incoming);
   const src = await QmpClient.connect(opts.sourceQmp, { label: 'source', connectTimeoutMs: qmpTimeoutMs, commandTimeoutMs: qmpTimeoutMs });
   let dst: QmpClient | undefined;
   try {
@@ -145,16 +157,8 @@ class Migration {
     }
   }
 
-  /** Everything that can refuse the migration is checked before anything is changed. */
+  /** What the QEMUs must offer is checked before anything is changed. */
   private async prepare(): Promise<void> {
-    const { opts } = this;
-    if (opts.viaProxy && this.incoming === null) {
-      throw new MigrateRefusedError('--via-proxy forwards to where the destination listens: give --incoming tcp:HOST:PORT or unix:PATH');
-    }
-    if (opts.tee !== undefined && !opts.viaProxy) throw new MigrateRefusedError('--tee needs --via-proxy (the proxy writes the tee)');
-    if (opts.incoming === 'fd' && (this.capabilities.multifd || opts.uri !== undefined)) {
-      throw new MigrateRefusedError('--incoming fd passes one socket: it cannot carry multifd channels or go to another --uri');
-    }
     const offers = [];
     for (const [side, c] of [['source', this.src], ['destination', this.dst]] as const) {
       const caps = await c.execute<{ capability: string }[]>('query-migrate-capabilities');

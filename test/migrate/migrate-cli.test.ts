@@ -152,10 +152,22 @@ test.serial('Ctrl-C during a slow migration: migrate_cancel on the source (it ru
   t.deepEqual((await readdir(dir)).filter((n) => n.startsWith('tee.mig')), [], 'no partial tee under any name');
 });
 
-test('--via-proxy with tls-creds is refused before any QEMU is contacted: the proxy cannot decode TLS', async (t) => {
-  const r = await migrateCli(t, ['--src-qmp', 'unix:/nonexistent/src.sock', '--dst-qmp', 'unix:/nonexistent/dst.sock', '--incoming', 'unix:/nonexistent/in.sock', '--via-proxy', '--params', 'tls-creds=tls0']).done;
-  t.is(r.code, 1, show(r));
-  const err = errorOf(r);
-  t.is(err.code, 'EMIGRATE_REFUSED');
-  t.regex(String(err.message), /cannot decode or tee a TLS stream/);
+test('options that do not fit together are refused before any QEMU is contacted (the QMP sockets do not exist)', async (t) => {
+  const qmp = ['--src-qmp', 'unix:/nonexistent/src.sock', '--dst-qmp', 'unix:/nonexistent/dst.sock'];
+  const cases: [string[], number, string, RegExp][] = [
+    [['--incoming', 'unix:/nonexistent/in.sock', '--via-proxy', '--params', 'tls-creds=tls0'], 1, 'EMIGRATE_REFUSED', /cannot decode or tee a TLS stream/],
+    [['--incoming', 'unix:/nonexistent/in.sock', '--tee', '/nonexistent/tee.mig'], 1, 'EMIGRATE_REFUSED', /--tee needs --via-proxy/],
+    [['--incoming', 'fd', '--caps', 'multifd=on'], 1, 'EMIGRATE_REFUSED', /cannot carry multifd channels/],
+    [['--incoming', 'fd', '--via-proxy'], 1, 'EMIGRATE_REFUSED', /--via-proxy forwards to where the destination listens/],
+    [['--incoming', 'fd:3'], 2, 'EUSAGE', /QEMU listens on tcp:HOST:PORT or unix:PATH/],
+    [['--incoming', 'tcp:10.0.0.2'], 2, 'EUSAGE', /tcp: takes HOST:PORT/],
+    [['--caps', 'multifd=yes'], 2, 'EUSAGE', /--caps multifd takes on or off/],
+  ];
+  for (const [args, code, errCode, message] of cases) {
+    const r = await migrateCli(t, [...qmp, ...args]).done;
+    t.is(r.code, code, `${args.join(' ')}: ${show(r)}`);
+    const err = errorOf(r);
+    t.is(err.code, errCode, args.join(' '));
+    t.regex(String(err.message), message);
+  }
 });
