@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "migbridge_uring",
-      "sources": ["native/uring/addon.cc", "native/uring/sys.cc", "native/uring/socket.cc", "native/uring/engine.cc", "native/uring/uring_backend.cc", "native/uring/pool_backend.cc"],
+      "sources": ["native/uring/addon.cc", "native/uring/sys.cc", "native/uring/socket.cc", "native/uring/fdpass.cc", "native/uring/engine.cc", "native/uring/uring_backend.cc", "native/uring/pool_backend.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],

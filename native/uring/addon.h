@@ -6,5 +6,6 @@ namespace migbridge {
 void InitSys(Napi::Env env, Napi::Object exports);
 void InitSocket(Napi::Env env, Napi::Object exports);
 void InitEngine(Napi::Env env, Napi::Object exports);
+void InitFdPass(Napi::Env env, Napi::Object exports);
 unsigned long IoctlArg(const Napi::Value& v);
 }  // namespace migbridge

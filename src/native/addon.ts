@@ -48,6 +48,8 @@ export interface RawAddon {
   setNonBlocking(fd: number, on: boolean): number;
   ioctl(fd: number, request: number, arg: Buffer | number | null): number;
   close(fd: number): number;
+  /** sendmsg of `bytes` with `fd` as SCM_RIGHTS: bytes sent or -errno. */
+  sendWithFd(socketFd: number, bytes: Buffer, fd: number): number;
   /** [family, type, listening, nodelay] of a socket, or -errno (ENOTSOCK, EBADF). */
   socketInfo(fd: number): [number, number, boolean, boolean] | number;
   /** `completions` receives [id, res] pairs; `onComplete(n)` is called with the pair count. */

@@ -46,6 +46,15 @@ export function closeSync(fd: number): void {
   check('close', addon().close(fd), fd);
 }
 
+/**
+ * One sendmsg of `bytes` on the unix socket `socketFd` carrying `fd` (SCM_RIGHTS); the
+ * receiver gets its own copy of `fd`. Returns how many bytes went (at least one, which
+ * carried the fd); the caller sends any rest as ordinary bytes.
+ */
+export function sendWithFd(socketFd: number, bytes: Buffer, fd: number): number {
+  return check('sendmsg(SCM_RIGHTS)', addon().sendWithFd(socketFd, bytes, fd), socketFd);
+}
+
 export interface SocketInfo {
   /** AF_UNIX, AF_INET, AF_INET6 (os.constants has no AF_*: see SOCKET_FAMILY). */
   family: number;

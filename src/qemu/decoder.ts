@@ -51,6 +51,19 @@ export function commandName(cmd: number): string {
   return COMMAND_NAMES[cmd] ?? `UNKNOWN_${cmd}`;
 }
 
+/**
+ * A TLS record header (content type 22 = handshake, protocol major version 3): what QEMU
+ * sends when it migrates with tls-creds. The stream inside is encrypted, so nothing past
+ * the handshake can be decoded; say so instead of "not a stream".
+ */
+function isTlsRecord(first4: number): boolean {
+  return first4 >>> 16 === 0x1603 && ((first4 >>> 8) & 0xff) <= 4;
+}
+
+const TLS_REFUSAL =
+  'a TLS stream (QEMU migrating with tls-creds): migbridge does not decode encrypted streams; ' +
+  'let migbridge see the plain stream (e.g. a TLS or SSH tunnel that ends on each host, or an encrypted link) instead';
+
 export class StreamDecoder {
   private readonly r = new Reader();
   private readonly ctx: DecodeContext;
@@ -137,6 +150,7 @@ export class StreamDecoder {
     const { r, ctx } = this;
     yield* ctx.need(8, 'the file header');
     const magic = r.be32();
+    if (isTlsRecord(magic)) throw ctx.error('ESTREAM_UNSUPPORTED', TLS_REFUSAL, { offset: 0, expected: hex(FILE_MAGIC), found: hex(magic) });
     if (magic !== FILE_MAGIC) throw ctx.error('ESTREAM_FORMAT', 'not a QEMU migration stream', { offset: 0, expected: hex(FILE_MAGIC), found: hex(magic) });
     const version = r.be32();
     if (version !== FILE_VERSION) {

@@ -21,10 +21,12 @@ export interface RunningCli {
 
 /**
  * Starts the CLI; `done` settles when it exits (killed after timeoutMs, and at teardown).
- * `fds` are handed to it as its fds 3, 4, ... (for fd:N endpoints).
+ * `fds` are handed to it as its fds 3, 4, ... (for fd:N endpoints). `wrapper` runs it under
+ * a command that execs it in place (e.g. `ip netns exec NS`).
  */
-export function runningCli(args: string[], timeoutMs: number, teardown?: (fn: () => void) => void, fds: readonly number[] = []): RunningCli {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe', ...fds] });
+export function runningCli(args: string[], timeoutMs: number, teardown?: (fn: () => void) => void, fds: readonly number[] = [], wrapper: readonly string[] = []): RunningCli {
+  const argv = [...wrapper, process.execPath, CLI, ...args];
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', ...fds] });
   let stdout = '';
   let stderr = '';
   child.stdout!.setEncoding('utf8').on('data', (s: string) => { stdout += s; });

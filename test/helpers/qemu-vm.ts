@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { qemuBinary, type QemuBinary, type QemuVersion } from './qemu-binary.js';
-import { QmpClient } from './qemu-qmp.js';
+import { QmpClient } from '../../src/qmp/index.js';
 import { acquireSlot, type Release } from './qemu-lock.js';
 
 const SLOT_DIR = '/tmp/migbridge-qemu-slots';
@@ -39,6 +39,10 @@ export interface QemuVmOptions {
   timeoutMs?: number;
   /** Registers the kill with the test (e.g. `t.teardown.bind(t)`). */
   teardown?: Teardown;
+  /** Opens a second QMP monitor (`spareQmpPath`) for another client, e.g. `migbridge migrate`. */
+  spareQmp?: boolean;
+  /** A command QEMU runs under, e.g. `['ip', 'netns', 'exec', NS]` (it must exec QEMU in place: same pid). */
+  wrapper?: string[];
   /** Runs in the VM's dir before QEMU starts (e.g. to copy disk images there). */
   beforeStart?: (dir: string) => Promise<void>;
 }
@@ -122,8 +126,10 @@ export class QemuVm {
       ...opts.args.map((a) => a.replaceAll('{dir}', dir)),
       ...(opts.incomingDefer ? ['-incoming', 'defer'] : []),
       '-qmp', `unix:${sock},server=on,wait=off`,
+      ...(opts.spareQmp ? ['-qmp', `unix:${join(dir, 'qmp-spare.sock')},server=on,wait=off`] : []),
     ];
-    const proc = spawn(binary.bin, args, { env: binary.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const argv = [...(opts.wrapper ?? []), binary.bin, ...args];
+    const proc = spawn(argv[0]!, argv.slice(1), { env: binary.env, stdio: ['ignore', 'pipe', 'pipe'] });
     const vm = new QemuVm(proc, binary, dir, name, release, timeoutMs);
     live.add(vm);
     opts.teardown?.(() => vm.kill());
@@ -135,15 +141,26 @@ export class QemuVm {
         if (Date.now() > deadline) throw new Error(`no QMP socket after ${timeoutMs} ms`);
         await sleep(20);
       }
-      vm.qmpClient = await QmpClient.connect(sock, name, Math.max(1000, deadline - Date.now()));
+      vm.qmpClient = await QmpClient.connect(sock, { label: name, connectTimeoutMs: Math.max(1000, deadline - Date.now()), commandTimeoutMs: timeoutMs });
       // MIGRATION events (capability `events`, not part of the stream) let the tests wait for a
       // migration's end without polling a QEMU whose main loop may be busy loading it.
-      await vm.qmpClient.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] }, Math.max(1000, deadline - Date.now()));
+      await vm.qmpClient.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] }, { timeoutMs: Math.max(1000, deadline - Date.now()) });
     } catch (err) {
       await vm.kill();
       throw vm.failure(`could not start (${(err as Error).message})`, args);
     }
     return vm;
+  }
+
+  /** The VM's QMP connection (for fd passing and event listeners). */
+  get qmpConnection(): QmpClient {
+    if (!this.qmpClient) throw this.failure('QMP not connected');
+    return this.qmpClient;
+  }
+
+  /** The second monitor's socket (started with `spareQmp`), free for another client. */
+  get spareQmpPath(): string {
+    return join(this.dir, 'qmp-spare.sock');
   }
 
   /** QEMU's stderr so far (capped). */
@@ -170,7 +187,7 @@ export class QemuVm {
   async qmp(command: string, args?: Record<string, unknown>, timeoutMs = this.timeoutMs): Promise<unknown> {
     if (!this.qmpClient) throw this.failure(`QMP not connected for ${command}`);
     try {
-      return await this.qmpClient.execute(command, args, timeoutMs);
+      return await this.qmpClient.execute(command, args, { timeoutMs });
     } catch (err) {
       throw this.failure((err as Error).message);
     }
@@ -292,7 +309,7 @@ export class QemuVm {
   async quit(): Promise<void> {
     if (this.exited) return;
     const gone = this.waitExit(5_000);
-    await this.qmpClient?.execute('quit', undefined, 5_000).catch(() => undefined);
+    await this.qmpClient?.execute('quit', undefined, { timeoutMs: 5_000 }).catch(() => undefined);
     if (!(await gone)) await this.kill();
   }
 

@@ -31,11 +31,11 @@ function scenarioFor(name: ScenarioName, version: QemuVersion): Scenario {
 }
 
 /** The scenario's arguments with `{img:NAME}` resolved to the VM's private copy. */
-function vmArgs(s: Scenario): string[] {
+export function vmArgs(s: Scenario): string[] {
   return s.args.map((a) => a.replace(/\{img:(boot|data)\}/g, (_m, n: string) => `{dir}/${n}.img`));
 }
 
-function copyImages(s: Scenario): (dir: string) => Promise<void> {
+export function copyImages(s: Scenario): (dir: string) => Promise<void> {
   return async (dir) => {
     for (const name of s.images) await copyFile(imagePath(name), join(dir, `${name}.img`));
   };
@@ -64,7 +64,7 @@ export async function hasCompleteTrailer(file: string): Promise<boolean> {
 }
 
 /** Waits (bounded) until the guest has printed at least `bytes` to its serial log. */
-async function waitSerial(vm: QemuVm, bytes: number, timeoutMs: number): Promise<void> {
+export async function waitSerial(vm: QemuVm, bytes: number, timeoutMs: number): Promise<void> {
   const log = join(vm.dir, 'serial.log');
   const deadline = Date.now() + timeoutMs;
   for (;;) {

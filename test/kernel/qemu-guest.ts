@@ -40,6 +40,8 @@ export interface MttyVmOptions {
   incoming?: boolean;
   /** More mdevs, as vfio-pci at 00:05.0, 00:06.0, ... (idstrs 0000:00:05.0/vfio, ...). */
   more?: readonly string[];
+  /** A second QMP monitor for another client (`migbridge migrate`). */
+  spareQmp?: boolean;
 }
 
 /** QEMU 10 (`-M pc -m 64`, halt firmware) owning the mdev as vfio-pci at 00:04.0. */
@@ -48,6 +50,7 @@ export function startMttyVm(o: MttyVmOptions): Promise<QemuVm> {
     version: '10.0',
     name: o.name,
     incomingDefer: o.incoming ?? false,
+    spareQmp: o.spareQmp ?? false,
     beforeStart: async (dir) => fs.writeFileSync(path.join(dir, 'halt.bin'), haltBios()),
     args: [
       '-M', 'pc', '-m', '64', '-bios', '{dir}/halt.bin',

@@ -28,8 +28,9 @@ import os from 'node:os';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { laneEnv, migbridge, reportFigure } from './lane.js';
-import type { MigrationInfo, QemuVm } from '../helpers/qemu-vm.js';
-import { type Uart, programUartHmp, readUartDev, readUartHmp, settleDevice, startMttyVm, withDevice, writeUartDev } from './qemu-guest.js';
+import type { MigrationInfo } from '../helpers/qemu-vm.js';
+import { type Uart, programUartHmp, readUartDev, readUartHmp, settleDevice, withDevice, writeUartDev } from './qemu-guest.js';
+import { scope } from './vm-scope.js';
 import { MigState, stateName } from '../../src/fsm/index.js';
 import { proxyListening, runningCli, waitFor, type CliResult } from '../helpers/cli-run.js';
 
@@ -57,37 +58,6 @@ async function scribble(uuid: string): Promise<void> {
     if ((await d.state()) !== MigState.RUNNING) await d.reset();
     await writeUartDev(d, SCRIBBLE);
   });
-}
-
-/**
- * VMs started through it are killed at teardown if still there, then its devices are
- * brought back to RUNNING, so a failing test never leaves an mdev in RESUMING or owned by
- * a QEMU (docs/vfio-migration.md §10 gotcha 3).
- */
-function scope(t: ExecutionContext, uuids: string[]) {
-  const vms: QemuVm[] = [];
-  t.teardown(async () => {
-    for (const vm of vms) await vm.kill();
-    for (const u of uuids) await settleDevice(u).catch((e: unknown) => console.error(`reframe teardown: ${u}: ${String(e)}`));
-  });
-  return {
-    async vm(o: Parameters<typeof startMttyVm>[0]): Promise<QemuVm> {
-      const vm = await startMttyVm(o);
-      vms.push(vm);
-      return vm;
-    },
-    /** Every VM gone; every device back in RUNNING; returns the states found before the reset. */
-    async finish(): Promise<Record<string, string>> {
-      for (const vm of vms) await vm.quit();
-      const found: Record<string, string> = {};
-      for (const u of uuids) {
-        const s = await settleDevice(u);
-        found[u] = s.found;
-        t.is(s.now, 'RUNNING', `${u} left in RUNNING`);
-      }
-      return found;
-    },
-  };
 }
 
 interface ProxyReport {

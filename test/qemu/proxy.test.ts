@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { QemuVm, SCENARIOS, directRamRanges, readCounter, streamFor, type MigrationInfo, type QemuVersion, type ScenarioName } from '../helpers/qemu.js';
 import { imagePath } from '../helpers/qemu-guest.js';
-import { acquireLock } from '../helpers/qemu-lock.js';
+import { pairLock } from '../helpers/qemu-pair.js';
 import { readTailVmDesc } from '../../src/qemu/vmdesc.js';
 import { proxyListening, proxyNotes, runningCli, waitFor, type CliResult } from '../helpers/cli-run.js';
 import { MultifdDecoder, MultifdTallier } from '../../src/qemu/multifd.js';
@@ -139,17 +139,6 @@ async function stalledAt(t: ExecutionContext, proxy: { stderr: () => string }, f
 }
 
 // --- QEMU on both ends ---
-
-/**
- * Each of these tests holds one QEMU slot while it waits for its second. Two processes doing
- * that at once (two checkouts' test runs on one machine) would wait on each other until the
- * slot timeout; this lock lets only one test that needs a pair wait at a time. Tests that
- * take one QEMU at a time always give theirs back, so the pair gets its second slot.
- */
-async function pairLock(t: ExecutionContext): Promise<void> {
-  const release = await acquireLock('/tmp/migbridge-qemu-slots.pair.lock', 10 * 60_000);
-  t.teardown(release);
-}
 
 /** A scenario's machine arguments, its disk images copied into the VM's dir. */
 function machine(name: ScenarioName): { args: string[]; beforeStart: (dir: string) => Promise<void> } {

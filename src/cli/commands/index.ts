@@ -13,6 +13,7 @@ import { demoCommand } from './demo.js';
 import { devicesCommand } from './devices.js';
 import { proxyCommand } from './proxy.js';
 import { checkCommand } from './check.js';
+import { migrateCommand } from './migrate.js';
 
 export const commands: readonly Command[] = [
   fsmPathCommand,
@@ -28,5 +29,6 @@ export const commands: readonly Command[] = [
   demoCommand,
   devicesCommand,
   proxyCommand,
+  migrateCommand,
   checkCommand,
 ];
