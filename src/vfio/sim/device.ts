@@ -25,7 +25,7 @@
 // bytes it took, so only a reset keeps the damaged data out (see #finishResume).
 import { constants as fsc, openSync, readSync, writeFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
-import { FsmError, MigState, isSavingState, path, stateName } from '../../fsm/index.js';
+import { FsmError, MigState, endsSession, opensDataFd, path, stateName, stopsDevice } from '../../fsm/index.js';
 import { closeSync, ioctlSync, pipe, setNonBlocking, setPipeSize } from '../../native/index.js';
 import type { DataFd, MigrationDevice, PrecopyInfo, RegionInfoSummary } from '../device.js';
 import { VfioDeviceError } from '../device.js';
@@ -507,10 +507,9 @@ export class SimDevice implements MigrationDevice {
     this.#worker = undefined;
   }
 
+  /** One arc of a SET: which sessions it opens and ends comes from src/fsm. */
   async #arc(from: MigState, to: MigState): Promise<DataFd | null> {
-    const { STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P } = MigState;
-    const stopping = (to === STOP && (from === RUNNING || from === RUNNING_P2P)) || (to === STOP_COPY && (from === PRE_COPY || from === PRE_COPY_P2P));
-    if (stopping) {
+    if (stopsDevice(from, to)) {
       this.#accrueDirty();
       for (const f of this.config.faults) if (f.kind === 'slow-stop') await delay(f.ms);
     }
@@ -519,20 +518,12 @@ export class SimDevice implements MigrationDevice {
         throw new ArcFailure(Errno.EIO, `injected failure on the arc ${stateName(from)} -> ${stateName(to)} (fail=error@${stateName(to).toLowerCase().replace(/_/g, '-')})`, true);
       }
     }
-    if ((from === RUNNING && to === PRE_COPY) || (from === RUNNING_P2P && to === PRE_COPY_P2P)) return this.#openSave(true);
-    if (from === STOP && to === STOP_COPY) return this.#openSave(false);
-    if (to === STOP_COPY && (from === PRE_COPY || from === PRE_COPY_P2P)) {
+    if (opensDataFd(from, to)) return to === MigState.RESUMING ? this.#openResume() : this.#openSave(to !== MigState.STOP_COPY);
+    if (endsSession(from, to)) {
+      await (from === MigState.RESUMING ? this.#finishResume() : this.#endSave());
+    } else if (to === MigState.STOP_COPY) {
+      // PRE_COPY* -> STOP_COPY: the same session goes on with its final round.
       this.#queueFinal(this.#save!, this.#newWriteEnd(this.#save!));
-      return null;
-    }
-    if (isSavingState(from) && !isSavingState(to)) {
-      await this.#endSave();
-      return null;
-    }
-    if (from === STOP && to === RESUMING) return this.#openResume();
-    if (from === RESUMING && to === STOP) {
-      await this.#finishResume();
-      return null;
     }
     return null;
   }
