@@ -1,26 +1,15 @@
 // Typed errors shared by every layer. Each carries a stable `code` and, where it
 // applies, the errno, byte offset, section and device it concerns, so callers
 // (and the CLI's JSON output) never have to parse messages.
-import { constants as osConstants } from 'node:os';
+import { errnoName } from './errno.js';
 
-const errnoNames: Map<number, string> = new Map(
-  Object.entries(osConstants.errno).map(([name, num]) => [num, name]),
-);
-
-/** Name of an errno number as the kernel spells it (e.g. 22 -> "EINVAL"). */
-export function errnoName(errno: number): string {
-  return errnoNames.get(errno) ?? `E${errno}`;
-}
+// The errno table lives in errno.ts; its helpers stay importable from here.
+export { errnoName, errnoNumber } from './errno.js';
 
 /** A thrown value's `code` (Node's "ECONNRESET", ...), else its message: for reports. */
 export function errorCode(e: unknown): string {
   const c = (e as NodeJS.ErrnoException | undefined)?.code;
   return typeof c === 'string' ? c : e instanceof Error ? e.message : String(e);
-}
-
-/** Errno number for a name (e.g. "EINVAL" -> 22); undefined when unknown. */
-export function errnoNumber(name: string): number | undefined {
-  return (osConstants.errno as Record<string, number>)[name];
 }
 
 export interface ErrorDetails {

@@ -350,7 +350,7 @@ async function loadState(
         // Any write error is fatal for that device (mtty returns EFAULT on a bad header yet keeps the bytes).
         t.error =
           e instanceof MigbridgeError
-            ? new VfioDeviceError(t.dev.id, 'write resume data', e.errno ?? 5, { message: `after ${t.bytes} bytes of ${t.idstr}`, cause: e })
+            ? new VfioDeviceError(t.dev.id, 'write resume data', e.errno ?? Errno.EIO, { message: `after ${t.bytes} bytes of ${t.idstr}`, cause: e })
             : (e as Error);
       } finally {
         inFlight -= data.length;
