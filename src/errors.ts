@@ -1,7 +1,7 @@
 // Typed errors shared by every layer. Each carries a stable `code` and, where it
 // applies, the errno, byte offset, section and device it concerns, so callers
 // (and the CLI's JSON output) never have to parse messages.
-import { errnoName } from './errno.js';
+import { errnoName, errnoNumber } from './errno.js';
 
 // The errno table lives in errno.ts; its helpers stay importable from here.
 export { errnoName, errnoNumber } from './errno.js';
@@ -22,8 +22,13 @@ export interface ErrorDetails {
   cause?: unknown;
 }
 
-export class MigbridgeError extends Error {
-  readonly code: string;
+/**
+ * The root of every error the library throws. `C` narrows `code` to an area's union
+ * (StreamErrorCode for the codec, 'EINVAL' for the FSM, 'EUSAGE' for usage); errno names
+ * (SysError, VfioDeviceError) and the other areas' E… names are plain strings.
+ */
+export class MigbridgeError<C extends string = string> extends Error {
+  readonly code: C;
   readonly errno?: number;
   readonly path?: string;
   readonly offset?: number;
@@ -35,7 +40,7 @@ export class MigbridgeError extends Error {
    */
   recovery?: readonly unknown[];
 
-  constructor(code: string, message: string, details: ErrorDetails = {}) {
+  constructor(code: C, message: string, details: ErrorDetails = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
     this.name = new.target.name;
     this.code = code;
@@ -80,8 +85,21 @@ export class SysError extends MigbridgeError {
   }
 }
 
+/**
+ * A Node file-system failure on `path` (ENOENT, EACCES, ...) as a SysError that names it;
+ * typed errors pass unchanged. For the places that read a file the user named.
+ */
+export function fileError(e: unknown, path: string): MigbridgeError {
+  if (e instanceof MigbridgeError) return e;
+  const n = e as NodeJS.ErrnoException | undefined;
+  const errno = typeof n?.errno === 'number' ? Math.abs(n.errno) : typeof n?.code === 'string' ? errnoNumber(n.code) : undefined;
+  const message = e instanceof Error ? e.message : String(e);
+  if (errno !== undefined) return new SysError(n?.syscall ?? 'open', errno, message, { path, cause: e });
+  return new MigbridgeError('EIO', `${path}: ${message}`, { path, cause: e });
+}
+
 /** Wrong command-line usage: the CLI exits with status 2. */
-export class UsageError extends MigbridgeError {
+export class UsageError extends MigbridgeError<'EUSAGE'> {
   constructor(message: string) {
     super('EUSAGE', message);
   }

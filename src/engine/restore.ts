@@ -5,7 +5,7 @@
 import { MigbridgeError } from '../errors.js';
 import { type DestinationPhase, MigFlag, type PlanStep, destinationPlan, planStep, stateName } from '../fsm/index.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
-import { type ByteSource, type StreamEvent, readStream } from '../qemu/index.js';
+import { type ByteSource, type StreamEvent, StreamError, readStream } from '../qemu/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
 import { Errno } from '../vfio/uapi.js';
 import { CancelledError, abortReason, untilCancelled, throwIfCancelled, whenCancelled } from './cancel.js';
@@ -222,15 +222,16 @@ async function preflight(events: AsyncIterable<StreamEvent>, router: ResumeRoute
 /** A stream failure names the device whose section it hit (or every device), keeping offset and section. */
 function nameDevices(e: unknown, targets: Target[], router: ResumeRouter, outcome = 'every device was reset to RUNNING'): unknown {
   if (!(e instanceof MigbridgeError) || e.device !== undefined) return e;
-  const sectionId = (e as MigbridgeError & { sectionId?: number }).sectionId;
+  const sectionId = e instanceof StreamError ? e.sectionId : undefined;
   const index = sectionId !== undefined ? router.deviceOf(sectionId) : undefined;
   const hit = index !== undefined ? targets[index] : undefined;
   const names = hit ? hit.dev.id : targets.map((t) => t.dev.id).join(', ');
-  const idstr = hit ? (hit.idstr ?? (e as MigbridgeError & { idstr?: string }).idstr) : undefined;
+  const idstr = hit ? (hit.idstr ?? (e instanceof StreamError ? e.idstr : undefined)) : undefined;
   return new MigbridgeError(e.code, `${e.message}; restoring device ${names}${idstr ? ` from ${idstr}` : ''}: ${outcome}`, {
     ...(e.offset !== undefined ? { offset: e.offset } : {}),
     ...(e.section !== undefined ? { section: e.section } : idstr ? { section: idstr } : {}),
     ...(e.errno !== undefined ? { errno: e.errno } : {}),
+    ...(e.path !== undefined ? { path: e.path } : {}),
     device: names,
     cause: e,
   });

@@ -29,7 +29,7 @@ export const ALL_STATES: readonly MigState[] = [0, 1, 2, 3, 4, 5, 6, 7];
 /** Kernel's EINVAL, the only errno vfio_mig_get_next_state() returns (Errno.EINVAL; kept for the fsm namespace). */
 export const EINVAL = Errno.EINVAL;
 
-export class FsmError extends MigbridgeError {
+export class FsmError extends MigbridgeError<'EINVAL'> {
   readonly from: number;
   readonly to: number;
   readonly flags: number;
