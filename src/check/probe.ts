@@ -54,9 +54,8 @@ export class Probe {
   async set(target: number): Promise<SetOutcome> {
     const t0 = process.hrtime.bigint();
     try {
-      const fd = await this.dev.setState(target as MigState);
+      const fd = this.track(await this.dev.setState(target as MigState));
       const us = Number(process.hrtime.bigint() - t0) / 1000;
-      if (fd) this.#fds.push(fd);
       return { ok: true, fd, state: await this.state(), us };
     } catch (e) {
       if (!(e instanceof VfioDeviceError)) throw e;
@@ -74,6 +73,12 @@ export class Probe {
   async reset(): Promise<void> {
     await this.closeFds();
     await this.dev.reset();
+  }
+
+  /** Keeps `fd` to be closed by closeFds() (every data_fd a SET returned); returns it. */
+  track(fd: DataFd | null): DataFd | null {
+    if (fd) this.#fds.push(fd);
+    return fd;
   }
 
   async closeFds(): Promise<void> {
