@@ -1,26 +1,15 @@
 // Typed errors shared by every layer. Each carries a stable `code` and, where it
 // applies, the errno, byte offset, section and device it concerns, so callers
 // (and the CLI's JSON output) never have to parse messages.
-import { constants as osConstants } from 'node:os';
+import { errnoName, errnoNumber } from './errno.js';
 
-const errnoNames: Map<number, string> = new Map(
-  Object.entries(osConstants.errno).map(([name, num]) => [num, name]),
-);
-
-/** Name of an errno number as the kernel spells it (e.g. 22 -> "EINVAL"). */
-export function errnoName(errno: number): string {
-  return errnoNames.get(errno) ?? `E${errno}`;
-}
+// The errno table lives in errno.ts; its helpers stay importable from here.
+export { errnoName, errnoNumber } from './errno.js';
 
 /** A thrown value's `code` (Node's "ECONNRESET", ...), else its message: for reports. */
 export function errorCode(e: unknown): string {
   const c = (e as NodeJS.ErrnoException | undefined)?.code;
   return typeof c === 'string' ? c : e instanceof Error ? e.message : String(e);
-}
-
-/** Errno number for a name (e.g. "EINVAL" -> 22); undefined when unknown. */
-export function errnoNumber(name: string): number | undefined {
-  return (osConstants.errno as Record<string, number>)[name];
 }
 
 export interface ErrorDetails {
@@ -33,8 +22,13 @@ export interface ErrorDetails {
   cause?: unknown;
 }
 
-export class MigbridgeError extends Error {
-  readonly code: string;
+/**
+ * The root of every error the library throws. `C` narrows `code` to an area's union
+ * (StreamErrorCode for the codec, 'EINVAL' for the FSM, 'EUSAGE' for usage); errno names
+ * (SysError, VfioDeviceError) and the other areas' E… names are plain strings.
+ */
+export class MigbridgeError<C extends string = string> extends Error {
+  readonly code: C;
   readonly errno?: number;
   readonly path?: string;
   readonly offset?: number;
@@ -46,7 +40,7 @@ export class MigbridgeError extends Error {
    */
   recovery?: readonly unknown[];
 
-  constructor(code: string, message: string, details: ErrorDetails = {}) {
+  constructor(code: C, message: string, details: ErrorDetails = {}) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
     this.name = new.target.name;
     this.code = code;
@@ -91,8 +85,21 @@ export class SysError extends MigbridgeError {
   }
 }
 
+/**
+ * A Node file-system failure on `path` (ENOENT, EACCES, ...) as a SysError that names it;
+ * typed errors pass unchanged. For the places that read a file the user named.
+ */
+export function fileError(e: unknown, path: string): MigbridgeError {
+  if (e instanceof MigbridgeError) return e;
+  const n = e as NodeJS.ErrnoException | undefined;
+  const errno = typeof n?.errno === 'number' ? Math.abs(n.errno) : typeof n?.code === 'string' ? errnoNumber(n.code) : undefined;
+  const message = e instanceof Error ? e.message : String(e);
+  if (errno !== undefined) return new SysError(n?.syscall ?? 'open', errno, message, { path, cause: e });
+  return new MigbridgeError('EIO', `${path}: ${message}`, { path, cause: e });
+}
+
 /** Wrong command-line usage: the CLI exits with status 2. */
-export class UsageError extends MigbridgeError {
+export class UsageError extends MigbridgeError<'EUSAGE'> {
   constructor(message: string) {
     super('EUSAGE', message);
   }

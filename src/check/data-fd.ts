@@ -3,6 +3,7 @@
 // the fd direction, what an ended session gives, the temporary end of PRE_COPY, and
 // reads shorter than the data ready.
 import { readSync } from 'node:fs';
+import { Errno } from '../errno.js';
 import { MigFlag, MigState } from '../fsm/index.js';
 import { POLLIN, setNonBlocking } from '../native/index.js';
 import { type CheckContext, noStream } from './context.js';
@@ -11,7 +12,7 @@ import type { WhyTable } from './types.js';
 import type { DataFd } from '../vfio/device.js';
 
 const EBADF = 9;
-const ENOMSG = 42;
+const { ENOMSG } = Errno;
 
 export const DATA_FD_WHY: WhyTable = {
   'stop-copy stream read to EOF': 'QEMU reads the stop-copy data until read() returns 0 during the downtime; an error or a hang fails the migration with the VM stopped',

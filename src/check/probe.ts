@@ -1,12 +1,14 @@
 // One device under check: every operation the groups issue, returning what happened
 // (bytes, errno, state read back) instead of throwing, and tracking each data_fd it
 // opened so a group (or an interrupted run) can close them all.
+import { Errno } from '../errno.js';
 import { errnoName, MigbridgeError } from '../errors.js';
 import { MigState, stateName } from '../fsm/index.js';
 import type { IoEngine } from '../native/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError } from '../vfio/device.js';
 
-export const ETIMEDOUT = 110;
+/** The errno a probe reports for a device that did not answer in time. */
+export const ETIMEDOUT = Errno.ETIMEDOUT;
 
 /** A read or write: bytes moved, or the errno it failed with (ETIMEDOUT: the device did not answer within the bound). */
 export type IoOutcome = { n: number; data: Buffer } | { errno: number };
@@ -52,9 +54,8 @@ export class Probe {
   async set(target: number): Promise<SetOutcome> {
     const t0 = process.hrtime.bigint();
     try {
-      const fd = await this.dev.setState(target as MigState);
+      const fd = this.track(await this.dev.setState(target as MigState));
       const us = Number(process.hrtime.bigint() - t0) / 1000;
-      if (fd) this.#fds.push(fd);
       return { ok: true, fd, state: await this.state(), us };
     } catch (e) {
       if (!(e instanceof VfioDeviceError)) throw e;
@@ -72,6 +73,12 @@ export class Probe {
   async reset(): Promise<void> {
     await this.closeFds();
     await this.dev.reset();
+  }
+
+  /** Keeps `fd` to be closed by closeFds() (every data_fd a SET returned); returns it. */
+  track(fd: DataFd | null): DataFd | null {
+    if (fd) this.#fds.push(fd);
+    return fd;
   }
 
   async closeFds(): Promise<void> {

@@ -8,7 +8,7 @@
 import { MigState, reachableStates, stateName } from '../fsm/index.js';
 import type { DataFd } from '../vfio/device.js';
 import { type CheckContext, noStream } from './context.js';
-import { type IoOutcome, type Probe, type SetOutcome, outcomeText, setText } from './probe.js';
+import { ETIMEDOUT, type IoOutcome, type Probe, type SetOutcome, outcomeText, setText } from './probe.js';
 import type { WhyTable } from './types.js';
 
 export const RESUME_WHY: WhyTable = {
@@ -96,7 +96,7 @@ export async function resumeGroup(ctx: CheckContext): Promise<void> {
     if (!c.exit) ctx.result('resume', dst, cr, 'n/a', crExpected, `SET RUNNING -> RESUMING: ${setText(c.at)}`);
     else {
       refused(cr, c.write, c.exit);
-      const ok = ('errno' in c.write! && c.write.errno !== 110) || !c.exit.ok;
+      const ok = ('errno' in c.write! && c.write.errno !== ETIMEDOUT) || !c.exit.ok;
       ctx.result('resume', dst, cr, ok ? 'pass' : 'finding', crExpected, `write: ${outcomeText(c.write!)}; exit: ${setText(c.exit)}`, { flippedByte: 0, write: outcomeText(c.write!), exit: setText(c.exit) });
     }
     await dst.reset();
@@ -137,7 +137,7 @@ async function resetEverywhere(ctx: CheckContext, p: Probe): Promise<void> {
     let ended = '';
     if (fd) {
       const o = fd.direction === 'save' ? await p.read(fd, 4096) : await p.write(fd, Buffer.from([0]));
-      const ok = 'errno' in o ? o.errno !== 110 : fd.direction === 'save' && o.n === 0;
+      const ok = 'errno' in o ? o.errno !== ETIMEDOUT : fd.direction === 'save' && o.n === 0;
       ended = `, the data_fd then gives ${'errno' in o ? outcomeText(o) : o.n === 0 ? 'EOF' : `${o.n} bytes`}`;
       if (!ok) bad++;
     }

@@ -3,10 +3,11 @@
 // different devices in flight together (bounded bytes in flight); then STOP and RUNNING,
 // where the kernel validates each device's data on its exit from RESUMING.
 import { MigbridgeError } from '../errors.js';
-import { MigFlag, MigState } from '../fsm/index.js';
+import { type DestinationPhase, MigFlag, type PlanStep, destinationPlan, planStep, stateName } from '../fsm/index.js';
 import { defaultEngine, retainPooled, type IoEngine } from '../native/index.js';
-import { type ByteSource, type StreamEvent, readStream } from '../qemu/index.js';
+import { type ByteSource, type StreamEvent, StreamError, readStream } from '../qemu/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
+import { Errno } from '../vfio/uapi.js';
 import { CancelledError, abortReason, untilCancelled, throwIfCancelled, whenCancelled } from './cancel.js';
 import type { NoteSink } from './notes.js';
 import type { Progress, ProgressCounter } from './progress.js';
@@ -94,6 +95,8 @@ interface Target {
   counter: ProgressCounter | undefined;
   /** MIG_DATA_SIZE before RESUMING: no DATA_STATE record may be larger (undefined when the device does not say). */
   limit: number | undefined;
+  /** The SETs this device takes, phase by phase. */
+  plan: PlanStep<DestinationPhase>[];
 }
 
 const now = () => process.hrtime.bigint();
@@ -118,10 +121,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreReport> {
     finished: t0,
     counter: opts.progress?.counter(dev.id),
     limit: undefined,
+    plan: [],
   }));
   const signal = opts.signal;
   const note = opts.onNote ?? (() => undefined);
-  await queryLimits(targets);
+  await queryDevices(targets);
   const newRouter = () =>
     new ResumeRouter(
       opts.devices.map((d, i) => ({ name: d.id, idstr: opts.idstrs?.[i] ?? null })),
@@ -218,15 +222,16 @@ async function preflight(events: AsyncIterable<StreamEvent>, router: ResumeRoute
 /** A stream failure names the device whose section it hit (or every device), keeping offset and section. */
 function nameDevices(e: unknown, targets: Target[], router: ResumeRouter, outcome = 'every device was reset to RUNNING'): unknown {
   if (!(e instanceof MigbridgeError) || e.device !== undefined) return e;
-  const sectionId = (e as MigbridgeError & { sectionId?: number }).sectionId;
+  const sectionId = e instanceof StreamError ? e.sectionId : undefined;
   const index = sectionId !== undefined ? router.deviceOf(sectionId) : undefined;
   const hit = index !== undefined ? targets[index] : undefined;
   const names = hit ? hit.dev.id : targets.map((t) => t.dev.id).join(', ');
-  const idstr = hit ? (hit.idstr ?? (e as MigbridgeError & { idstr?: string }).idstr) : undefined;
+  const idstr = hit ? (hit.idstr ?? (e instanceof StreamError ? e.idstr : undefined)) : undefined;
   return new MigbridgeError(e.code, `${e.message}; restoring device ${names}${idstr ? ` from ${idstr}` : ''}: ${outcome}`, {
     ...(e.offset !== undefined ? { offset: e.offset } : {}),
     ...(e.section !== undefined ? { section: e.section } : idstr ? { section: idstr } : {}),
     ...(e.errno !== undefined ? { errno: e.errno } : {}),
+    ...(e.path !== undefined ? { path: e.path } : {}),
     device: names,
     cause: e,
   });
@@ -248,31 +253,48 @@ function selfCheck(dev: MigrationDevice): { verified?: boolean; verifiedAgainst?
 }
 
 /**
- * MIG_DATA_SIZE of each destination before it resumes: for a device not saving, its whole
- * state (mtty, the simulator). A device that does not answer gets no per-record limit.
+ * Each destination's plan and MIG_DATA_SIZE before it resumes. The size is, for a device
+ * not saving, its whole state (mtty, the simulator); a device that does not answer gets no
+ * per-record limit. A device whose flags cannot be read is planned with STOP_COPY alone
+ * (every migration device has it): its own SETs then say what is wrong with it.
  */
-async function queryLimits(targets: Target[]): Promise<void> {
-  await Promise.all(
+async function queryDevices(targets: Target[]): Promise<void> {
+  const flags = await Promise.all(
     targets.map(async (t) => {
       const n = await t.dev.stopCopySize().catch(() => undefined);
       if (n !== undefined && n > 0n && n <= BigInt(Number.MAX_SAFE_INTEGER)) t.limit = Number(n);
+      const f = await t.dev.migrationFlags().catch(() => 0);
+      return f & MigFlag.STOP_COPY ? f : MigFlag.STOP_COPY;
     }),
   );
+  // The P2P step is every device's or none's; STOP first on every device: the exit from
+  // RESUMING is where each validates its data, and no device may run before all have accepted theirs.
+  const p2p = flags.every((f) => f & MigFlag.P2P);
+  targets.forEach((t, i) => (t.plan = destinationPlan(flags[i]!, { p2p, stopFirst: true })));
+}
+
+/** Issues `phase`'s SET on each target whose plan has one, in parallel; a failure is kept on its target. */
+async function runPhase(targets: readonly Target[], phase: DestinationPhase): Promise<void> {
+  const on = targets.filter((t) => planStep(t.plan, phase));
+  const steps = on.map((t) => planStep(t.plan, phase)!);
+  const results = await setStates(
+    on.map((t) => t.dev),
+    (d) => steps[on.findIndex((t) => t.dev === d)]!.to,
+  );
+  results.forEach((r, i) => {
+    const t = on[i]!;
+    const step = steps[i]!;
+    if (!r.ok) t.error = r.error;
+    else if (step.dataFd && !r.dataFd) {
+      t.error = new VfioDeviceError(t.dev.id, stateName(step.to), Errno.EBADF, { message: `device entered ${stateName(step.to)} without a data_fd (was it already ${stateName(step.to)}?)` });
+    } else if (r.dataFd && step.dataFd) t.dataFd = r.dataFd;
+    else if (r.dataFd) void r.dataFd.close();
+  });
 }
 
 /** load_setup: every device to RESUMING in parallel (a new data_fd each). */
 async function loadSetup(targets: Target[]): Promise<void> {
-  const results = await setStates(
-    targets.map((t) => t.dev),
-    MigState.RESUMING,
-  );
-  results.forEach((r, i) => {
-    const t = targets[i]!;
-    if (r.ok) {
-      t.dataFd = r.dataFd;
-      if (!t.dataFd) t.error = new VfioDeviceError(t.dev.id, 'RESUMING', 9, { message: 'device entered RESUMING without a data_fd (was it already RESUMING?)' });
-    } else t.error = r.error;
-  });
+  await runPhase(targets, 'load_setup');
   const failed = targets.find((t) => t.error);
   if (failed) throw failed.error;
   const t = now();
@@ -333,7 +355,7 @@ async function loadState(
         // Any write error is fatal for that device (mtty returns EFAULT on a bad header yet keeps the bytes).
         t.error =
           e instanceof MigbridgeError
-            ? new VfioDeviceError(t.dev.id, 'write resume data', e.errno ?? 5, { message: `after ${t.bytes} bytes of ${t.idstr}`, cause: e })
+            ? new VfioDeviceError(t.dev.id, 'write resume data', e.errno ?? Errno.EIO, { message: `after ${t.bytes} bytes of ${t.idstr}`, cause: e })
             : (e as Error);
       } finally {
         release?.();
@@ -356,21 +378,10 @@ async function loadCleanupAndStart(targets: Target[]): Promise<void> {
   for (const x of targets) x.finished = t;
   const live = targets.filter((t) => !t.error);
   if (live.length === 0) return;
-  const flags = await Promise.all(live.map((t) => t.dev.migrationFlags().catch(() => 0)));
-  // STOP first on every device: the exit from RESUMING is where each validates its data,
-  // and no device may run before all have accepted theirs.
-  const steps = flags.every((f) => f & MigFlag.P2P) ? [MigState.STOP, MigState.RUNNING_P2P, MigState.RUNNING] : [MigState.STOP, MigState.RUNNING];
-  let current = live;
-  for (const step of steps) {
-    if (current.length < live.length) return;
-    const results = await setStates(
-      current.map((t) => t.dev),
-      step,
-    );
-    results.forEach((r, i) => {
-      if (!r.ok) current[i]!.error = r.error;
-    });
-    current = current.filter((t) => !t.error);
+  // Phase by phase on every device (STOP first, see queryDevices); a failure stops the start.
+  for (const phase of ['load_complete', 'vm_start_prepare', 'vm_start'] as const) {
+    await runPhase(live, phase);
+    if (live.some((t) => t.error)) return;
   }
   const end = now();
   for (const x of targets) x.finished = end;

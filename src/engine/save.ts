@@ -4,10 +4,11 @@
 // DATA_STATE chunks; END_OF_STATE closing each). One function per QEMU phase
 // (hw/vfio/migration.c), so the two can be read side by side.
 import { MigbridgeError } from '../errors.js';
-import { MigFlag, MigState, stateName } from '../fsm/index.js';
+import { MigFlag, MigState, type PlanStep, type SourcePhase, planStep, sourcePlan, stateName } from '../fsm/index.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
 import { StreamWriter, buildVmDesc } from '../qemu/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
+import { Errno } from '../vfio/uapi.js';
 import { CancelledError, abortReason, throwIfCancelled, whenCancelled } from './cancel.js';
 import { type Chunk, ChunkReader } from './chunks.js';
 import type { NoteSink } from './notes.js';
@@ -96,6 +97,8 @@ interface DeviceCtx {
   readonly idstr: string;
   readonly sectionId: number;
   flags: number;
+  /** The SETs this device takes, phase by phase (set once the flags are known). */
+  plan: PlanStep<SourcePhase>[];
   dataFd: DataFd | null;
   precopyBytes: number;
   stopCopyBytes: number;
@@ -116,15 +119,38 @@ const msBetween = (a: bigint, b: bigint) => Number(b - a) / 1e6;
 function wrapDeviceError(ctx: DeviceCtx, op: string, e: unknown): Error {
   if (e instanceof VfioDeviceError) return e;
   if (e instanceof MigbridgeError) {
-    return new VfioDeviceError(ctx.dev.id, op, e.errno ?? 5, { message: e.message, cause: e });
+    return new VfioDeviceError(ctx.dev.id, op, e.errno ?? Errno.EIO, { message: e.message, cause: e });
   }
   return e instanceof Error ? e : new Error(String(e));
 }
 
-/** Throws the first failed result of a setStates() call, after all settled. */
-function firstFailure(results: Awaited<ReturnType<typeof setStates>>): Error | undefined {
-  for (const r of results) if (!r.ok) return r.error;
-  return undefined;
+/**
+ * Issues `phase`'s SET (from each device's plan) on every device that has one, in
+ * parallel, and keeps the data_fd a step opens; throws the first failure once all settled.
+ * Returns the devices that took a step.
+ */
+async function runPhase(ctxs: readonly DeviceCtx[], phase: SourcePhase): Promise<DeviceCtx[]> {
+  const on = ctxs.filter((c) => planStep(c.plan, phase));
+  const steps = on.map((c) => planStep(c.plan, phase)!);
+  const results = await setStates(
+    on.map((c) => c.dev),
+    (d) => steps[on.findIndex((c) => c.dev === d)]!.to,
+  );
+  let failed: Error | undefined;
+  results.forEach((r, i) => {
+    const c = on[i]!;
+    const step = steps[i]!;
+    if (!r.ok) failed ??= r.error;
+    else if (r.dataFd && (!step.dataFd || c.dataFd)) {
+      // A new session while one is open: QEMU calls this "data_fd out of sync".
+      void r.dataFd.close();
+    } else if (r.dataFd) c.dataFd = r.dataFd;
+    else if (step.dataFd) {
+      failed ??= new VfioDeviceError(c.dev.id, stateName(step.to), Errno.EBADF, { message: `device entered ${stateName(step.to)} without a data_fd` });
+    }
+  });
+  if (failed) throw failed;
+  return on;
 }
 
 export async function save(opts: SaveOptions): Promise<SaveReport> {
@@ -137,6 +163,7 @@ export async function save(opts: SaveOptions): Promise<SaveReport> {
     idstr: opts.idstrs?.[i] ?? defaultIdstr(i),
     sectionId: i,
     flags: 0,
+    plan: [],
     dataFd: null,
     precopyBytes: 0,
     stopCopyBytes: 0,
@@ -190,7 +217,7 @@ export async function save(opts: SaveOptions): Promise<SaveReport> {
     // Every byte is read and verified: make the output visible, then settle the sources.
     await sink.commit();
     note({ type: 'committed', streamBytes: w.offset });
-    await saveCleanup(ctxs, opts.resumeSource ?? false);
+    await saveCleanup(ctxs);
     const seconds = msBetween(t0, now()) / 1000;
     const devices = ctxs.map((c) => ({
       id: c.dev.id,
@@ -246,11 +273,14 @@ async function saveSetup(ctxs: DeviceCtx[], w: StreamWriter, opts: SaveOptions):
         throw wrapDeviceError(c, 'query migration capabilities', e);
       }
       if (!(c.flags & MigFlag.STOP_COPY)) {
-        throw new VfioDeviceError(c.dev.id, 'migration flags', 22, { message: `flags 0x${c.flags.toString(16)} lack STOP_COPY` });
+        throw new VfioDeviceError(c.dev.id, 'migration flags', Errno.EINVAL, { message: `flags 0x${c.flags.toString(16)} lack STOP_COPY` });
       }
       c.counter = opts.progress?.counter(c.dev.id, c.stopCopyEstimate);
     }),
   );
+  // The P2P step is every device's or none's (QEMU needs P2P on all VFIO devices of a VM).
+  const p2p = ctxs.every((c) => c.flags & MigFlag.P2P);
+  for (const c of ctxs) c.plan = sourcePlan(c.flags, { precopy: opts.precopy ?? false, p2p, resume: opts.resumeSource ?? false });
   await w.header();
   await w.configuration(opts.machineType ?? DEFAULT_MACHINE_TYPE);
   for (const c of ctxs) await w.vfioStartSection(c.sectionId, c.idstr);
@@ -268,17 +298,8 @@ async function savePrecopy(
   chunk: number,
   opts: SaveOptions,
 ): Promise<{ rounds: number; rate: number }> {
-  const pre = ctxs.filter((c) => c.flags & MigFlag.PRE_COPY);
+  const pre = await runPhase(ctxs, 'save_setup');
   if (pre.length === 0) return { rounds: 0, rate: 0 };
-  const results = await setStates(
-    pre.map((c) => c.dev),
-    MigState.PRE_COPY,
-  );
-  results.forEach((r, i) => {
-    if (r.ok) pre[i]!.dataFd = r.dataFd;
-  });
-  const failed = firstFailure(results);
-  if (failed) throw failed;
   opts.onNote?.({ type: 'precopy', devices: pre.length });
   const maxRounds = opts.maxPrecopyRounds ?? 32;
   const sendInit = opts.initDataSent ?? true;
@@ -381,38 +402,16 @@ async function estimateDowntime(ctxs: DeviceCtx[], measuredRate: number): Promis
 
 /**
  * VM stop: with P2P on every device, all go to RUNNING_P2P / PRE_COPY_P2P before any goes
- * further (QEMU's prepare callback, for multi-device consistency); then all to STOP_COPY
+ * further (QEMU's prepare callback, for multi-device consistency); then all stop (a device
+ * in precopy straight to STOP_COPY, one without to STOP, then STOP_COPY for its data_fd),
  * in parallel. Returns whether the P2P step ran.
  */
 async function saveStop(ctxs: DeviceCtx[]): Promise<boolean> {
-  const p2p = ctxs.every((c) => c.flags & MigFlag.P2P);
-  if (p2p) {
-    const r = await setStates(
-      ctxs.map((c) => c.dev),
-      (d) => (ctxs.find((c) => c.dev === d)!.dataFd ? MigState.PRE_COPY_P2P : MigState.RUNNING_P2P),
-    );
-    const failed = firstFailure(r);
-    if (failed) throw failed;
-  }
-  const r = await setStates(
-    ctxs.map((c) => c.dev),
-    MigState.STOP_COPY,
-  );
-  r.forEach((res, i) => {
-    const c = ctxs[i]!;
-    if (res.ok && res.dataFd) {
-      if (c.dataFd) {
-        // A new session while one is open: QEMU calls this "data_fd out of sync".
-        void res.dataFd.close();
-      } else c.dataFd = res.dataFd;
-    }
-  });
-  const failed = firstFailure(r);
-  if (failed) throw failed;
-  for (const c of ctxs) {
-    if (!c.dataFd) throw new VfioDeviceError(c.dev.id, 'STOP_COPY', 9, { message: 'device entered STOP_COPY without a data_fd' });
-    c.started = now();
-  }
+  const p2p = (await runPhase(ctxs, 'vm_stop_prepare')).length > 0;
+  await runPhase(ctxs, 'vm_stop');
+  await runPhase(ctxs, 'save_complete_precopy');
+  const t = now();
+  for (const c of ctxs) c.started = t;
   return p2p;
 }
 
@@ -546,12 +545,7 @@ async function writeInterleaved(
 }
 
 /** save_cleanup: STOP_COPY -> STOP (or RUNNING with --resume-source), data_fds closed. */
-async function saveCleanup(ctxs: DeviceCtx[], resumeSource: boolean): Promise<void> {
+async function saveCleanup(ctxs: DeviceCtx[]): Promise<void> {
   await Promise.all(ctxs.map((c) => c.dataFd?.close()));
-  const r = await setStates(
-    ctxs.map((c) => c.dev),
-    resumeSource ? MigState.RUNNING : MigState.STOP,
-  );
-  const failed = firstFailure(r);
-  if (failed) throw failed;
+  await runPhase(ctxs, 'save_cleanup');
 }

@@ -1,8 +1,10 @@
 // A save's output, guarded: a write that makes no progress for `stallMs` (a destination
 // socket that stopped reading, a hung disk) fails with a typed error instead of hanging,
 // a cancelled save stops waiting on a blocked write, and the sink's own failures (ENOSPC,
-// EPIPE, ...) become typed errors naming the output and the stream offset.
+// EPIPE, ...) become typed errors naming the output and the stream offset: the one place
+// where a sink's failures are mapped (a file output's name the user's path, OutputFileError).
 import { MigbridgeError, errnoNumber } from '../errors.js';
+import { outputFileError } from '../util/atomic-file.js';
 import { CancelledError, abortReason, untilCancelled } from './cancel.js';
 import { type ByteSink, SinkError } from './sink.js';
 
@@ -16,6 +18,7 @@ export interface SinkGuardOptions {
 }
 
 function sinkFailure(sink: ByteSink, e: unknown): Error {
+  if (sink.outputPath !== undefined) return outputFileError(e, sink.outputPath, 'cannot write', sink.bytesWritten());
   if (e instanceof MigbridgeError) return e;
   const code = (e as NodeJS.ErrnoException).code;
   const errno = code ? errnoNumber(code) : undefined;

@@ -5,7 +5,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { MigbridgeError, errorCode } from '../errors.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
-import { OutputFile, outputFileError } from '../util/atomic-file.js';
+import { OutputFile } from '../util/atomic-file.js';
 import { type Endpoint, connectEndpoint, formatEndpoint, inspectFd } from '../util/endpoint.js';
 
 /** A QEMU started beside `save --to` may not listen yet: wait this long for it. */
@@ -22,6 +22,8 @@ export interface ByteSink {
   /** The save failed: remove partial output where possible. */
   abort(): Promise<void>;
   bytesWritten(): number;
+  /** The path the user named when the output is a file: failures name it (see guardSink). */
+  readonly outputPath?: string;
 }
 
 export type SinkTarget = { file: string } | { fd: number } | { endpoint: Endpoint };
@@ -51,6 +53,7 @@ class FdSink implements ByteSink {
     private readonly io: IoEngine,
     private readonly onCommit: () => Promise<void>,
     private readonly onAbort: () => Promise<void>,
+    readonly outputPath?: string,
   ) {}
   write(data: Buffer): Promise<void> {
     // StreamWriter hands over fresh buffers (it never reuses them): the same path as owned ones.
@@ -125,26 +128,10 @@ class SocketSink implements ByteSink {
   }
 }
 
-/** A file sink whose failed writes name the user's path and the reason (ENOSPC, EIO, ...). */
-function withOutputErrors(sink: ByteSink, userPath: string): ByteSink {
-  const named = (e: unknown): never => { throw outputFileError(e, userPath, 'cannot write', sink.bytesWritten()); };
-  const owned = sink.writeOwned?.bind(sink);
-  return {
-    description: sink.description,
-    write: (data) => sink.write(data).catch(named),
-    // The zero-copy path stays available through the wrapper (the ring sink's fast path).
-    ...(owned ? { writeOwned: (bufs: Buffer[], done: () => void) => owned(bufs, done).catch(named) } : {}),
-    // A write failure can surface only at commit (the ring sink settles its writes there).
-    commit: () => sink.commit().catch(named),
-    abort: () => sink.abort(),
-    bytesWritten: () => sink.bytesWritten(),
-  };
-}
-
 export async function openSink(target: SinkTarget): Promise<ByteSink> {
   if ('file' in target) {
     const file = await OutputFile.create(target.file);
-    return withOutputErrors(new FdSink(path.resolve(target.file), file.fd, true, defaultEngine(), () => file.commit(), () => file.abort()), target.file);
+    return new FdSink(path.resolve(target.file), file.fd, true, defaultEngine(), () => file.commit(), () => file.abort(), target.file);
   }
   if ('fd' in target) return fdSink(`fd ${target.fd}`, target.fd);
   const text = formatEndpoint(target.endpoint);

@@ -1,4 +1,5 @@
 // VFIO migration uAPI values (include/uapi/linux/vfio.h, Linux 6.12.117).
+import { Errno } from '../errno.js';
 import { MigbridgeError } from '../errors.js';
 
 /** enum vfio_device_mig_state */
@@ -25,10 +26,10 @@ export enum MigFlag {
 
 export const ALL_STATES: readonly MigState[] = [0, 1, 2, 3, 4, 5, 6, 7];
 
-/** Kernel's EINVAL, the only errno vfio_mig_get_next_state() returns. */
-export const EINVAL = 22;
+/** Kernel's EINVAL, the only errno vfio_mig_get_next_state() returns (Errno.EINVAL; kept for the fsm namespace). */
+export const EINVAL = Errno.EINVAL;
 
-export class FsmError extends MigbridgeError {
+export class FsmError extends MigbridgeError<'EINVAL'> {
   readonly from: number;
   readonly to: number;
   readonly flags: number;

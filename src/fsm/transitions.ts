@@ -122,6 +122,16 @@ export function opensDataFd(from: MigState, to: MigState): boolean {
   );
 }
 
+/** States in which the device runs (it may change its own state): RUNNING, RUNNING_P2P, PRE_COPY*. */
+export function isRunningState(s: MigState): boolean {
+  return s === RUNNING || s === RUNNING_P2P || s === PRE_COPY || s === PRE_COPY_P2P;
+}
+
+/** True when the arc stops a running device (where a driver takes its final dirty state). */
+export function stopsDevice(from: MigState, to: MigState): boolean {
+  return isRunningState(from) && !isRunningState(to);
+}
+
 /** States whose data session a data_fd belongs to: the saving group and RESUMING. */
 export function isSavingState(s: MigState): boolean {
   return s === PRE_COPY || s === PRE_COPY_P2P || s === STOP_COPY;

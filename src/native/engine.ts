@@ -2,6 +2,7 @@
 // and submits single operations and reports (id, result) pairs; everything
 // with a rule lives here: short writes resubmitted, EAGAIN -> poll -> retry,
 // timeouts across retries, cancellation, the fixed buffer pool and its cap.
+import { Errno } from '../errno.js';
 import { MigbridgeError, SysError } from '../errors.js';
 import { addon, type RawEngine, type RawStats } from './addon.js';
 
@@ -62,13 +63,7 @@ export interface IoEngineOptions {
 
 export type IoStats = RawStats;
 
-// errno values (Linux, asm-generic/errno*.h).
-const EIO = 5;
-const EAGAIN = 11;
-const ENOENT = 2;
-const ETIME = 62;
-const ETIMEDOUT = 110;
-const ECANCELED = 125;
+const { EIO, EAGAIN, ENOENT, ETIME, ETIMEDOUT, ECANCELED } = Errno;
 export const POLLIN = 0x001;
 export const POLLOUT = 0x004;
 

@@ -5,6 +5,7 @@
 // methods are synchronous and assume the caller checked `available` first; the
 // stream decoder suspends (see decoder.ts) until enough bytes have been pushed.
 // Reads that fit inside one chunk return zero-copy slices.
+import { StreamError } from './errors.js';
 
 export class Reader {
   private chunks: Buffer[] = [];
@@ -27,7 +28,7 @@ export class Reader {
   }
 
   push(chunk: Buffer): void {
-    if (this.done) throw new Error('Reader.push after end');
+    if (this.done) throw new StreamError('ESTREAM_READER', 'Reader.push after end: the input was already complete', { offset: this.pos + this.avail });
     if (chunk.length === 0) return;
     this.chunks.push(chunk);
     this.avail += chunk.length;

@@ -14,7 +14,9 @@ export type StreamErrorCode =
   /** A valid QEMU feature this codec does not handle (named in the message). */
   | 'ESTREAM_UNSUPPORTED'
   /** The writer was used out of order. */
-  | 'ESTREAM_WRITER';
+  | 'ESTREAM_WRITER'
+  /** The reader was given input after its end. */
+  | 'ESTREAM_READER';
 
 export interface StreamErrorWhere {
   offset?: number;
@@ -25,7 +27,7 @@ export interface StreamErrorWhere {
   cause?: unknown;
 }
 
-export class StreamError extends MigbridgeError {
+export class StreamError extends MigbridgeError<StreamErrorCode> {
   readonly sectionId?: number;
   readonly idstr?: string;
   readonly expected?: string;

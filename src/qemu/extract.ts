@@ -24,7 +24,10 @@ export function safeFileName(name: string): string {
   return s.startsWith('.') ? '%2E' + s.slice(1) : s === '' ? '%00' : s;
 }
 
-/** Applies one XBZRLE delta to `page` in place (migration/xbzrle.c xbzrle_decode_buffer: zrun, nzrun uleb128 pairs). */
+/**
+ * Applies one XBZRLE delta to `page` in place (migration/xbzrle.c xbzrle_decode_buffer: zrun,
+ * nzrun uleb128 pairs). A bad delta is a StreamError whose offset is within the delta.
+ */
 export function xbzrleDecode(delta: Buffer, page: Buffer): void {
   let i = 0;
   let d = 0;
@@ -32,7 +35,7 @@ export function xbzrleDecode(delta: Buffer, page: Buffer): void {
     let v = 0;
     let shift = 0;
     for (;;) {
-      if (i >= delta.length || shift > 28) throw new Error('bad XBZRLE varint');
+      if (i >= delta.length || shift > 28) throw new StreamError('ESTREAM_FORMAT', 'bad XBZRLE varint', { offset: i });
       const b = delta[i++]!;
       v |= (b & 0x7f) << shift;
       if ((b & 0x80) === 0) return v >>> 0;
@@ -43,10 +46,10 @@ export function xbzrleDecode(delta: Buffer, page: Buffer): void {
     const zrun = uleb();
     d += zrun;
     // Every zero run is followed by a non-empty literal run (xbzrle_decode_buffer).
-    if (d > page.length || i >= delta.length) throw new Error('XBZRLE zero run out of bounds or not followed by data');
+    if (d > page.length || i >= delta.length) throw new StreamError('ESTREAM_FORMAT', 'XBZRLE zero run out of bounds or not followed by data', { offset: i });
     const nzrun = uleb();
-    if (nzrun === 0) throw new Error('XBZRLE empty literal run');
-    if (d + nzrun > page.length || i + nzrun > delta.length) throw new Error('XBZRLE run out of bounds');
+    if (nzrun === 0) throw new StreamError('ESTREAM_FORMAT', 'XBZRLE empty literal run', { offset: i });
+    if (d + nzrun > page.length || i + nzrun > delta.length) throw new StreamError('ESTREAM_FORMAT', 'XBZRLE run out of bounds', { offset: i });
     delta.copy(page, d, i, i + nzrun);
     i += nzrun;
     d += nzrun;

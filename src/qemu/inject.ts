@@ -7,6 +7,7 @@
 // only when complete.
 import { open, stat, type FileHandle } from 'node:fs/promises';
 // A libvirt save image in gives a libvirt save image out.
+import { MigbridgeError, fileError } from '../errors.js';
 import { writeStreamOutput } from '../libvirt/output.js';
 import { StreamError } from './errors.js';
 import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
@@ -44,13 +45,18 @@ export function planChunks(original: number[], total: number): number[] {
 
 class ChunkedFileReader {
   private pos = 0;
-  constructor(private readonly fh: FileHandle) {}
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly path: string,
+  ) {}
   async read(n: number, each: (b: Buffer) => Promise<void>): Promise<void> {
     let left = n;
     const buf = Buffer.allocUnsafe(Math.min(n, 1 << 20));
     while (left > 0) {
       const { bytesRead } = await this.fh.read(buf, 0, Math.min(left, buf.length), this.pos);
-      if (bytesRead === 0) throw new Error('device data file shrank while injecting');
+      if (bytesRead === 0) {
+        throw new MigbridgeError('EINJECT_SHRANK', `device data file ${this.path} shrank while injecting: it ended at byte ${this.pos}, ${left} bytes short`, { path: this.path, offset: this.pos });
+      }
       this.pos += bytesRead;
       left -= bytesRead;
       await each(Buffer.from(buf.subarray(0, bytesRead)));
@@ -74,7 +80,7 @@ export async function injectDeviceData(inPath: string, outPath: string, replacem
     if (dev.chunks === 0 && dev.sections.END === 0) {
       throw new StreamError('ESTREAM_UNSUPPORTED', `device "${rep.idstr}" has no DATA_STATE record and no END chunk to carry data`, { idstr: rep.idstr });
     }
-    const newBytes = (await stat(rep.file)).size;
+    const newBytes = (await stat(rep.file).catch((e: unknown): never => { throw fileError(e, rep.file); })).size;
     const oldChunks = dev.dataChunks.map((c) => c.size);
     const sizes = planChunks(oldChunks, newBytes);
     plans.set(dev.sectionId, {
@@ -89,8 +95,8 @@ export async function injectDeviceData(inPath: string, outPath: string, replacem
     await writeStreamOutput(inPath, outPath, async (out) => {
       const w = new StreamWriter(writableSink(out));
       for (const p of plans.values()) {
-        p.fh = await open(p.rep.file, 'r');
-        p.reader = new ChunkedFileReader(p.fh);
+        p.fh = await open(p.rep.file, 'r').catch((e: unknown): never => { throw fileError(e, p.rep.file); });
+        p.reader = new ChunkedFileReader(p.fh, p.rep.file);
       }
       const chunkIndex = new Map<number, number>();
       let skipping = false;
@@ -111,7 +117,7 @@ export async function injectDeviceData(inPath: string, outPath: string, replacem
           continue;
         }
         if (ev.type === 'vfio-data-chunk') {
-          if (!skipping) throw new Error('internal: payload chunk outside a DATA_STATE record');
+          if (!skipping) throw new StreamError('ESTREAM_FORMAT', 'payload chunk outside a DATA_STATE record', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr });
           continue;
         }
         skipping = false;

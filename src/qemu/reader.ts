@@ -5,7 +5,7 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { constants } from 'node:os';
-import { MigbridgeError, SysError } from '../errors.js';
+import { MigbridgeError, SysError, fileError } from '../errors.js';
 import { StreamError } from './errors.js';
 import { StreamDecoder, type DecoderOptions } from './decoder.js';
 import type { StreamEvent } from './records.js';
@@ -72,7 +72,7 @@ export interface StreamFileInfo {
 
 /** Stats a stream file and, when it is a regular (seekable) file, reads its vmdesc from the tail. */
 export async function probeStreamFile(path: string, opts: FileReadOptions = {}): Promise<StreamFileInfo> {
-  const st = await stat(path);
+  const st = await stat(path).catch((e: unknown): never => { throw fileError(e, path); });
   // A directory would fail only at the first read, with an error that names no path.
   if (st.isDirectory()) throw new SysError('open', constants.errno.EISDIR, `${path}: is a directory, not a stream file`, { path });
   if (!st.isFile()) return { size: undefined, vmdesc: opts.vmdesc };

@@ -1,7 +1,8 @@
 // The one device interface both backends (kernel VFIO, simulator) implement, the typed
 // error a failed transition raises, and the helper that changes the state of many
 // devices at once.
-import { MigbridgeError, errnoName } from '../errors.js';
+import { dataFdErrnoMeaning, errnoName } from '../errno.js';
+import { MigbridgeError } from '../errors.js';
 import { MigState, stateName } from '../fsm/index.js';
 
 export type DeviceKind = 'kernel' | 'sim';
@@ -93,7 +94,9 @@ export class VfioDeviceError extends MigbridgeError {
       details.requested !== undefined
         ? `set state ${stateName(details.requested)}${details.state !== undefined ? ` (device now in ${stateName(details.state)})` : ''}`
         : op;
-    super(name, `device ${device}: ${what} failed: ${name} (errno ${errno})${details.message ? `: ${details.message}` : ''}`, {
+    // On a data_fd, ENOMSG, ENODEV and EIO say where the session stands: said in words.
+    const meaning = /^(read|write)\b/.test(op) ? dataFdErrnoMeaning(errno) : undefined;
+    super(name, `device ${device}: ${what} failed: ${name} (errno ${errno}${meaning ? `: ${meaning}` : ''})${details.message ? `: ${details.message}` : ''}`, {
       errno,
       device,
       cause: details.cause,

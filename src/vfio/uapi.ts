@@ -327,22 +327,5 @@ export function decodePrecopyInfo(b: Buffer): { flags: number; initialBytes: big
 }
 
 // ---------------------------------------------------------------------------
-// Errno values this layer names (Linux x86_64), used by both backends.
-export const Errno = {
-  EPERM: 1,
-  ENOENT: 2,
-  EIO: 5,
-  EBADF: 9,
-  EAGAIN: 11,
-  ENOMEM: 12,
-  EFAULT: 14,
-  EBUSY: 16,
-  ENODEV: 19,
-  EINVAL: 22,
-  EMFILE: 24,
-  ENOTTY: 25,
-  ESPIPE: 29,
-  EPIPE: 32,
-  ENOMSG: 42,
-  EBADFD: 77,
-} as const;
+// The errno table is src/errno.ts (one for every layer); re-exported for the vfio namespace.
+export { Errno } from '../errno.js';

@@ -4,7 +4,7 @@
 import test from 'ava';
 import {
   ALL_STATES, FsmError, MigFlag, MigState, destinationPlan, isSavingState, nextStep, opensDataFd, path,
-  sourcePlan, stateName, supportsState, transition,
+  planStep, sourcePlan, stateName, supportsState, transition,
 } from '../../src/fsm/index.js';
 
 const { ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P } = MigState;
@@ -221,7 +221,7 @@ test('only the four opening arcs return a data_fd', (t) => {
 });
 
 test('QEMU source and destination plans adapt to the flags', (t) => {
-  const names = (steps: ReturnType<typeof sourcePlan>) => steps.map((s) => stateName(s.to));
+  const names = (steps: readonly { to: number }[]) => steps.map((s) => stateName(s.to));
   t.deepEqual(names(sourcePlan(7)), ['PRE_COPY', 'PRE_COPY_P2P', 'STOP_COPY', 'STOP']);
   t.deepEqual(names(sourcePlan(7, { precopy: false })), ['RUNNING_P2P', 'STOP', 'STOP_COPY', 'STOP']);
   t.deepEqual(names(sourcePlan(5)), ['PRE_COPY', 'STOP_COPY', 'STOP']);
@@ -234,4 +234,22 @@ test('QEMU source and destination plans adapt to the flags', (t) => {
   t.deepEqual(destinationPlan(7)[1]!.path, [STOP, RUNNING_P2P]);
   t.deepEqual(names(destinationPlan(1)), ['RESUMING', 'RUNNING']);
   t.deepEqual(destinationPlan(1)[1]!.path, [STOP, RUNNING]);
+});
+
+test('plan options: P2P left out for a mixed migration, resume ends RUNNING, stopFirst validates before any start', (t) => {
+  const names = (steps: readonly { to: number }[]) => steps.map((s) => stateName(s.to));
+  t.deepEqual(names(sourcePlan(7, { p2p: false })), ['PRE_COPY', 'STOP_COPY', 'STOP']);
+  t.deepEqual(names(sourcePlan(3, { p2p: false })), ['STOP', 'STOP_COPY', 'STOP']);
+  const resumed = sourcePlan(1, { resume: true });
+  t.deepEqual(names(resumed), ['STOP', 'STOP_COPY', 'RUNNING']);
+  t.true(resumed[2]!.endsSession);
+  t.deepEqual(resumed[2]!.path, [STOP, RUNNING]);
+  t.deepEqual(sourcePlan(1).map((s) => s.phase), ['vm_stop', 'save_complete_precopy', 'save_cleanup']);
+  const dest = destinationPlan(3, { stopFirst: true });
+  t.deepEqual(names(dest), ['RESUMING', 'STOP', 'RUNNING_P2P', 'RUNNING']);
+  t.deepEqual(dest.map((s) => s.dataFd), [true, false, false, false]);
+  t.true(dest[1]!.endsSession);
+  t.deepEqual(names(destinationPlan(3, { stopFirst: true, p2p: false })), ['RESUMING', 'STOP', 'RUNNING']);
+  t.is(planStep(dest, 'vm_start_prepare')!.to, RUNNING_P2P);
+  t.is(planStep(destinationPlan(1), 'vm_start_prepare'), undefined);
 });

@@ -5,7 +5,7 @@
 import test from 'ava';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { StreamError } from '../../src/qemu/errors.js';
+import { StreamError, type StreamErrorCode } from '../../src/qemu/errors.js';
 import {
   MULTIFD_INIT_SIZE, MULTIFD_MAGIC, MultifdDecoder, MultifdFlag, MultifdTallier,
   VFIO_PACKET_CONFIG_STATE, type MultifdEvent,
@@ -115,7 +115,7 @@ test('corrupted headers: typed errors at the packet\'s offset, and the decoder s
   const orig = await readFile(CHANNELS[1]!);
   const ps = packets(decode(orig).events);
   const data = ps.find((p) => p.type === 'ram' && p.normalPages > 0)!;
-  const cases: { what: string; edit: (b: Buffer) => void; code: string; offset: number }[] = [
+  const cases: { what: string; edit: (b: Buffer) => void; code: StreamErrorCode; offset: number }[] = [
     { what: 'init magic', edit: (b) => b.writeUInt32BE(0x11223345, 0), code: 'ESTREAM_FORMAT', offset: 0 },
     { what: 'init version', edit: (b) => b.writeUInt32BE(2, 4), code: 'ESTREAM_UNSUPPORTED', offset: 4 },
     { what: 'packet magic', edit: (b) => b.writeUInt32BE(0xdeadbeef, ps[5]!.offset), code: 'ESTREAM_FORMAT', offset: ps[5]!.offset },

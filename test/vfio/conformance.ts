@@ -7,13 +7,12 @@
 // (a kernel lane may hand out the same device to every test).
 import type { ExecutionContext, TestFn } from 'ava';
 import { ALL_STATES, FsmError, MigFlag, MigState, isSavingState, stateName, supportsState, transition } from '../../src/fsm/index.js';
-import { MigbridgeError } from '../../src/errors.js';
+import { Probe, type IoOutcome } from '../../src/check/probe.js';
+import { Errno } from '../../src/errno.js';
 import { type IoEngine, defaultEngine } from '../../src/native/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../../src/vfio/device.js';
 
-const EBADF = 9;
-const EINVAL = 22;
-const ENOMSG = 42;
+const { EBADF, EINVAL, ENOMSG } = Errno;
 
 export interface ConformanceOptions {
   /** Title prefix, e.g. "sim flags=7" or "mtty". */
@@ -56,57 +55,39 @@ export interface ConformanceOptions {
   io?: IoEngine;
 }
 
-type Outcome = { n: number; data: Buffer } | { errno: number };
-
+/** The device under test, driven through check's Probe (the same reads, writes and fd tracking as `migbridge check`). */
 class Ctx {
-  readonly fds: DataFd[] = [];
+  readonly probe: Probe;
   constructor(
     readonly t: ExecutionContext,
     readonly dev: MigrationDevice,
     readonly io: IoEngine,
     readonly o: ConformanceOptions,
-  ) {}
+  ) {
+    this.probe = new Probe(dev, dev.id, io, o.ioTimeoutMs ?? 10_000, o.maxStreamBytes ?? 64 * 1024 * 1024);
+  }
 
   track(fd: DataFd | null): DataFd | null {
-    if (fd) this.fds.push(fd);
-    return fd;
+    return this.probe.track(fd);
   }
 
-  async cleanup(): Promise<void> {
-    for (const fd of this.fds) await fd.close().catch(() => undefined);
+  cleanup(): Promise<void> {
+    return this.probe.closeFds();
   }
 
-  get timeout(): number {
-    return this.o.ioTimeoutMs ?? 10_000;
+  read(fd: DataFd, length = 65536): Promise<IoOutcome> {
+    return this.probe.read(fd, length);
   }
 
-  async read(fd: DataFd, length = 65536): Promise<Outcome> {
-    try {
-      const b = await this.io.read(fd.fd, { length, timeoutMs: this.timeout });
-      const data = Buffer.from(b.data);
-      b.release();
-      return { n: data.length, data };
-    } catch (e) {
-      if (e instanceof MigbridgeError && e.errno !== undefined) return { errno: e.errno };
-      throw e;
-    }
-  }
-
-  async write(fd: DataFd, data: Buffer): Promise<Outcome> {
-    try {
-      const n = await this.io.write(fd.fd, data, { timeoutMs: this.timeout });
-      return { n, data };
-    } catch (e) {
-      if (e instanceof MigbridgeError && e.errno !== undefined) return { errno: e.errno };
-      throw e;
-    }
+  write(fd: DataFd, data: Buffer): Promise<IoOutcome> {
+    return this.probe.write(fd, data);
   }
 
   /** Reads until read() returns 0 (STOP_COPY: the end of the state). */
   async readToEnd(fd: DataFd): Promise<Buffer> {
     const parts: Buffer[] = [];
     let total = 0;
-    const max = this.o.maxStreamBytes ?? 64 * 1024 * 1024;
+    const max = this.probe.maxStreamBytes;
     for (;;) {
       const r = await this.read(fd, 1 << 20);
       if ('errno' in r) throw new Error(`read on ${fd.device} data_fd failed with errno ${r.errno} after ${total} bytes`);
