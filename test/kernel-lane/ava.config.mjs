@@ -7,6 +7,8 @@ export default {
   workerThreads: false,
   // One file at a time: the tests share 8 mdevs and TCG gives the guest 2 slow CPUs.
   concurrency: 1,
-  timeout: '2m',
+  // A hang guard, not a speed check: a single QEMU-driven test (migrate, multi-device) takes
+  // over a minute in the TCG guest, longer on a loaded host.
+  timeout: '5m',
   verbose: true,
 };
