@@ -18,7 +18,7 @@ import type { Writable } from 'node:stream';
 import { StreamError } from './errors.js';
 import { CAP_MAPPED_RAM, DEFAULT_TARGET_PAGE_SIZE, VmCommand } from './constants.js';
 import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
-import type { SectionRef, StreamEvent } from './records.js';
+import type { StreamEvent } from './records.js';
 import { indexMultifdChannels } from './multifd-index.js';
 import { MultifdMerge, withMultifdDeviceState, type DeviceStateMerged } from './reframe-multifd.js';
 import { StreamWriter, writableSink } from './writer.js';
@@ -146,8 +146,6 @@ function checkMachineType(machineType: string, target: QemuRelease, offset: numb
 async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, merge: MultifdMerge | undefined, changes: ReframeChange[], warnings: string[]): Promise<number> {
   const w = new StreamWriter(writableSink(out));
   let mappedRam = false;
-  // A VFIO FULL section just opened, until its first body event says what it carries.
-  let fullJustOpened: SectionRef | null = null;
   const events = readStreamFile(inPath, opts);
   // VFIO device state that went over the channels comes back as ordinary events; each piece
   // put back is a change of the main channel (the RAM rounds are merged below).
@@ -162,8 +160,6 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
     }
   };
   for await (const ev of merge ? withMultifdDeviceState(events, merge.index, onMerged) : events) {
-    const fullOpen = fullJustOpened;
-    fullJustOpened = null;
     let change: ReframeChange | null = null;
     switch (ev.type) {
       case 'configuration':
@@ -172,9 +168,6 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
         if (mappedRam && opts.target && !atLeast(opts.target, 9, 0)) {
           throw new StreamError('ESTREAM_UNSUPPORTED', `mapped-ram is new in QEMU 9.0; ${opts.target.major}.${opts.target.minor} cannot load this stream`, { offset: ev.offset });
         }
-        break;
-      case 'section':
-        if (ev.section.handler === 'vfio' && ev.kind === 'FULL') fullJustOpened = ev.section;
         break;
       case 'command':
         change = commandChange(ev, opts.target);
@@ -190,11 +183,10 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
         changes.push({ offset: ev.offset, what: 'ram MULTIFD_FLUSH', action: 'replaced', why: `by round ${r.round + 1} from multifd: ${r.normalPages} pages, ${r.zeroPages} zero pages in ${r.packets} packets (a file load has no multifd channels)`, sectionId: ev.section.sectionId, idstr: ev.section.idstr });
         continue;
       }
+      case 'vfio-multifd-placeholder':
+        // Still here: the device had no state on the channels (given ones put it back).
+        throw new StreamError('ESTREAM_UNSUPPORTED', 'this VFIO device sent its stop-copy data and config over multifd channels (x-migration-multifd-transfer); a capture of the main channel does not hold them: give the channel captures', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr, expected: 'DEV_CONFIG_STATE', found: ev.marker });
       case 'vfio-marker':
-        // A FULL dummy still here had no device state on the channels (given ones put it back).
-        if (fullOpen && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY')) {
-          throw new StreamError('ESTREAM_UNSUPPORTED', 'this VFIO device sent its stop-copy data and config over multifd channels (x-migration-multifd-transfer); a capture of the main channel does not hold them: give the channel captures', { offset: ev.offset, sectionId: fullOpen.sectionId, idstr: fullOpen.idstr, expected: 'DEV_CONFIG_STATE', found: ev.marker });
-        }
         if (ev.marker === 'DEV_INIT_DATA_SENT') {
           change = { offset: ev.offset, what: 'vfio DEV_INIT_DATA_SENT', action: 'replaced', why: WHY_SWITCHOVER_ACK, sectionId: ev.section.sectionId, idstr: ev.section.idstr };
         }

@@ -92,7 +92,8 @@ export class Inspector {
   private vfio = new Map<number, VfioDeviceSummary>();
   private state: Record<string, DumpValue> | undefined;
   private hasSwitchover = false;
-  private currentKind = new Map<number, SectionKind>();
+  /** Devices whose FULL section is a multifd placeholder. */
+  private readonly viaMultifd = new Set<number>();
   private machineVersion: number | undefined;
   /** End of the stream: after EOF, or after the vmdesc. */
   private end = 0;
@@ -178,7 +179,6 @@ export class Inspector {
       }
       case 'section':
         this.record(ev.offset, ev.kind, ev.section);
-        this.currentKind.set(ev.section.sectionId, ev.kind);
         if (ev.section.handler === 'vfio') this.device(ev.section).sections[ev.kind]++;
         if (this.state && ev.section.handler === 'ram' && ev.kind === 'START') this.state[this.stateKey(ev.section)] = {};
         return;
@@ -229,9 +229,13 @@ export class Inspector {
       case 'vfio-marker': {
         const d = this.device(ev.section);
         d.markers[ev.marker] = (d.markers[ev.marker] ?? 0) + 1;
-        if (ev.marker === 'END_OF_STATE' && this.currentKind.get(ev.section.sectionId) === 'FULL' && d.configBytes === null && (d.markers.DEV_CONFIG_STATE ?? 0) === 0) {
-          d.evidence.push('FULL chunk is a bare END_OF_STATE (config sent over multifd)');
-        }
+        return;
+      }
+      case 'vfio-multifd-placeholder': {
+        const d = this.device(ev.section);
+        d.markers[ev.marker] = (d.markers[ev.marker] ?? 0) + 1;
+        this.viaMultifd.add(ev.section.sectionId);
+        if (ev.marker === 'END_OF_STATE') d.evidence.push('FULL chunk is a bare END_OF_STATE (config sent over multifd)');
         return;
       }
       case 'vfio-data': {
@@ -288,7 +292,7 @@ export class Inspector {
     if (m.DEV_CONFIG_LOAD_READY) {
       ev.push('CONFIG_LOAD_READY marker (10.1+ multifd, load-config-after-iter)');
       d.flavour = 'qemu-10.1+ multifd';
-    } else if (d.configBytes === null && d.sections.FULL > 0) {
+    } else if (this.viaMultifd.has(d.sectionId)) {
       d.flavour = 'qemu-10.0+ multifd';
     } else if (m.DEV_INIT_DATA_SENT) {
       ev.push('INIT_DATA_SENT marker (8.1+ precopy with switchover-ack)');

@@ -192,6 +192,13 @@ test('HAND-BUILT QEMU 10.0 multifd transfer: END and FULL are a bare END_OF_STAT
   const { evs, report } = summarize(bytes);
   t.true(encodeAll(evs).equals(bytes));
   t.is(report.vfio[0]!.flavour, 'qemu-10.0+ multifd');
+  // One event marks the placeholder: the FULL's marker, not the END's bare END_OF_STATE.
+  const fullAt = report.records.find((r) => r.kind === 'FULL')!.offset;
+  t.deepEqual(
+    evs.filter((e) => e.type === 'vfio-multifd-placeholder').map((e) => ({ marker: (e as { marker: string }).marker, inFull: e.offset > fullAt })),
+    [{ marker: 'END_OF_STATE', inFull: true }],
+  );
+  t.is(evs.filter((e) => e.type === 'vfio-marker' && e.marker === 'END_OF_STATE').length, 2, 'START and END keep plain END_OF_STATE markers');
   t.is(report.vfio[0]!.dataBytes, 0);
   t.is(report.vfio[0]!.configBytes, null);
 });
@@ -213,6 +220,7 @@ test('HAND-BUILT QEMU 10.1 multifd with load-config-after-iter: FULL is CONFIG_L
   const { evs, report } = summarize(bytes);
   t.true(encodeAll(evs).equals(bytes));
   t.is(report.vfio[0]!.flavour, 'qemu-10.1+ multifd');
+  t.deepEqual(evs.filter((e) => e.type === 'vfio-multifd-placeholder').map((e) => (e as { marker: string }).marker), ['DEV_CONFIG_LOAD_READY']);
   t.is(bytes.readBigUInt64BE(bytes.length - 1 - 5 - 8), 0xffffffffef100006n);
 });
 
