@@ -6,7 +6,7 @@
 import { MigbridgeError } from '../errors.js';
 import { MigFlag, MigState, stateName } from '../fsm/index.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
-import { StreamWriter, buildVmDesc } from '../qemu/index.js';
+import { StreamWriter, buildVmDesc, sendsSwitchoverStart } from '../qemu/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
 import { CancelledError, abortReason, throwIfCancelled, whenCancelled } from './cancel.js';
 import { type Chunk, ChunkReader } from './chunks.js';
@@ -148,6 +148,7 @@ export async function save(opts: SaveOptions): Promise<SaveReport> {
   }));
   const signal = opts.signal;
   const note = opts.onNote ?? (() => undefined);
+  const machineType = machineTypeOf(opts);
   const sink = guardSink(opts.sink, { ...(signal ? { signal } : {}), stallMs: opts.writeTimeoutMs ?? DEFAULT_WRITE_TIMEOUT_MS });
   const w = new StreamWriter(sink);
   // A cancel interrupts every data_fd read in flight (they reject with ECANCELED).
@@ -180,6 +181,9 @@ export async function save(opts: SaveOptions): Promise<SaveReport> {
     const p2p = await saveStop(ctxs);
     throwIfCancelled(signal, 'save');
     note({ type: 'stopped', streamBytes: w.offset });
+    // QEMU 10 announces the switchover here, between the stop and the END sections, for
+    // 10.0+ machine types: with it a reader knows which chunks are stop-copy data.
+    if (sendsSwitchoverStart(machineType)) await w.switchoverStart();
     await saveCompletePrecopy(ctxs, w, io, chunk, opts);
     const stopEnd = now();
     await w.eof();
@@ -235,6 +239,10 @@ function failureOf(e: unknown, signal: AbortSignal | undefined): MigbridgeError 
   return new SinkError('EIO', e instanceof Error ? e.message : String(e), { cause: e });
 }
 
+function machineTypeOf(opts: SaveOptions): string {
+  return opts.machineType ?? DEFAULT_MACHINE_TYPE;
+}
+
 /** save_setup: capabilities, MIG_DATA_SIZE, header, configuration, START sections. */
 async function saveSetup(ctxs: DeviceCtx[], w: StreamWriter, opts: SaveOptions): Promise<void> {
   await Promise.all(
@@ -252,7 +260,7 @@ async function saveSetup(ctxs: DeviceCtx[], w: StreamWriter, opts: SaveOptions):
     }),
   );
   await w.header();
-  await w.configuration(opts.machineType ?? DEFAULT_MACHINE_TYPE);
+  await w.configuration(machineTypeOf(opts));
   for (const c of ctxs) await w.vfioStartSection(c.sectionId, c.idstr);
 }
 

@@ -32,4 +32,5 @@ export {
   type ReframeAction,
   type ReframeResult,
 } from './reframe.js';
-export { Inspector, inspectStreamFile, type InspectReport } from './summary.js';
+export { Inspector, inspectStreamFile, type InspectReport, type DataPhase } from './summary.js';
+export { machineTypeRelease, sendsSwitchoverStart } from './machine-type.js';

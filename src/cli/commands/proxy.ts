@@ -24,7 +24,7 @@ function tallyLines(t: StreamTally, indent: string): string[] {
   }
   for (const c of t.commands) lines.push(`${indent}COMMAND ${c.name} at ${c.offset}`);
   for (const d of t.vfio) {
-    lines.push(`${indent}vfio ${d.idstr} (section ${d.sectionId}): ${d.dataBytes} data bytes in ${d.chunks} chunks (precopy ${d.precopyBytes}, stop-copy ${d.stopCopyBytes}), config ${d.configBytes ?? 'none'}; ${d.flavour}`);
+    lines.push(`${indent}vfio ${d.idstr} (section ${d.sectionId}): ${d.dataBytes} data bytes in ${d.chunks} chunks (precopy ${d.precopyBytes}, stop-copy ${d.stopCopyBytes}${d.phaseUnknownBytes ? `, phase unknown ${d.phaseUnknownBytes}` : ''}), config ${d.configBytes ?? 'none'}; ${d.flavour}`);
   }
   if (t.eofOffset !== null) lines.push(`${indent}EOF at ${t.eofOffset}${t.vmdescOffset !== null ? `, VMDESCRIPTION at ${t.vmdescOffset}` : ''}`);
   return lines;
