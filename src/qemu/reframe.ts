@@ -7,6 +7,7 @@
 //    "RAM postcopy is disabled but have 16 byte advise", seen on 7.2 and 10.0), and the VFIO
 //    DEV_INIT_DATA_SENT marker of switchover-ack (which needs a return path);
 //  - SWITCHOVER_START is new in QEMU 10.0: 7.2 fails with "MIG_CMD 0xb unknown".
+//  - `--to 7.2` also checks every section's version against what 7.2 registers (section-versions.ts).
 //  - a multifd migration's main channel lacks what went over the channels (RAM pages, VFIO
 //    stop-copy data and config); given the channel captures, reframe-multifd.ts merges them
 //    in, and without them such a stream is refused rather than written without its state.
@@ -18,7 +19,8 @@ import type { Writable } from 'node:stream';
 import { StreamError } from './errors.js';
 import { CAP_MAPPED_RAM, DEFAULT_TARGET_PAGE_SIZE, VmCommand } from './constants.js';
 import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
-import type { StreamEvent } from './records.js';
+import type { SectionRef, StreamEvent } from './records.js';
+import { sectionVerdict } from './section-versions.js';
 import { indexMultifdChannels } from './multifd-index.js';
 import { MultifdMerge, withMultifdDeviceState, type DeviceStateMerged } from './reframe-multifd.js';
 import { StreamWriter, writableSink } from './writer.js';
@@ -142,6 +144,19 @@ function checkMachineType(machineType: string, target: QemuRelease, offset: numb
   warnings.push(why);
 }
 
+/**
+ * A section the target registers with an older version: refused naming it, or (with
+ * `forced`, i.e. --force) noted. A section the target's table lacks is only noted.
+ */
+function checkSection(sec: SectionRef, offset: number, target: QemuRelease, forced: string[] | undefined, warnings: string[]): void {
+  const v = sectionVerdict(sec, target);
+  if (!v || v.ok) return;
+  if (v.known && !forced) {
+    throw new StreamError('ESTREAM_UNSUPPORTED', `${v.why} (--force writes it anyway)`, { offset, sectionId: sec.sectionId, idstr: sec.idstr, expected: `version <= ${v.newest}`, found: String(sec.versionId) });
+  }
+  warnings.push(v.why);
+}
+
 /** The event loop of reframeStreamFile, writing into `out`; returns the bytes written. */
 async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, merge: MultifdMerge | undefined, changes: ReframeChange[], warnings: string[]): Promise<number> {
   const w = new StreamWriter(writableSink(out));
@@ -168,6 +183,9 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
         if (mappedRam && opts.target && !atLeast(opts.target, 9, 0)) {
           throw new StreamError('ESTREAM_UNSUPPORTED', `mapped-ram is new in QEMU 9.0; ${opts.target.major}.${opts.target.minor} cannot load this stream`, { offset: ev.offset });
         }
+        break;
+      case 'section':
+        if (opts.target && (ev.kind === 'START' || ev.kind === 'FULL')) checkSection(ev.section, ev.offset, opts.target, opts.force ? warnings : undefined, warnings);
         break;
       case 'command':
         change = commandChange(ev, opts.target);
