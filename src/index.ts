@@ -10,5 +10,8 @@ export { restore, type RestoreOptions, type RestoreReport, RestoreFailedError } 
 export { openSink, type SinkTarget } from './engine/sink.js';
 export { openEvents, type SourceTarget } from './engine/source.js';
 export { runDemo, type DemoReport } from './engine/demo.js';
+export { describeDevice, describeDevices, type DeviceDescription } from './engine/devices.js';
+export { ioEnvironment, type IoEnvironment } from './engine/environment.js';
+export type { ProgressCounter, ProgressSink } from './engine/progress.js';
 export { MigbridgeError, SysError, UsageError } from './errors.js';
 export { runCheck, formatCheckReport, type CheckReport, type CheckResult, type CheckOptions } from './check/index.js';

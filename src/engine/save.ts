@@ -11,7 +11,7 @@ import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '.
 import { CancelledError, abortReason, throwIfCancelled, whenCancelled } from './cancel.js';
 import { type Chunk, ChunkReader } from './chunks.js';
 import type { NoteSink } from './notes.js';
-import type { Progress, ProgressCounter } from './progress.js';
+import type { ProgressCounter, ProgressSink } from './progress.js';
 import { recoverSources } from './recover.js';
 import { type ByteSink, SinkError } from './sink.js';
 import { guardSink } from './sink-guard.js';
@@ -40,7 +40,7 @@ export interface SaveOptions {
   /** Emit INIT_DATA_SENT when a device's initial precopy bytes are drained (QEMU 8.1+ with switchover-ack). Default true. */
   readonly initDataSent?: boolean;
   readonly io?: IoEngine;
-  readonly progress?: Progress;
+  readonly progress?: ProgressSink;
   /** Bytes per data_fd read (default 1 MiB, at most the io engine's buffer size). */
   readonly chunkSize?: number;
   /**

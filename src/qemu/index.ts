@@ -21,6 +21,7 @@ export { decodeVmstate, fullBodyBytes, type DumpValue } from './vmstate.js';
 export { msixStateBytes, vfioConfigBodyBytes } from './vfio.js';
 export { compressBound } from './ram.js';
 export { extractStreamFile, type ExtractOptions, type ExtractResult, type ExtractManifest, type RamImage, type VfioExtractEntry } from './extract.js';
+export { rewriteStreamFile, type RewriteOptions, type RewriteResult } from './rewrite.js';
 export { injectDeviceData, type DeviceDataReplacement, type InjectedDevice } from './inject.js';
 export {
   reframeStreamFile,

@@ -3,7 +3,7 @@
 // on the side. See src/engine/proxy.ts.
 import { readFile } from 'node:fs/promises';
 import { UsageError } from '../../errors.js';
-import { formatBytes, formatRate } from '../../engine/progress.js';
+import { formatBytes, formatRate } from '../progress.js';
 import { type ProxyNote, type ProxyReport, type StreamTally, ProxyFailedError, proxy } from '../../engine/proxy.js';
 import { parseVmDesc } from '../../qemu/vmdesc.js';
 import type { Command, CommandIO } from '../command.js';
