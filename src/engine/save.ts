@@ -135,7 +135,10 @@ export async function save(opts: SaveOptions): Promise<SaveReport> {
   const ctxs: DeviceCtx[] = opts.devices.map((dev, i) => ({
     dev,
     idstr: opts.idstrs?.[i] ?? defaultIdstr(i),
-    sectionId: i,
+    // Section ids from 1: QEMU's loader finds a PART/END section's handler by the id its
+    // START gave it, and every handler not in the stream keeps id 0 (the first of them,
+    // "timer", would take a section 0's END: "error while loading state section id 0(timer)").
+    sectionId: i + 1,
     flags: 0,
     dataFd: null,
     precopyBytes: 0,
