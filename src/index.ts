@@ -15,5 +15,8 @@ export { migrate, type MigrateOptions } from './migrate/run.js';
 export { type MigrateReport } from './migrate/report.js';
 export { MigrateFailedError, MigrateRefusedError } from './migrate/errors.js';
 export { runDemo, type DemoReport } from './engine/demo.js';
+export { describeDevice, describeDevices, type DeviceDescription } from './engine/devices.js';
+export { ioEnvironment, type IoEnvironment } from './engine/environment.js';
+export type { ProgressCounter, ProgressSink } from './engine/progress.js';
 export { MigbridgeError, SysError, UsageError } from './errors.js';
 export { runCheck, formatCheckReport, type CheckReport, type CheckResult, type CheckOptions } from './check/index.js';

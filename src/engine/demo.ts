@@ -4,12 +4,11 @@
 import { accessSync, constants, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import type { WriteStream } from 'node:tty';
 import { inspectStreamFile } from '../qemu/summary.js';
 import { openEvents } from './source.js';
 import { createSimDevice, type SimDevice } from '../vfio/sim/index.js';
 import { closeDevices } from './devices.js';
-import { Progress } from './progress.js';
+import type { ProgressSink } from './progress.js';
 import { restore, type RestoreReport } from './restore.js';
 import { save, type SaveReport } from './save.js';
 import { openSink } from './sink.js';
@@ -20,7 +19,8 @@ export interface DemoOptions {
   readonly spec: string;
   readonly precopy: boolean;
   readonly dir?: string;
-  readonly progressTo?: WriteStream;
+  /** A progress display for each phase (the CLI draws bars on a terminal). */
+  readonly progress?: (phase: 'save' | 'restore') => ProgressSink;
 }
 
 export interface DemoDevice {
@@ -68,13 +68,13 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       devices: sources,
       sink: await openSink({ file: stream }),
       precopy: opts.precopy,
-      ...(opts.progressTo ? { progress: new Progress(opts.progressTo, 'save') } : {}),
+      ...(opts.progress ? { progress: opts.progress('save') } : {}),
     });
     const inspected = await inspectStreamFile(stream);
     const restored: RestoreReport = await restore({
       events: await openEvents({ file: stream }),
       devices: targets,
-      ...(opts.progressTo ? { progress: new Progress(opts.progressTo, 'restore') } : {}),
+      ...(opts.progress ? { progress: opts.progress('restore') } : {}),
     });
     const devices = sources.map((src, i) => {
       const dst = targets[i]!;

@@ -31,6 +31,7 @@ export interface StreamTally {
     chunks: number;
     precopyBytes: number;
     stopCopyBytes: number;
+    phaseUnknownBytes: number;
     configBytes: number | null;
     sections: Record<SectionKind, number>;
     flavour: string;
@@ -56,7 +57,7 @@ export function tallyOf(r: InspectReport): StreamTally {
     ram: r.ram ? { pages: { ...r.ram.pages }, records: { ...r.ram.records } } : null,
     vfio: r.vfio.map((d) => ({
       idstr: d.idstr, sectionId: d.sectionId, dataBytes: d.dataBytes, chunks: d.chunks, precopyBytes: d.precopyBytes,
-      stopCopyBytes: d.stopCopyBytes, configBytes: d.configBytes, sections: { ...d.sections }, flavour: d.flavour,
+      stopCopyBytes: d.stopCopyBytes, phaseUnknownBytes: d.phaseUnknownBytes, configBytes: d.configBytes, sections: { ...d.sections }, flavour: d.flavour,
     })),
     eofOffset,
     vmdescOffset: r.vmdesc?.offset ?? null,

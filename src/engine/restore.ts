@@ -10,7 +10,7 @@ import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '.
 import { Errno } from '../vfio/uapi.js';
 import { CancelledError, abortReason, untilCancelled, throwIfCancelled, whenCancelled } from './cancel.js';
 import type { NoteSink } from './notes.js';
-import type { Progress, ProgressCounter } from './progress.js';
+import type { ProgressCounter, ProgressSink } from './progress.js';
 import { resetDevice } from './recover.js';
 import { ResumeRouter } from './resume-route.js';
 
@@ -24,7 +24,7 @@ export interface RestoreOptions {
   /** --map IDSTR=device index. */
   readonly map?: ReadonlyMap<string, number>;
   readonly io?: IoEngine;
-  readonly progress?: Progress;
+  readonly progress?: ProgressSink;
   /** Bytes written but not yet completed, over all devices (default 16 MiB: with the read-ahead of the stream, part of the 64 MiB memory budget). */
   readonly maxInFlight?: number;
   /** Device data one section may carry (default 64 GiB): a stream past it is refused. */

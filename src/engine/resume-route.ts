@@ -11,7 +11,6 @@ export class ResumeRouter {
   private readonly check: ResumeStreamCheck;
   private readonly matcher: SectionMatcher;
   private readonly bySection = new Map<number, number>();
-  private fullOpen = false;
   /** Offset of the last event routed (for errors about what the stream lacked). */
   offset = 0;
 
@@ -33,11 +32,8 @@ export class ResumeRouter {
    */
   route(ev: StreamEvent, onMatch?: (index: number, idstr: string) => void): number | undefined {
     this.offset = ev.offset;
-    // A VFIO FULL section that is only END_OF_STATE (or CONFIG_LOAD_READY) is QEMU 10's
-    // multifd dummy: the device's stop-copy data went over multifd channels, not in here.
-    const fullDummy = this.fullOpen && ev.type === 'vfio-marker' && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY');
-    this.fullOpen = ev.type === 'section' && ev.kind === 'FULL' && ev.section.handler === 'vfio';
-    if (fullDummy) {
+    // QEMU 10's multifd placeholder: the device's stop-copy data went over multifd channels, not in here.
+    if (ev.type === 'vfio-multifd-placeholder') {
       throw new StreamError('ESTREAM_UNSUPPORTED', `the state of ${ev.section.idstr} went over multifd channels, not in this stream: give the channel captures (restore -i FILE --multifd CH..., found by default as FILE.multifd-N)`, { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr, found: ev.marker });
     }
     if (ev.type === 'section' && ev.section.handler === 'vfio') {

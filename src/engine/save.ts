@@ -6,13 +6,13 @@
 import { MigbridgeError } from '../errors.js';
 import { MigFlag, MigState, type PlanStep, type SourcePhase, planStep, sourcePlan, stateName } from '../fsm/index.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
-import { StreamWriter, buildVmDesc } from '../qemu/index.js';
+import { StreamWriter, buildVmDesc, sendsSwitchoverStart } from '../qemu/index.js';
 import { type DataFd, type MigrationDevice, VfioDeviceError, setStates } from '../vfio/device.js';
 import { Errno } from '../vfio/uapi.js';
 import { CancelledError, abortReason, throwIfCancelled, whenCancelled } from './cancel.js';
 import { type Chunk, ChunkReader } from './chunks.js';
 import type { NoteSink } from './notes.js';
-import type { Progress, ProgressCounter } from './progress.js';
+import type { ProgressCounter, ProgressSink } from './progress.js';
 import { recoverSources } from './recover.js';
 import { type ByteSink, SinkError } from './sink.js';
 import { guardSink } from './sink-guard.js';
@@ -41,7 +41,7 @@ export interface SaveOptions {
   /** Emit INIT_DATA_SENT when a device's initial precopy bytes are drained (QEMU 8.1+ with switchover-ack). Default true. */
   readonly initDataSent?: boolean;
   readonly io?: IoEngine;
-  readonly progress?: Progress;
+  readonly progress?: ProgressSink;
   /** Bytes per data_fd read (default 1 MiB, at most the io engine's buffer size). */
   readonly chunkSize?: number;
   /**
@@ -161,7 +161,10 @@ export async function save(opts: SaveOptions): Promise<SaveReport> {
   const ctxs: DeviceCtx[] = opts.devices.map((dev, i) => ({
     dev,
     idstr: opts.idstrs?.[i] ?? defaultIdstr(i),
-    sectionId: i,
+    // Section ids from 1: QEMU's loader finds a PART/END section's handler by the id its
+    // START gave it, and every handler not in the stream keeps id 0 (the first of them,
+    // "timer", would take a section 0's END: "error while loading state section id 0(timer)").
+    sectionId: i + 1,
     flags: 0,
     plan: [],
     dataFd: null,
@@ -175,6 +178,7 @@ export async function save(opts: SaveOptions): Promise<SaveReport> {
   }));
   const signal = opts.signal;
   const note = opts.onNote ?? (() => undefined);
+  const machineType = machineTypeOf(opts);
   const sink = guardSink(opts.sink, { ...(signal ? { signal } : {}), stallMs: opts.writeTimeoutMs ?? DEFAULT_WRITE_TIMEOUT_MS });
   const w = new StreamWriter(sink);
   // A cancel interrupts every data_fd read in flight (they reject with ECANCELED).
@@ -207,6 +211,9 @@ export async function save(opts: SaveOptions): Promise<SaveReport> {
     const p2p = await saveStop(ctxs);
     throwIfCancelled(signal, 'save');
     note({ type: 'stopped', streamBytes: w.offset });
+    // QEMU 10 announces the switchover here, between the stop and the END sections, for
+    // 10.0+ machine types: with it a reader knows which chunks are stop-copy data.
+    if (sendsSwitchoverStart(machineType)) await w.switchoverStart();
     await saveCompletePrecopy(ctxs, w, io, chunk, opts);
     const stopEnd = now();
     await w.eof();
@@ -262,6 +269,10 @@ function failureOf(e: unknown, signal: AbortSignal | undefined): MigbridgeError 
   return new SinkError('EIO', e instanceof Error ? e.message : String(e), { cause: e });
 }
 
+function machineTypeOf(opts: SaveOptions): string {
+  return opts.machineType ?? DEFAULT_MACHINE_TYPE;
+}
+
 /** save_setup: capabilities, MIG_DATA_SIZE, header, configuration, START sections. */
 async function saveSetup(ctxs: DeviceCtx[], w: StreamWriter, opts: SaveOptions): Promise<void> {
   await Promise.all(
@@ -282,7 +293,7 @@ async function saveSetup(ctxs: DeviceCtx[], w: StreamWriter, opts: SaveOptions):
   const p2p = ctxs.every((c) => c.flags & MigFlag.P2P);
   for (const c of ctxs) c.plan = sourcePlan(c.flags, { precopy: opts.precopy ?? false, p2p, resume: opts.resumeSource ?? false });
   await w.header();
-  await w.configuration(opts.machineType ?? DEFAULT_MACHINE_TYPE);
+  await w.configuration(machineTypeOf(opts));
   for (const c of ctxs) await w.vfioStartSection(c.sectionId, c.idstr);
 }
 

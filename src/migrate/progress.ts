@@ -1,6 +1,5 @@
-// One progress sample of a running migration, from the source's query-migrate, and its two
-// renderings: a one-line bar for a terminal, a JSON line otherwise.
-import { formatBytes, formatRate } from '../engine/progress.js';
+// One progress sample of a running migration, from the source's query-migrate (the CLI
+// draws it: src/cli/migrate-progress.ts).
 
 export interface MigrateProgress {
   status: string;
@@ -43,17 +42,4 @@ export function progressOf(q: QueryMigrate, elapsedMs: number): MigrateProgress 
     expectedDowntimeMs: q['expected-downtime'] ?? null,
     vfioBytes: q.vfio?.transferred ?? 0,
   };
-}
-
-const BAR = 24;
-
-export function progressBar(p: MigrateProgress): string {
-  const done = p.total > 0 ? Math.min(1, (p.total - p.remaining) / p.total) : 0;
-  const fill = Math.round(done * BAR);
-  return `[${'#'.repeat(fill)}${'.'.repeat(BAR - fill)}] ${p.status} ${formatBytes(p.transferred)} sent, ${formatBytes(p.remaining)} left, pass ${p.pass}, dirty ${formatRate(p.dirtyRate)}` +
-    `${p.expectedDowntimeMs !== null ? `, expected downtime ${p.expectedDowntimeMs} ms` : ''}${p.vfioBytes ? `, vfio ${formatBytes(p.vfioBytes)}` : ''} (${(p.elapsedMs / 1000).toFixed(1)} s)`;
-}
-
-export function progressJson(p: MigrateProgress): string {
-  return JSON.stringify({ progress: p });
 }

@@ -80,6 +80,7 @@ export function encodeEventInto(w: Writer, ev: StreamEvent): void {
       ramWord(w, ev.address, ev.flags);
       return;
     case 'vfio-marker':
+    case 'vfio-multifd-placeholder':
       w.be64(VFIO_MARKERS[ev.marker]);
       return;
     case 'vfio-data':

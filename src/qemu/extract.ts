@@ -230,6 +230,9 @@ async function extractInto(path: string, opts: ExtractOptions, outputs: OutputFi
       }
     }
     if (opts.outDir) {
+      if (ev.type === 'vfio-multifd-placeholder') {
+        throw new StreamError('ESTREAM_UNSUPPORTED', `device "${ev.section.idstr}" sent its stop-copy data and config over multifd channels, not in this stream: merge the channel captures first (migbridge reframe IN OUT --multifd CHANNELFILE...), then extract from that`, { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr, found: ev.marker });
+      }
       if (ev.type === 'section' && ev.section.handler === 'vfio' && !devs.has(ev.section.sectionId)) {
         const file = join(opts.outDir, safeFileName(ev.section.idstr) + '.data');
         devs.set(ev.section.sectionId, { out: await create(file), file, hash: createHash('sha256') });
@@ -247,10 +250,6 @@ async function extractInto(path: string, opts: ExtractOptions, outputs: OutputFi
   const report = insp.finish(info.size ?? undefined);
   let manifest: ExtractManifest | null = null;
   if (opts.outDir) {
-    const viaMultifd = report.vfio.find((v) => v.flavour.includes('multifd'));
-    if (viaMultifd) {
-      throw new StreamError('ESTREAM_UNSUPPORTED', `device "${viaMultifd.idstr}" sent its stop-copy data and config over multifd channels, not in this stream: merge the channel captures first (migbridge reframe IN OUT --multifd CHANNELFILE...), then extract from that`, { sectionId: viaMultifd.sectionId, idstr: viaMultifd.idstr });
-    }
     manifest = {
       stream: path,
       streamBytes: report.size,

@@ -21,6 +21,7 @@ export { decodeVmstate, fullBodyBytes, type DumpValue } from './vmstate.js';
 export { msixStateBytes, vfioConfigBodyBytes } from './vfio.js';
 export { compressBound } from './ram.js';
 export { extractStreamFile, type ExtractOptions, type ExtractResult, type ExtractManifest, type RamImage, type VfioExtractEntry } from './extract.js';
+export { rewriteStreamFile, type RewriteOptions, type RewriteResult } from './rewrite.js';
 export { injectDeviceData, type DeviceDataReplacement, type InjectedDevice } from './inject.js';
 export {
   reframeStreamFile,
@@ -32,4 +33,5 @@ export {
   type ReframeAction,
   type ReframeResult,
 } from './reframe.js';
-export { Inspector, inspectStreamFile, type InspectReport } from './summary.js';
+export { Inspector, inspectStreamFile, type InspectReport, type DataPhase } from './summary.js';
+export { machineTypeRelease, sendsSwitchoverStart } from './machine-type.js';

@@ -6,3 +6,15 @@ export function machineTypeRelease(machineType: string): { major: number; minor:
   const m = /-(\d+)\.(\d+)$/.exec(machineType);
   return m ? { major: Number(m[1]), minor: Number(m[2]) } : undefined;
 }
+
+/**
+ * Whether QEMU sends COMMAND SWITCHOVER_START for a migration of this machine type. The
+ * migration property send-switchover-start (new in QEMU 10.0) is on by default and turned
+ * off by the 9.2 compat properties, so every versioned machine type up to 9.2 goes without
+ * it; unversioned types (microvm, none) have no compat properties and get the default.
+ * QEMU then writes it once, after the VM stopped and before the first END section.
+ */
+export function sendsSwitchoverStart(machineType: string): boolean {
+  const r = machineTypeRelease(machineType);
+  return r === undefined || r.major >= 10;
+}

@@ -99,7 +99,14 @@ export type VfioDataEvent = InSection & { type: 'vfio-data'; size: number; secti
 export type VfioDataChunkEvent = InSection & { type: 'vfio-data-chunk'; data: Buffer };
 /** The config vmstate bytes between DEV_CONFIG_STATE and its END_OF_STATE. */
 export type VfioConfigEvent = InSection & { type: 'vfio-config'; data: Buffer };
-export type VfioEvent = VfioMarkerEvent | VfioDataEvent | VfioDataChunkEvent | VfioConfigEvent;
+/**
+ * A VFIO FULL section whose body is only END_OF_STATE (10.0) or DEV_CONFIG_LOAD_READY (10.1):
+ * QEMU's multifd device-state transfer sent the device's stop-copy data and config over the
+ * multifd channels, and this marker stands in for them. The one event every consumer
+ * (inspect, extract, reframe, restore) recognises such a section by; it encodes as the marker.
+ */
+export type VfioMultifdPlaceholderEvent = InSection & { type: 'vfio-multifd-placeholder'; marker: 'END_OF_STATE' | 'DEV_CONFIG_LOAD_READY' };
+export type VfioEvent = VfioMarkerEvent | VfioDataEvent | VfioDataChunkEvent | VfioConfigEvent | VfioMultifdPlaceholderEvent;
 
 /** A whole FULL vmstate body, framed by the vmdesc entry `desc`. */
 export type VmstateEvent = InSection & { type: 'vmstate'; data: Buffer; desc: VmDescDevice };

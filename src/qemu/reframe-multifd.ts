@@ -112,40 +112,42 @@ export type DeviceStateMerged =
  * The main channel's events with every VFIO device's multifd device state put back where a
  * stream without multifd has it: its stop-copy packets as vfio-data + vfio-data-chunk
  * events at the start of its (dummy) END section, its config packet (DEV_CONFIG_STATE,
- * vfio-config, END_OF_STATE) in place of the FULL dummy. RAM stays on the channels (restore
+ * vfio-config, END_OF_STATE) in place of the FULL's multifd placeholder. RAM stays on the channels (restore
  * needs no page; reframe merges pages itself). `onMerged` hears of each piece put back.
  */
 export async function* withMultifdDeviceState(events: AsyncIterable<StreamEvent>, index: MultifdIndex, onMerged?: (m: DeviceStateMerged) => void): AsyncGenerator<StreamEvent, void, undefined> {
   const files = new ChannelFiles();
   const used = new Set<string>();
   try {
-    let opened: { kind: 'END' | 'FULL'; section: SectionRef } | null = null;
+    let endOpened: SectionRef | null = null;
     let lastOffset = 0;
     for await (const ev of events) {
       lastOffset = ev.offset;
-      const was = opened;
-      opened = ev.type === 'section' && ev.section.handler === 'vfio' && (ev.kind === 'END' || ev.kind === 'FULL') ? { kind: ev.kind, section: ev.section } : null;
-      const packets = was && ev.type === 'vfio-marker' ? index.devices.get(deviceKey(was.section.idstr, was.section.instanceId)) : undefined;
-      if (was && packets && ev.type === 'vfio-marker') {
-        const at = { offset: ev.offset, section: was.section };
-        if (was.kind === 'END' && ev.marker === 'END_OF_STATE') {
-          used.add(deviceKey(was.section.idstr, was.section.instanceId));
-          const data = packets.filter((x) => !x.config);
-          onMerged?.({ kind: 'stop-copy', ...at, bytes: data.reduce((n, p) => n + p.dataBytes, 0), packets: data.length });
-          for (const p of data) {
-            yield { ...at, type: 'vfio-data', size: p.dataBytes, sectionKind: 'END' };
-            yield { ...at, type: 'vfio-data-chunk', data: await files.read(p.channel, p.dataOffset, p.dataBytes) };
-          }
-        } else if (was.kind === 'FULL' && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY')) {
-          // The dummy stands for the config packet: DEV_CONFIG_STATE, the blob, END_OF_STATE.
-          const cfg = packets.at(-1)!;
-          const blob = configPacketBlob(await files.read(cfg.channel, cfg.dataOffset, cfg.dataBytes), was.section, ev.offset);
-          onMerged?.({ kind: 'config', ...at, marker: ev.marker, bytes: cfg.dataBytes });
-          yield { ...at, type: 'vfio-marker', marker: 'DEV_CONFIG_STATE' };
-          yield { ...at, type: 'vfio-config', data: blob };
-          yield { ...at, type: 'vfio-marker', marker: 'END_OF_STATE' };
-          continue;
+      const end = endOpened;
+      endOpened = ev.type === 'section' && ev.section.handler === 'vfio' && ev.kind === 'END' ? ev.section : null;
+      // The stop-copy packets go first in the END section (its END_OF_STATE follows them).
+      const endPackets = end && ev.type === 'vfio-marker' && ev.marker === 'END_OF_STATE' ? index.devices.get(deviceKey(end.idstr, end.instanceId)) : undefined;
+      if (end && endPackets) {
+        const at = { offset: ev.offset, section: end };
+        used.add(deviceKey(end.idstr, end.instanceId));
+        const data = endPackets.filter((x) => !x.config);
+        onMerged?.({ kind: 'stop-copy', ...at, bytes: data.reduce((n, p) => n + p.dataBytes, 0), packets: data.length });
+        for (const p of data) {
+          yield { ...at, type: 'vfio-data', size: p.dataBytes, sectionKind: 'END' };
+          yield { ...at, type: 'vfio-data-chunk', data: await files.read(p.channel, p.dataOffset, p.dataBytes) };
         }
+      }
+      const cfgPackets = ev.type === 'vfio-multifd-placeholder' ? index.devices.get(deviceKey(ev.section.idstr, ev.section.instanceId)) : undefined;
+      if (ev.type === 'vfio-multifd-placeholder' && cfgPackets) {
+        // The placeholder stands for the config packet: DEV_CONFIG_STATE, the blob, END_OF_STATE.
+        const at = { offset: ev.offset, section: ev.section };
+        const cfg = cfgPackets.at(-1)!;
+        const blob = configPacketBlob(await files.read(cfg.channel, cfg.dataOffset, cfg.dataBytes), ev.section, ev.offset);
+        onMerged?.({ kind: 'config', ...at, marker: ev.marker, bytes: cfg.dataBytes });
+        yield { ...at, type: 'vfio-marker', marker: 'DEV_CONFIG_STATE' };
+        yield { ...at, type: 'vfio-config', data: blob };
+        yield { ...at, type: 'vfio-marker', marker: 'END_OF_STATE' };
+        continue;
       }
       yield ev;
     }

@@ -7,6 +7,7 @@
 //    "RAM postcopy is disabled but have 16 byte advise", seen on 7.2 and 10.0), and the VFIO
 //    DEV_INIT_DATA_SENT marker of switchover-ack (which needs a return path);
 //  - SWITCHOVER_START is new in QEMU 10.0: 7.2 fails with "MIG_CMD 0xb unknown".
+//  - `--to 7.2` also checks every section's version against what 7.2 registers (section-versions.ts).
 //  - a multifd migration's main channel lacks what went over the channels (RAM pages, VFIO
 //    stop-copy data and config); given the channel captures, reframe-multifd.ts merges them
 //    in, and without them such a stream is refused rather than written without its state.
@@ -19,6 +20,7 @@ import { StreamError } from './errors.js';
 import { CAP_MAPPED_RAM, DEFAULT_TARGET_PAGE_SIZE, VmCommand } from './constants.js';
 import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
 import type { SectionRef, StreamEvent } from './records.js';
+import { sectionVerdict } from './section-versions.js';
 import { indexMultifdChannels } from './multifd-index.js';
 import { MultifdMerge, withMultifdDeviceState, type DeviceStateMerged } from './reframe-multifd.js';
 import { StreamWriter, writableSink } from './writer.js';
@@ -142,12 +144,23 @@ function checkMachineType(machineType: string, target: QemuRelease, offset: numb
   warnings.push(why);
 }
 
+/**
+ * A section the target registers with an older version: refused naming it, or (with
+ * `forced`, i.e. --force) noted. A section the target's table lacks is only noted.
+ */
+function checkSection(sec: SectionRef, offset: number, target: QemuRelease, forced: string[] | undefined, warnings: string[]): void {
+  const v = sectionVerdict(sec, target);
+  if (!v || v.ok) return;
+  if (v.known && !forced) {
+    throw new StreamError('ESTREAM_UNSUPPORTED', `${v.why} (--force writes it anyway)`, { offset, sectionId: sec.sectionId, idstr: sec.idstr, expected: `version <= ${v.newest}`, found: String(sec.versionId) });
+  }
+  warnings.push(v.why);
+}
+
 /** The event loop of reframeStreamFile, writing into `out`; returns the bytes written. */
 async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, merge: MultifdMerge | undefined, changes: ReframeChange[], warnings: string[]): Promise<number> {
   const w = new StreamWriter(writableSink(out));
   let mappedRam = false;
-  // A VFIO FULL section just opened, until its first body event says what it carries.
-  let fullJustOpened: SectionRef | null = null;
   const events = readStreamFile(inPath, opts);
   // VFIO device state that went over the channels comes back as ordinary events; each piece
   // put back is a change of the main channel (the RAM rounds are merged below).
@@ -162,8 +175,6 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
     }
   };
   for await (const ev of merge ? withMultifdDeviceState(events, merge.index, onMerged) : events) {
-    const fullOpen = fullJustOpened;
-    fullJustOpened = null;
     let change: ReframeChange | null = null;
     switch (ev.type) {
       case 'configuration':
@@ -174,7 +185,7 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
         }
         break;
       case 'section':
-        if (ev.section.handler === 'vfio' && ev.kind === 'FULL') fullJustOpened = ev.section;
+        if (opts.target && (ev.kind === 'START' || ev.kind === 'FULL')) checkSection(ev.section, ev.offset, opts.target, opts.force ? warnings : undefined, warnings);
         break;
       case 'command':
         change = commandChange(ev, opts.target);
@@ -190,11 +201,10 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
         changes.push({ offset: ev.offset, what: 'ram MULTIFD_FLUSH', action: 'replaced', why: `by round ${r.round + 1} from multifd: ${r.normalPages} pages, ${r.zeroPages} zero pages in ${r.packets} packets (a file load has no multifd channels)`, sectionId: ev.section.sectionId, idstr: ev.section.idstr });
         continue;
       }
+      case 'vfio-multifd-placeholder':
+        // Still here: the device had no state on the channels (given ones put it back).
+        throw new StreamError('ESTREAM_UNSUPPORTED', 'this VFIO device sent its stop-copy data and config over multifd channels (x-migration-multifd-transfer); a capture of the main channel does not hold them: give the channel captures', { offset: ev.offset, sectionId: ev.section.sectionId, idstr: ev.section.idstr, expected: 'DEV_CONFIG_STATE', found: ev.marker });
       case 'vfio-marker':
-        // A FULL dummy still here had no device state on the channels (given ones put it back).
-        if (fullOpen && (ev.marker === 'END_OF_STATE' || ev.marker === 'DEV_CONFIG_LOAD_READY')) {
-          throw new StreamError('ESTREAM_UNSUPPORTED', 'this VFIO device sent its stop-copy data and config over multifd channels (x-migration-multifd-transfer); a capture of the main channel does not hold them: give the channel captures', { offset: ev.offset, sectionId: fullOpen.sectionId, idstr: fullOpen.idstr, expected: 'DEV_CONFIG_STATE', found: ev.marker });
-        }
         if (ev.marker === 'DEV_INIT_DATA_SENT') {
           change = { offset: ev.offset, what: 'vfio DEV_INIT_DATA_SENT', action: 'replaced', why: WHY_SWITCHOVER_ACK, sectionId: ev.section.sectionId, idstr: ev.section.idstr };
         }

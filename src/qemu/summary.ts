@@ -22,6 +22,15 @@ export interface RecordSummary {
   command?: string;
 }
 
+/**
+ * When a DATA_STATE chunk was read off the device: before the source stopped (precopy) or
+ * after (stop-copy). START chunks are setup, END and FULL ones are written after the stop;
+ * a PART is placed by the stream's SWITCHOVER_START (QEMU 10.0+ machine types, and
+ * migbridge saves with them); without that marker a PART's phase is unknown (QEMU itself
+ * only writes precopy PARTs, but an interleaved save writes stop-copy data as PARTs too).
+ */
+export type DataPhase = 'precopy' | 'stop-copy' | 'unknown';
+
 export interface VfioChunkSummary {
   /** Offset of the DATA_STATE marker. */
   offset: number;
@@ -29,6 +38,7 @@ export interface VfioChunkSummary {
   payloadOffset: number;
   size: number;
   section: SectionKind;
+  phase: DataPhase;
 }
 
 export interface VfioDeviceSummary {
@@ -41,6 +51,8 @@ export interface VfioDeviceSummary {
   chunks: number;
   precopyBytes: number;
   stopCopyBytes: number;
+  /** PART chunk bytes of a stream without SWITCHOVER_START: precopy or stop-copy, the stream does not say. */
+  phaseUnknownBytes: number;
   /** Bytes of the config vmstate between DEV_CONFIG_STATE and END_OF_STATE (null if none). */
   configBytes: number | null;
   configOffset: number | null;
@@ -70,6 +82,8 @@ export interface InspectReport {
   ram: RamSummary | null;
   vfio: VfioDeviceSummary[];
   vmdesc: { offset: number; bytes: number; devices: number; pageSize: number | null } | null;
+  /** Offset of the COMMAND SWITCHOVER_START record (the source stopped there), null when the stream has none. */
+  switchoverStart: number | null;
   /** Decoded sections, keyed "idstr (section id)" like analyze-migration.py -d state (with --dump state). */
   state?: Record<string, DumpValue>;
   /** Present when the file is a libvirt save image: its header and domain (offsets above count from the stream). */
@@ -88,11 +102,13 @@ export class Inspector {
     ram: null,
     vfio: [],
     vmdesc: null,
+    switchoverStart: null,
   };
   private vfio = new Map<number, VfioDeviceSummary>();
   private state: Record<string, DumpValue> | undefined;
   private hasSwitchover = false;
-  private currentKind = new Map<number, SectionKind>();
+  /** Devices whose FULL section is a multifd placeholder. */
+  private readonly viaMultifd = new Set<number>();
   private machineVersion: number | undefined;
   /** End of the stream: after EOF, or after the vmdesc. */
   private end = 0;
@@ -141,6 +157,7 @@ export class Inspector {
         chunks: 0,
         precopyBytes: 0,
         stopCopyBytes: 0,
+        phaseUnknownBytes: 0,
         configBytes: null,
         configOffset: null,
         sections: SECTION_ZERO(),
@@ -178,12 +195,11 @@ export class Inspector {
       }
       case 'section':
         this.record(ev.offset, ev.kind, ev.section);
-        this.currentKind.set(ev.section.sectionId, ev.kind);
         if (ev.section.handler === 'vfio') this.device(ev.section).sections[ev.kind]++;
         if (this.state && ev.section.handler === 'ram' && ev.kind === 'START') this.state[this.stateKey(ev.section)] = {};
         return;
       case 'command':
-        if (ev.name === 'SWITCHOVER_START') this.hasSwitchover = true;
+        if (ev.name === 'SWITCHOVER_START' && !this.hasSwitchover) this.switchover(ev.offset);
         this.record(ev.offset, 'COMMAND', undefined, ev.name);
         return;
       case 'eof':
@@ -229,9 +245,13 @@ export class Inspector {
       case 'vfio-marker': {
         const d = this.device(ev.section);
         d.markers[ev.marker] = (d.markers[ev.marker] ?? 0) + 1;
-        if (ev.marker === 'END_OF_STATE' && this.currentKind.get(ev.section.sectionId) === 'FULL' && d.configBytes === null && (d.markers.DEV_CONFIG_STATE ?? 0) === 0) {
-          d.evidence.push('FULL chunk is a bare END_OF_STATE (config sent over multifd)');
-        }
+        return;
+      }
+      case 'vfio-multifd-placeholder': {
+        const d = this.device(ev.section);
+        d.markers[ev.marker] = (d.markers[ev.marker] ?? 0) + 1;
+        this.viaMultifd.add(ev.section.sectionId);
+        if (ev.marker === 'END_OF_STATE') d.evidence.push('FULL chunk is a bare END_OF_STATE (config sent over multifd)');
         return;
       }
       case 'vfio-data': {
@@ -239,10 +259,11 @@ export class Inspector {
         d.markers.DEV_DATA_STATE = (d.markers.DEV_DATA_STATE ?? 0) + 1;
         d.chunks++;
         d.dataBytes += ev.size;
-        if (ev.sectionKind === 'END') d.stopCopyBytes += ev.size;
-        else d.precopyBytes += ev.size;
+        const c: VfioChunkSummary = { offset: ev.offset, payloadOffset: ev.offset + 16, size: ev.size, section: ev.sectionKind, phase: this.phaseOf(ev.sectionKind) };
+        if (c.phase === 'precopy') d.precopyBytes += ev.size;
+        else if (c.phase === 'stop-copy') d.stopCopyBytes += ev.size;
+        else d.phaseUnknownBytes += ev.size;
         if (ev.size === 0) d.evidence.push('zero-size DATA_STATE (only protocol v1 writes these)');
-        const c = { offset: ev.offset, payloadOffset: ev.offset + 16, size: ev.size, section: ev.sectionKind };
         d.dataChunks.push(c);
         return;
       }
@@ -257,6 +278,24 @@ export class Inspector {
       case 'vmstate':
         if (this.state) this.state[this.stateKey(ev.section)] = decodeVmstate(ev.desc, ev.data);
         return;
+    }
+  }
+
+  /** A chunk's phase as far as the stream has told so far (see DataPhase). */
+  private phaseOf(section: SectionKind): DataPhase {
+    if (section === 'START') return 'precopy';
+    if (section === 'END' || section === 'FULL') return 'stop-copy';
+    return this.hasSwitchover ? 'stop-copy' : 'unknown';
+  }
+
+  /** The source stopped here: every PART chunk before it was precopy. */
+  private switchover(offset: number): void {
+    this.hasSwitchover = true;
+    this.report.switchoverStart = offset;
+    for (const d of this.report.vfio) {
+      for (const c of d.dataChunks) if (c.phase === 'unknown') c.phase = 'precopy';
+      d.precopyBytes += d.phaseUnknownBytes;
+      d.phaseUnknownBytes = 0;
     }
   }
 
@@ -288,7 +327,7 @@ export class Inspector {
     if (m.DEV_CONFIG_LOAD_READY) {
       ev.push('CONFIG_LOAD_READY marker (10.1+ multifd, load-config-after-iter)');
       d.flavour = 'qemu-10.1+ multifd';
-    } else if (d.configBytes === null && d.sections.FULL > 0) {
+    } else if (this.viaMultifd.has(d.sectionId)) {
       d.flavour = 'qemu-10.0+ multifd';
     } else if (m.DEV_INIT_DATA_SENT) {
       ev.push('INIT_DATA_SENT marker (8.1+ precopy with switchover-ack)');

@@ -36,8 +36,12 @@ export function* decodeVfioBody(ctx: DecodeContext, sec: SectionRef, kind: Secti
     const marker = vfioMarkerName(value);
     switch (marker) {
       case 'END_OF_STATE':
-      case 'DEV_INIT_DATA_SENT':
       case 'DEV_CONFIG_LOAD_READY':
+        // A FULL body that is only this marker: the config went over multifd (10.0+).
+        if (kind === 'FULL' && at === bodyStart) ctx.emit({ type: 'vfio-multifd-placeholder', offset: at, section: sec, marker });
+        else ctx.emit({ type: 'vfio-marker', offset: at, section: sec, marker });
+        return;
+      case 'DEV_INIT_DATA_SENT':
         ctx.emit({ type: 'vfio-marker', offset: at, section: sec, marker });
         return;
       case 'DEV_SETUP_STATE': {

@@ -124,7 +124,7 @@ test('save --framing: qemu writes one END section with the data per device, inte
     const s = run('save', '--device', 'sim:id=a,seed=21,size=3MiB', '--device', 'sim:id=b,seed=22,size=3MiB', '-o', file, '--framing', framing, '--output=json');
     t.is(s.status, 0, s.stderr);
     const i = JSON.parse(run('inspect', file, '--output=json').stdout) as { records: { kind: string; sectionId: number | null }[] };
-    kinds[framing] = i.records.filter((r) => r.sectionId === 0).map((r) => r.kind);
+    kinds[framing] = i.records.filter((r) => r.sectionId === 1).map((r) => r.kind);
     const r = run('restore', '-i', file, '--device', 'sim:id=x,size=3MiB', '--device', 'sim:id=y,size=3MiB', '--output=json');
     t.is(r.status, 0, r.stderr);
     t.deepEqual(JSON.parse(r.stdout).devices.map((d: { verified: boolean }) => d.verified), [true, true]);

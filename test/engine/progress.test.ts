@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import type { WriteStream } from 'node:tty';
-import { Progress } from '../../src/engine/progress.js';
+import { Progress } from '../../src/cli/progress.js';
 import { save } from '../../src/engine/save.js';
 import { openSink } from '../../src/engine/sink.js';
 import { createSimDevice } from '../../src/vfio/sim/index.js';

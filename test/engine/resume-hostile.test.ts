@@ -107,9 +107,9 @@ test('two START sections for the same idstr and instance: refused at the second,
 test('a section id started twice: refused naming it', async (t) => {
   const base = await baseStream();
   let starts = 0;
-  const stream = await rewrite(base.file, (ev) => (ev.type === 'section' && ev.kind === 'START' && starts++ === 1 ? [{ ...ev, section: { ...ev.section, sectionId: 0 } }] : [ev]));
+  const stream = await rewrite(base.file, (ev) => (ev.type === 'section' && ev.kind === 'START' && starts++ === 1 ? [{ ...ev, section: { ...ev.section, sectionId: 1 } }] : [ev]));
   const e = await refused(t, stream, 'ESTREAM_FORMAT');
-  t.regex(e.message, /section id 0 .* started a second time/);
+  t.regex(e.message, /section id 1 .* started a second time/);
 });
 
 test('trailing data: a PART section after the device\'s END is refused, every device reset', async (t) => {

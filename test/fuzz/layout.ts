@@ -83,6 +83,7 @@ export async function streamLayout(path: string, size: number): Promise<StreamLa
         vfio.set(ev.section.idstr, (vfio.get(ev.section.idstr) ?? 0) + ev.size);
         break;
       case 'vfio-marker':
+      case 'vfio-multifd-placeholder':
         fields.push({ offset: at, width: 8, what: `VFIO marker (${ev.section.idstr})` });
         break;
       case 'ram-mem-size':

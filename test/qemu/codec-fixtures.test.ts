@@ -69,6 +69,7 @@ for (const fx of FIXTURES) {
     t.is(cmds.length, 1);
     t.is(bytes.subarray(cmds[0]!.offset, cmds[0]!.offset + 5).toString('hex'), '08000b0000');
     t.true(recs.indexOf(cmds[0]!) < recs.findIndex((x) => x.kind === 'END'));
+    t.is(j.switchoverStart, cmds[0]!.offset);
 
     t.is(j.ram?.pageSize, 4096);
     t.true(j.ram!.blocks.some((b) => b.name === 'pc.ram' && b.usedLength === 64 << 20));
@@ -79,6 +80,9 @@ for (const fx of FIXTURES) {
       t.is(d.dataBytes, 60);
       t.is(d.chunks, 2);
       t.deepEqual(d.dataChunks.map((c) => [c.section, c.size]), [['PART', 24], ['END', 36]]);
+      // QEMU's SWITCHOVER_START places the phases: mtty's 24-byte header was read in PRE_COPY.
+      t.deepEqual(d.dataChunks.map((c) => c.phase), ['precopy', 'stop-copy']);
+      t.deepEqual([d.precopyBytes, d.stopCopyBytes, d.phaseUnknownBytes], [24, 36, 0]);
       t.is(d.configBytes, 4116);
       t.is(d.flavour, 'qemu-10.0+ v2 precopy');
       // The FULL record: header (1+4+1+17+4+4) + 4132-byte body (vmdesc) + footer (5).

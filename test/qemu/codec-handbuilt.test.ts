@@ -104,8 +104,12 @@ test('HAND-BUILT QEMU 7.2 v1 (migration region): PART always DATA_STATE + END_OF
   t.is(d.flavour, 'qemu-7.2 v1');
   t.deepEqual(d.dataChunks.map((c) => [c.section, c.size]), [['PART', 4000], ['PART', 0], ['END', 1000], ['END', 123]]);
   t.is(d.configBytes, 4 + 256 + 16);
-  t.is(d.precopyBytes, 4000);
+  // 7.2 wrote no SWITCHOVER_START: the PART bytes may be precopy or stop-copy; END is stop-copy.
+  t.is(d.precopyBytes, 0);
+  t.is(d.phaseUnknownBytes, 4000);
   t.is(d.stopCopyBytes, 1123);
+  t.deepEqual(d.dataChunks.map((c) => c.phase), ['unknown', 'unknown', 'stop-copy', 'stop-copy']);
+  t.is(report.switchoverStart, null);
 });
 
 test('HAND-BUILT QEMU 8.0 v2: no PART, stop-copy DATA_STATE chunks of at most 1 MiB, config with MSI-X', async (t) => {
@@ -192,6 +196,13 @@ test('HAND-BUILT QEMU 10.0 multifd transfer: END and FULL are a bare END_OF_STAT
   const { evs, report } = summarize(bytes);
   t.true(encodeAll(evs).equals(bytes));
   t.is(report.vfio[0]!.flavour, 'qemu-10.0+ multifd');
+  // One event marks the placeholder: the FULL's marker, not the END's bare END_OF_STATE.
+  const fullAt = report.records.find((r) => r.kind === 'FULL')!.offset;
+  t.deepEqual(
+    evs.filter((e) => e.type === 'vfio-multifd-placeholder').map((e) => ({ marker: (e as { marker: string }).marker, inFull: e.offset > fullAt })),
+    [{ marker: 'END_OF_STATE', inFull: true }],
+  );
+  t.is(evs.filter((e) => e.type === 'vfio-marker' && e.marker === 'END_OF_STATE').length, 2, 'START and END keep plain END_OF_STATE markers');
   t.is(report.vfio[0]!.dataBytes, 0);
   t.is(report.vfio[0]!.configBytes, null);
 });
@@ -213,6 +224,7 @@ test('HAND-BUILT QEMU 10.1 multifd with load-config-after-iter: FULL is CONFIG_L
   const { evs, report } = summarize(bytes);
   t.true(encodeAll(evs).equals(bytes));
   t.is(report.vfio[0]!.flavour, 'qemu-10.1+ multifd');
+  t.deepEqual(evs.filter((e) => e.type === 'vfio-multifd-placeholder').map((e) => (e as { marker: string }).marker), ['DEV_CONFIG_LOAD_READY']);
   t.is(bytes.readBigUInt64BE(bytes.length - 1 - 5 - 8), 0xffffffffef100006n);
 });
 
@@ -245,6 +257,9 @@ test('HAND-BUILT a save-engine stream for 3 devices (QEMU 10.0 framing, no multi
   t.true(encodeAll(evs).equals(bytes));
   ids.forEach((id, i) => t.true(deviceData(evs, id).equals(datas[i]!), id));
   t.deepEqual(report.vfio.map((d) => d.flavour), Array(3).fill('qemu-10.0+ v2 precopy'));
+  // SWITCHOVER_START places the PARTs before it: precopy; the ENDs after it: stop-copy.
+  t.deepEqual(report.vfio.map((d) => [d.precopyBytes, d.stopCopyBytes, d.phaseUnknownBytes]), datas.map((x) => [1000, x.length - 1000, 0]));
+  t.is(report.switchoverStart, report.records.find((r) => r.kind === 'COMMAND')!.offset);
   t.deepEqual(report.records.slice(-2).map((r) => r.kind), ['EOF', 'VMDESCRIPTION']);
 });
 

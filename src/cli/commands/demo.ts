@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import type { WriteStream } from 'node:tty';
 import { UsageError } from '../../errors.js';
 import { type DemoReport, runDemo } from '../../engine/demo.js';
-import { formatBytes, formatRate } from '../../engine/progress.js';
+import { formatBytes, formatRate, Progress } from '../progress.js';
 import type { Command } from '../command.js';
 import { optionalNumber, optionalString } from './transfer-args.js';
 
@@ -50,7 +50,7 @@ export const demoCommand: Command = {
       spec,
       precopy: Boolean(args.values.precopy),
       ...(dir ? { dir } : {}),
-      ...(io.isTTY && io.output === 'human' ? { progressTo: process.stderr as WriteStream } : {}),
+      ...(io.isTTY && io.output === 'human' ? { progress: (phase: 'save' | 'restore') => new Progress(process.stderr as WriteStream, phase) } : {}),
     });
     io.result(report, () => human(report, dir === undefined));
     return report.verified ? 0 : 1;

@@ -1,41 +1,10 @@
 // `migbridge devices`: list VFIO migration devices (real or simulated) with their
-// migration flags, current state and stop-copy size.
-import { MigbridgeError, UsageError } from '../../errors.js';
-import { flagsName, stateName } from '../../fsm/index.js';
-import type { MigrationDevice } from '../../vfio/device.js';
-import { listHostDevices, openDevice } from '../../vfio/open.js';
+// migration flags, current state and stop-copy size (described by engine/devices.ts).
+import { UsageError } from '../../errors.js';
+import { type DeviceDescription, describeDevices } from '../../engine/devices.js';
 import type { Command } from '../command.js';
 
-export interface DeviceRow {
-  spec: string;
-  id?: string;
-  kind?: string;
-  flags?: number;
-  flagsName?: string;
-  state?: string;
-  stopCopyBytes?: bigint;
-  error?: { code: string; errno?: number; message: string };
-}
-
-async function describe(spec: string): Promise<DeviceRow> {
-  let dev: MigrationDevice | undefined;
-  try {
-    dev = await openDevice(spec);
-    const flags = await dev.migrationFlags();
-    const row: DeviceRow = { spec, id: dev.id, kind: dev.kind, flags, flagsName: flagsName(flags) };
-    row.state = stateName(await dev.state());
-    row.stopCopyBytes = await dev.stopCopySize();
-    return row;
-  } catch (e) {
-    if (e instanceof UsageError) throw e;
-    const err = e instanceof MigbridgeError ? { code: e.code, ...(e.errno !== undefined ? { errno: e.errno } : {}), message: e.message } : { code: 'ERROR', message: String(e) };
-    return { spec, ...(dev ? { id: dev.id, kind: dev.kind } : {}), error: err };
-  } finally {
-    await dev?.close().catch(() => undefined);
-  }
-}
-
-function human(rows: DeviceRow[]): string {
+function human(rows: DeviceDescription[]): string {
   if (rows.length === 0) return 'no VFIO devices found (use --device SPEC or --sim N)';
   const head = ['ID', 'KIND', 'FLAGS', 'STATE', 'STOP-COPY BYTES'];
   const body = rows.map((r) =>
@@ -69,9 +38,7 @@ export const devicesCommand: Command = {
     } else if (args.values['sim-spec'] !== undefined) {
       throw new UsageError('--sim-spec needs --sim N');
     }
-    const list = specs.length || simRaw !== undefined ? specs : listHostDevices();
-    const rows: DeviceRow[] = [];
-    for (const s of list) rows.push(await describe(s));
+    const rows = await describeDevices(specs.length || simRaw !== undefined ? specs : undefined);
     io.result({ devices: rows }, () => human(rows));
     return rows.some((r) => r.error) ? 1 : 0;
   },

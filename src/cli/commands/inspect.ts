@@ -55,7 +55,10 @@ function human(r: InspectReport): string {
   if (r.vfio.length) {
     lines.push('', 'vfio:');
     for (const d of r.vfio) {
-      lines.push(`  ${d.idstr} (section ${d.sectionId}): ${d.dataBytes} data bytes in ${d.chunks} DATA_STATE records (precopy ${d.precopyBytes}, stop-copy ${d.stopCopyBytes}), ${configText(d.configBytes)}; ${d.flavour}`);
+      lines.push(`  ${d.idstr} (section ${d.sectionId}): ${d.dataBytes} data bytes in ${d.chunks} DATA_STATE records (precopy ${d.precopyBytes}, stop-copy ${d.stopCopyBytes}${d.phaseUnknownBytes ? `, phase unknown ${d.phaseUnknownBytes}` : ''}), ${configText(d.configBytes)}; ${d.flavour}`);
+    }
+    if (r.vfio.some((d) => d.phaseUnknownBytes > 0)) {
+      lines.push('  phase unknown: PART data of a stream without SWITCHOVER_START (machine types before 10.0) may be precopy or, from an interleaved save, stop-copy');
     }
   }
   if (r.vmdesc) lines.push('', `vmdesc: ${r.vmdesc.bytes} bytes of JSON at ${r.vmdesc.offset}, ${r.vmdesc.devices} devices`);

@@ -1,9 +1,10 @@
 // `migbridge migrate --src-qmp unix:PATH --dst-qmp unix:PATH ...`: one live migration between
 // two QEMUs driven over QMP, with progress and a report of both sides. See src/migrate/run.ts.
 import { UsageError } from '../../errors.js';
-import { formatBytes } from '../../engine/progress.js';
+import { formatBytes } from '../progress.js';
 import { MigrateFailedError } from '../../migrate/errors.js';
-import { progressBar, progressJson, type MigrateProgress } from '../../migrate/progress.js';
+import type { MigrateProgress } from '../../migrate/progress.js';
+import { progressBar, progressJson } from '../migrate-progress.js';
 import type { MigrateReport, SideReport } from '../../migrate/report.js';
 import { migrate } from '../../migrate/run.js';
 import { parseCapabilities, parseParameters } from '../../migrate/settings.js';

@@ -3,7 +3,7 @@
 // on the side. See src/engine/proxy.ts.
 import { readFile } from 'node:fs/promises';
 import { UsageError } from '../../errors.js';
-import { formatBytes, formatRate } from '../../engine/progress.js';
+import { formatBytes, formatRate } from '../progress.js';
 import { type ProxyNote, type ProxyReport, type StreamTally, ProxyFailedError, proxy } from '../../engine/proxy.js';
 import { parseVmDesc } from '../../qemu/vmdesc.js';
 import { type Endpoint, type EndpointUse, formatEndpoint, parseEndpoint } from '../../util/endpoint.js';
@@ -24,7 +24,7 @@ function tallyLines(t: StreamTally, indent: string): string[] {
   }
   for (const c of t.commands) lines.push(`${indent}COMMAND ${c.name} at ${c.offset}`);
   for (const d of t.vfio) {
-    lines.push(`${indent}vfio ${d.idstr} (section ${d.sectionId}): ${d.dataBytes} data bytes in ${d.chunks} chunks (precopy ${d.precopyBytes}, stop-copy ${d.stopCopyBytes}), config ${d.configBytes ?? 'none'}; ${d.flavour}`);
+    lines.push(`${indent}vfio ${d.idstr} (section ${d.sectionId}): ${d.dataBytes} data bytes in ${d.chunks} chunks (precopy ${d.precopyBytes}, stop-copy ${d.stopCopyBytes}${d.phaseUnknownBytes ? `, phase unknown ${d.phaseUnknownBytes}` : ''}), config ${d.configBytes ?? 'none'}; ${d.flavour}`);
   }
   if (t.eofOffset !== null) lines.push(`${indent}EOF at ${t.eofOffset}${t.vmdescOffset !== null ? `, VMDESCRIPTION at ${t.vmdescOffset}` : ''}`);
   return lines;

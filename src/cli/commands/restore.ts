@@ -2,7 +2,7 @@
 import type { WriteStream } from 'node:tty';
 import { MigbridgeError, UsageError } from '../../errors.js';
 import { closeDevices, openDevices } from '../../engine/devices.js';
-import { formatBytes, formatRate, Progress } from '../../engine/progress.js';
+import { formatBytes, formatRate, Progress } from '../progress.js';
 import { type DeviceRestoreReport, type RestoreReport, RestoreFailedError, restore } from '../../engine/restore.js';
 import { openEvents } from '../../engine/source.js';
 import { channelCapturesBeside } from '../../qemu/multifd-index.js';

@@ -1,10 +1,6 @@
 // `migbridge rewrite IN OUT`: decode a stream completely and encode it again
-// from the decoded records. Byte-identical output for every supported stream.
-import { readFile, stat } from 'node:fs/promises';
-import { readStreamFile } from '../../qemu/reader.js';
-import { StreamWriter, writableSink } from '../../qemu/writer.js';
-// A libvirt save image in gives a libvirt save image out.
-import { writeStreamOutput } from '../../libvirt/output.js';
+// from the decoded records (qemu/rewrite.ts). Byte-identical output for every supported stream.
+import { rewriteStreamFile } from '../../qemu/rewrite.js';
 import type { Command } from '../command.js';
 
 export const rewriteCommand: Command = {
@@ -19,21 +15,8 @@ export const rewriteCommand: Command = {
   async run(args, io) {
     const [inPath, outPath] = args.positionals as [string, string];
     const xmlFile = args.values.xml;
-    const xml = typeof xmlFile === 'string' ? await readFile(xmlFile, 'utf8') : undefined;
-    const t0 = performance.now();
-    const events = await writeStreamOutput(inPath, outPath, async (out) => {
-      const w = new StreamWriter(writableSink(out));
-      let n = 0;
-      for await (const ev of readStreamFile(inPath)) {
-        await w.event(ev);
-        n++;
-      }
-      await w.flush();
-      return n;
-    }, xml !== undefined ? { xml } : {});
-    const bytes = (await stat(outPath)).size;
-    const seconds = (performance.now() - t0) / 1000;
-    io.result({ in: inPath, out: outPath, bytes, events, seconds }, () => `wrote ${outPath}: ${bytes} bytes from ${events} decoded records in ${seconds.toFixed(3)} s`);
+    const r = await rewriteStreamFile(inPath, outPath, typeof xmlFile === 'string' ? { xmlFile } : {});
+    io.result(r, () => `wrote ${r.out}: ${r.bytes} bytes from ${r.events} decoded records in ${r.seconds.toFixed(3)} s`);
     return 0;
   },
 };

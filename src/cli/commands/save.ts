@@ -2,7 +2,7 @@
 import type { WriteStream } from 'node:tty';
 import { UsageError } from '../../errors.js';
 import { closeDevices, openDevices } from '../../engine/devices.js';
-import { formatBytes, formatRate, Progress } from '../../engine/progress.js';
+import { formatBytes, formatRate, Progress } from '../progress.js';
 import { type SaveReport, save } from '../../engine/save.js';
 import { openSink } from '../../engine/sink.js';
 import type { Command } from '../command.js';
