@@ -17,7 +17,7 @@ import { stat } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import { StreamError } from './errors.js';
 import { CAP_MAPPED_RAM, DEFAULT_TARGET_PAGE_SIZE, VmCommand } from './constants.js';
-import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
+import { probeStreamFile, type FileReadOptions } from './reader.js';
 import type { SectionRef, StreamEvent } from './records.js';
 import { indexMultifdChannels } from './multifd-index.js';
 import { MultifdMerge, withMultifdDeviceState, type DeviceStateMerged } from './reframe-multifd.js';
@@ -25,6 +25,8 @@ import { StreamWriter, writableSink } from './writer.js';
 import { machineTypeRelease } from './machine-type.js';
 // A libvirt save image in gives a libvirt save image out.
 import { writeStreamOutput } from '../libvirt/output.js';
+import type { LibvirtFormat } from '../libvirt/header.js';
+import { plainStreamEvents } from './reframe-mapped-ram.js';
 
 /** A QEMU version as major.minor. */
 export interface QemuRelease {
@@ -52,6 +54,10 @@ export interface ReframeOptions extends FileReadOptions {
   multifd?: readonly string[];
   /** Write the stream even when `target` cannot load it (a newer machine type): a warning instead of a refusal. */
   force?: boolean;
+  /** Output format (default raw): a mapped-ram input becomes a plain stream unless 'sparse'; compressed ones for libvirt images only. */
+  format?: LibvirtFormat;
+  /** A libvirt image's replacement domain XML. */
+  xml?: string;
 }
 
 export type ReframeAction = 'dropped' | 'replaced' | 'inserted';
@@ -122,7 +128,8 @@ export async function reframeStreamFile(inPath: string, outPath: string, opts: R
     merge = new MultifdMerge(index);
     channels = index.channels.map((c) => ({ channelId: c.channelId, path: c.path, bytes: c.bytes }));
   }
-  const bytesOut = await writeStreamOutput(inPath, outPath, (out) => reframeInto(out, inPath, opts, merge, changes, warnings))
+  const output = { ...(opts.format !== undefined ? { format: opts.format } : {}), ...(opts.xml !== undefined ? { xml: opts.xml } : {}) };
+  const bytesOut = await writeStreamOutput(inPath, outPath, (out) => reframeInto(out, inPath, opts, merge, changes, warnings), output)
     .catch((e: unknown) => {
       throw e instanceof StreamError ? e.inFile(inPath) : e;
     })
@@ -148,7 +155,7 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
   let mappedRam = false;
   // A VFIO FULL section just opened, until its first body event says what it carries.
   let fullJustOpened: SectionRef | null = null;
-  const events = readStreamFile(inPath, opts);
+  const events = plainStreamEvents(inPath, opts, changes);
   // VFIO device state that went over the channels comes back as ordinary events; each piece
   // put back is a change of the main channel (the RAM rounds are merged below).
   const onMerged = (m: DeviceStateMerged): void => {

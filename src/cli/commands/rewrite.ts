@@ -1,25 +1,25 @@
 // `migbridge rewrite IN OUT`: decode a stream completely and encode it again
 // from the decoded records. Byte-identical output for every supported stream.
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { readStreamFile } from '../../qemu/reader.js';
 import { StreamWriter, writableSink } from '../../qemu/writer.js';
 // A libvirt save image in gives a libvirt save image out.
 import { writeStreamOutput } from '../../libvirt/output.js';
 import type { Command } from '../command.js';
+import { libvirtOutputArgs, OUTPUT_FORMATS } from './libvirt-output-args.js';
 
 export const rewriteCommand: Command = {
   name: ['rewrite'],
   summary: 'Parse a QEMU migration stream fully and write it back from the decoded records (byte-identical).',
-  usage: 'rewrite IN OUT [--xml DOMAINXML]',
+  usage: `rewrite IN OUT [--xml DOMAINXML] [--format ${OUTPUT_FORMATS.join('|')}]`,
   operands: ['IN', 'OUT'],
   options: {
     // libvirt save images: replace the domain XML in the output (as virsh save-image-define).
     xml: { type: 'string' },
+    format: { type: 'string' },
   },
   async run(args, io) {
     const [inPath, outPath] = args.positionals as [string, string];
-    const xmlFile = args.values.xml;
-    const xml = typeof xmlFile === 'string' ? await readFile(xmlFile, 'utf8') : undefined;
     const t0 = performance.now();
     const events = await writeStreamOutput(inPath, outPath, async (out) => {
       const w = new StreamWriter(writableSink(out));
@@ -30,7 +30,7 @@ export const rewriteCommand: Command = {
       }
       await w.flush();
       return n;
-    }, xml !== undefined ? { xml } : {});
+    }, await libvirtOutputArgs(args.values));
     const bytes = (await stat(outPath)).size;
     const seconds = (performance.now() - t0) / 1000;
     io.result({ in: inPath, out: outPath, bytes, events, seconds }, () => `wrote ${outPath}: ${bytes} bytes from ${events} decoded records in ${seconds.toFixed(3)} s`);
