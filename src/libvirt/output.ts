@@ -5,7 +5,7 @@
 import type { Writable } from 'node:stream';
 import { stat } from 'node:fs/promises';
 import { UsageError } from '../errors.js';
-import { writeFileAtomically } from '../util/atomic-file.js';
+import { OutputFile, writeFileAtomically } from '../util/atomic-file.js';
 import { encodeLibvirtHeader, type LibvirtFormat, type LibvirtImageHeader } from './header.js';
 import { writeCompressed } from './compress.js';
 import { readLibvirtImageHeader } from './image.js';
@@ -35,16 +35,43 @@ export interface LibvirtOutputOptions {
  * place converted outputs of stream files are created.
  */
 export async function writeStreamOutput<T>(inPath: string, outPath: string, fill: (out: Writable) => Promise<T>, opts: LibvirtOutputOptions = {}): Promise<T> {
+  const img = await libvirtInput(inPath, opts);
+  const format = opts.format ?? 'raw';
+  if (format === 'sparse') throw new UsageError('--format sparse (mapped-ram) is written by reframe only');
+  if (!img && format !== 'raw') throw new UsageError(`--format ${format} writes a compressed libvirt save image; ${inPath} is a QEMU stream, not a libvirt save image`);
+  return writeFileAtomically(outPath, async (out) => {
+    if (img) out.write(rawImageHeaderFor(img, opts.xml, format));
+    if (format === 'raw') return fill(out);
+    return writeCompressed(format, out, outPath, fill);
+  });
+}
+
+/** The input's libvirt header when it is a libvirt image; checks the output options against it. */
+async function libvirtInput(inPath: string, opts: LibvirtOutputOptions): Promise<LibvirtImageHeader | undefined> {
   const img = (await stat(inPath)).isFile() ? await readLibvirtImageHeader(inPath) : undefined;
   if (opts.xml !== undefined) {
     if (!img) throw new UsageError(`--xml replaces a libvirt save image's domain XML; ${inPath} is not a libvirt save image`);
     if (!/^\s*<domain[\s>]/.test(opts.xml) || opts.xml.includes('\0')) throw new UsageError('--xml wants a libvirt domain XML (starting with <domain>, no NUL bytes)');
   }
-  const format = opts.format ?? 'raw';
-  if (!img && format !== 'raw' && format !== 'sparse') throw new UsageError(`--format ${format} writes a compressed libvirt save image; ${inPath} is a QEMU stream, not a libvirt save image`);
-  return writeFileAtomically(outPath, async (out) => {
-    if (img) out.write(rawImageHeaderFor(img, opts.xml, format));
-    if (format === 'raw' || format === 'sparse') return fill(out);
-    return writeCompressed(format, out, outPath, fill);
-  });
+  return img;
+}
+
+/**
+ * writeStreamOutput for a stream written by file offset (the mapped-ram layout): `fill` gets
+ * the output file and the offset where the stream starts (after the libvirt header, format
+ * sparse, when `inPath` is a libvirt image). Atomic and 0600 like every output.
+ */
+export async function writePositionalOutput<T>(inPath: string, outPath: string, fill: (file: OutputFile, start: number) => Promise<T>, opts: LibvirtOutputOptions = {}): Promise<T> {
+  const img = await libvirtInput(inPath, opts);
+  const file = await OutputFile.create(outPath);
+  try {
+    const header = img ? rawImageHeaderFor(img, opts.xml, 'sparse') : Buffer.alloc(0);
+    await file.write(header, 0);
+    const result = await fill(file, header.length);
+    await file.commit();
+    return result;
+  } catch (e) {
+    await file.abort();
+    throw e;
+  }
 }

@@ -14,7 +14,6 @@
 // postcopy that really started, COLO and recovery commands, multifd streams without their
 // channels, and mapped-ram streams that would need a change (their page offsets would move).
 import { stat } from 'node:fs/promises';
-import type { Writable } from 'node:stream';
 import { StreamError } from './errors.js';
 import { CAP_MAPPED_RAM, DEFAULT_TARGET_PAGE_SIZE, VmCommand } from './constants.js';
 import { probeStreamFile, type FileReadOptions } from './reader.js';
@@ -26,7 +25,7 @@ import { machineTypeRelease } from './machine-type.js';
 // A libvirt save image in gives a libvirt save image out.
 import { writeStreamOutput } from '../libvirt/output.js';
 import type { LibvirtFormat } from '../libvirt/header.js';
-import { plainStreamEvents } from './reframe-mapped-ram.js';
+import { plainStreamEvents, writeMappedRamOutput } from './reframe-mapped-ram.js';
 
 /** A QEMU version as major.minor. */
 export interface QemuRelease {
@@ -129,7 +128,10 @@ export async function reframeStreamFile(inPath: string, outPath: string, opts: R
     channels = index.channels.map((c) => ({ channelId: c.channelId, path: c.path, bytes: c.bytes }));
   }
   const output = { ...(opts.format !== undefined ? { format: opts.format } : {}), ...(opts.xml !== undefined ? { xml: opts.xml } : {}) };
-  const bytesOut = await writeStreamOutput(inPath, outPath, (out) => reframeInto(out, inPath, opts, merge, changes, warnings), output)
+  const written = opts.format === 'sparse'
+    ? writeMappedRamOutput(inPath, outPath, opts, output, (w) => reframeInto(w, inPath, opts, merge, changes, warnings), changes)
+    : writeStreamOutput(inPath, outPath, (out) => reframeInto(new StreamWriter(writableSink(out)), inPath, opts, merge, changes, warnings), output);
+  const bytesOut = await written
     .catch((e: unknown) => {
       throw e instanceof StreamError ? e.inFile(inPath) : e;
     })
@@ -150,8 +152,7 @@ function checkMachineType(machineType: string, target: QemuRelease, offset: numb
 }
 
 /** The event loop of reframeStreamFile, writing into `out`; returns the bytes written. */
-async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, merge: MultifdMerge | undefined, changes: ReframeChange[], warnings: string[]): Promise<number> {
-  const w = new StreamWriter(writableSink(out));
+async function reframeInto(w: StreamWriter, inPath: string, opts: ReframeOptions, merge: MultifdMerge | undefined, changes: ReframeChange[], warnings: string[]): Promise<number> {
   let mappedRam = false;
   // A VFIO FULL section just opened, until its first body event says what it carries.
   let fullJustOpened: SectionRef | null = null;

@@ -3,12 +3,12 @@
 import { UsageError } from '../../errors.js';
 import { injectDeviceData, type DeviceDataReplacement } from '../../qemu/inject.js';
 import type { Command } from '../command.js';
-import { libvirtOutputArgs, OUTPUT_FORMATS } from './libvirt-output-args.js';
+import { libvirtOutputArgs, STREAM_OUTPUT_FORMATS } from './libvirt-output-args.js';
 
 export const injectCommand: Command = {
   name: ['inject'],
   summary: 'Replace a VFIO device\'s data in a QEMU stream (everything else, config blob included, stays byte-identical).',
-  usage: `inject FILE -o OUT --device-data IDSTR=RAWFILE... [--format ${OUTPUT_FORMATS.join('|')}] [--xml DOMAINXML]`,
+  usage: `inject FILE -o OUT --device-data IDSTR=RAWFILE... [--format ${STREAM_OUTPUT_FORMATS.join('|')}] [--xml DOMAINXML]`,
   operands: ['FILE'],
   options: {
     'device-data': { type: 'string', multiple: true },

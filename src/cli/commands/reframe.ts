@@ -6,12 +6,13 @@ import { UsageError } from '../../errors.js';
 import { parseQemuRelease, reframeStreamFile, REFRAME_TARGETS, type ReframeOptions } from '../../qemu/reframe.js';
 import { parseVmDesc } from '../../qemu/vmdesc.js';
 import type { Command } from '../command.js';
-import { libvirtOutputArgs, OUTPUT_FORMATS } from './libvirt-output-args.js';
+import { libvirtOutputArgs } from './libvirt-output-args.js';
+import { LIBVIRT_FORMATS } from '../../libvirt/header.js';
 
 export const reframeCommand: Command = {
   name: ['reframe'],
   summary: 'Make a captured stream loadable from a file (and by an older QEMU with --to): drops return-path commands, turns switchover-ack markers into END_OF_STATE, refuses what a file cannot replay.',
-  usage: `reframe IN OUT [--to ${REFRAME_TARGETS[0]}..${REFRAME_TARGETS[REFRAME_TARGETS.length - 1]}] [--multifd CHANNELFILE...] [--vmdesc JSONFILE] [--force] [--format ${OUTPUT_FORMATS.join('|')}] [--xml DOMAINXML]`,
+  usage: `reframe IN OUT [--to ${REFRAME_TARGETS[0]}..${REFRAME_TARGETS[REFRAME_TARGETS.length - 1]}] [--multifd CHANNELFILE...] [--vmdesc JSONFILE] [--force] [--format ${LIBVIRT_FORMATS.join('|')}] [--xml DOMAINXML]`,
   operands: ['IN', 'OUT'],
   options: {
     to: { type: 'string' },
@@ -34,7 +35,7 @@ export const reframeCommand: Command = {
       if (!opts.target) throw new UsageError('--force goes with --to VERSION (it writes a stream that QEMU version will refuse)');
       opts.force = true;
     }
-    Object.assign(opts, await libvirtOutputArgs(args.values));
+    Object.assign(opts, await libvirtOutputArgs(args.values, LIBVIRT_FORMATS));
     const vmdescFile = args.values.vmdesc;
     if (typeof vmdescFile === 'string') opts.vmdesc = parseVmDesc(await readFile(vmdescFile));
     // The proxy tees multifd channel N beside the main stream as IN.multifd-N: found by default.

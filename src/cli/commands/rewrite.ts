@@ -6,12 +6,12 @@ import { StreamWriter, writableSink } from '../../qemu/writer.js';
 // A libvirt save image in gives a libvirt save image out.
 import { writeStreamOutput } from '../../libvirt/output.js';
 import type { Command } from '../command.js';
-import { libvirtOutputArgs, OUTPUT_FORMATS } from './libvirt-output-args.js';
+import { libvirtOutputArgs, STREAM_OUTPUT_FORMATS } from './libvirt-output-args.js';
 
 export const rewriteCommand: Command = {
   name: ['rewrite'],
   summary: 'Parse a QEMU migration stream fully and write it back from the decoded records (byte-identical).',
-  usage: `rewrite IN OUT [--xml DOMAINXML] [--format ${OUTPUT_FORMATS.join('|')}]`,
+  usage: `rewrite IN OUT [--xml DOMAINXML] [--format ${STREAM_OUTPUT_FORMATS.join('|')}]`,
   operands: ['IN', 'OUT'],
   options: {
     // libvirt save images: replace the domain XML in the output (as virsh save-image-define).
