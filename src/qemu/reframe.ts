@@ -178,7 +178,7 @@ async function reframeInto(w: StreamWriter, inPath: string, opts: ReframeOptions
         mappedRam = ev.subsections.some((s) => s.capabilities?.includes(CAP_MAPPED_RAM));
         if (opts.target) checkMachineType(ev.machineType, opts.target, ev.offset, opts.force ? warnings : undefined);
         if (mappedRam && opts.target && !atLeast(opts.target, 9, 0)) {
-          throw new StreamError('ESTREAM_UNSUPPORTED', `mapped-ram is new in QEMU 9.0; ${opts.target.major}.${opts.target.minor} cannot load this stream`, { offset: ev.offset });
+          throw new StreamError('ESTREAM_UNSUPPORTED', `mapped-ram is new in QEMU 9.0; ${opts.target.major}.${opts.target.minor} cannot load this stream (--format raw writes it as a plain stream)`, { offset: ev.offset });
         }
         break;
       case 'section':
