@@ -1,15 +1,12 @@
 // Writing a libvirt image's stream compressed, as libvirt does: through the format's own
 // program (`gzip -c`, `xz -c`, ...), its stdin fed by the writer (a pipe, so backpressure
 // holds memory to the pipe buffers) and its stdout appended to the output file.
-import { spawn } from 'node:child_process';
 import type { Writable } from 'node:stream';
 import { LibvirtImageError } from './errors.js';
+import { startFilter } from './filter-process.js';
 import type { LibvirtImageHeader } from './header.js';
 
 type Compression = NonNullable<LibvirtImageHeader['compression']>;
-
-/** How much of a compressor's stderr is kept for the error message. */
-const STDERR_KEEP = 4096;
 
 /** The compression command libvirt runs for a format. */
 export function compressCommand(format: Compression): [string, string[]] {
@@ -22,19 +19,8 @@ export function compressCommand(format: Compression): [string, string[]] {
  */
 export async function writeCompressed<T>(format: Compression, out: Writable, path: string, fill: (w: Writable) => Promise<T>): Promise<T> {
   const [prog, args] = compressCommand(format);
-  const child = spawn(prog, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => {
-    stderr = (stderr + d.toString('utf8')).slice(-STDERR_KEEP);
-  });
-  let spawnError: Error | undefined;
-  const exited = new Promise<number | null>((resolve) => {
-    child.once('error', (e) => {
-      spawnError = e;
-      resolve(null);
-    });
-    child.once('close', (code) => resolve(code));
-  });
+  const filter = startFilter(prog, args);
+  const { child, exited } = filter;
   const drained = new Promise<void>((resolve, reject) => {
     child.stdout.once('end', resolve);
     child.stdout.once('error', reject);
@@ -51,12 +37,14 @@ export async function writeCompressed<T>(format: Compression, out: Writable, pat
   } catch (e) {
     child.kill('SIGKILL');
     await exited;
+    const spawnError = filter.spawnError();
     throw spawnError ? failure(prog, args, path, spawnError.message, spawnError) : e;
   }
   const code = await exited;
+  const spawnError = filter.spawnError();
   if (spawnError) throw failure(prog, args, path, spawnError.message, spawnError);
   if (code !== 0 || stdinError) {
-    const why = stderr.trim().split('\n').slice(-2).join('; ') || stdinError?.message || '';
+    const why = filter.why() || stdinError?.message || '';
     throw failure(prog, args, path, `exit ${code}${why ? `: ${why}` : ''}`);
   }
   return result;
