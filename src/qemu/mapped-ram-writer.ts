@@ -90,7 +90,7 @@ export class MappedRamStreamWriter extends StreamWriter {
         return this.page(ev.block, ev.address, ev.data, ev.offset);
       case 'ram-zero':
         if (ev.fill !== 0) return this.page(ev.block, ev.address, Buffer.alloc(this.pageSize, ev.fill), ev.offset);
-        this.area(ev.block, ev.address, ev.offset);
+        this.area(ev.block, ev.offset);
         this.setBit(ev.block, ev.address, false);
         return;
       case 'ram-xbzrle':
@@ -105,7 +105,7 @@ export class MappedRamStreamWriter extends StreamWriter {
   override async ramPages(block: string, pages: readonly { address: number; data: Buffer }[], zeroPages: readonly number[] = []): Promise<void> {
     for (const p of pages) await this.page(block, p.address, p.data, undefined);
     for (const a of zeroPages) {
-      this.area(block, a, undefined);
+      this.area(block, undefined);
       this.setBit(block, a, false);
     }
   }
@@ -144,7 +144,7 @@ export class MappedRamStreamWriter extends StreamWriter {
     }
   }
 
-  private area(block: string, address: number, offset: number | undefined): BlockArea {
+  private area(block: string, offset: number | undefined): BlockArea {
     const b = this.blocks.get(block);
     if (!b) throw new StreamError('ESTREAM_FORMAT', `RAM page for block "${block}" before or outside the block list`, offset !== undefined ? { offset } : {});
     return b;
@@ -158,7 +158,7 @@ export class MappedRamStreamWriter extends StreamWriter {
   }
 
   private async page(block: string, address: number, data: Buffer, offset: number | undefined): Promise<void> {
-    const area = this.area(block, address, offset);
+    const area = this.area(block, offset);
     const r = this.run;
     if (!r || r.area !== area || r.address + r.bytes !== address || r.bytes + data.length > MAX_RUN_BYTES) {
       await this.writeRun();
