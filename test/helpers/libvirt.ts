@@ -36,12 +36,37 @@ async function qemuUid(): Promise<number> {
   return Number(r.stdout.trim());
 }
 
+/**
+ * A root libvirtd keeps its drivers' pid files in /run/libvirt whatever its config says, so
+ * a second private libvirtd on the host (another test run, the 1 GiB bench) fails to start.
+ * They take turns: this host-wide lock is held (by a `flock` child, released when it exits)
+ * from before the daemons start until they are gone. Waits for the holder, not for a time.
+ */
+const HOST_LOCK = '/run/lock/migbridge-private-libvirt.lock';
+
+async function takeHostLock(): Promise<ChildProcess> {
+  const holder = spawn('flock', [HOST_LOCK, 'sh', '-c', 'echo locked; exec cat >/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    holder.once('error', (e) => reject(new LibvirtMissingError(`cannot run flock for ${HOST_LOCK}: ${e.message}`)));
+    holder.once('exit', (code) => reject(new Error(`flock ${HOST_LOCK} exited (${code}) before taking the lock`)));
+    holder.stdout!.once('data', () => resolve());
+  });
+  return holder;
+}
+
+async function releaseHostLock(holder: ChildProcess): Promise<void> {
+  const done = exited(holder);
+  holder.stdin!.end();
+  await done;
+}
+
 function exited(p: ChildProcess): Promise<void> {
   return p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((resolve) => p.once('exit', () => resolve()));
 }
 
 export class PrivateLibvirt {
   private daemons: ChildProcess[] = [];
+  private hostLock: ChildProcess | undefined;
   private domains = new Set<string>();
   readonly dir: string;
   /** Directory QEMU (as libvirt-qemu) may write into: pmemsave output. */
@@ -65,6 +90,7 @@ export class PrivateLibvirt {
     const dir = await mkdtemp(join(tmpdir(), 'migbridge-libvirt-'));
     const lv = new PrivateLibvirt(dir);
     try {
+      lv.hostLock = await takeHostLock();
       // QEMU runs as libvirt-qemu: it must reach the boot disk (libvirt chowns the file
       // itself) and write pmemsave output; traversal only, no listing, for the rest.
       await chmod(dir, 0o711);
@@ -169,6 +195,8 @@ export class PrivateLibvirt {
     }
     this.daemons = [];
     await rm(this.dir, { recursive: true, force: true });
+    if (this.hostLock) await releaseHostLock(this.hostLock);
+    this.hostLock = undefined;
   }
 
   daemonLog(): string {
