@@ -9,7 +9,9 @@ export type LibvirtImageErrorCode =
   /** The image still has libvirt's "being written" magic. */
   | 'ELIBVIRT_INCOMPLETE'
   /** The decompression program is missing or failed. */
-  | 'ELIBVIRT_DECOMPRESS';
+  | 'ELIBVIRT_DECOMPRESS'
+  /** The compression program is missing or failed (writing a compressed image). */
+  | 'ELIBVIRT_COMPRESS';
 
 export class LibvirtImageError extends MigbridgeError {
   constructor(code: LibvirtImageErrorCode, path: string, offset: number | undefined, what: string, cause?: unknown) {

@@ -2,13 +2,10 @@
 // memory: read from the stream offset as is (raw, sparse, and version 1 images),
 // or through the same program libvirt uses to decompress (`<format> -dc`, lzop with
 // `--ignore-warn`), whose pipes give backpressure.
-import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { LibvirtImageError } from './errors.js';
+import { startFilter } from './filter-process.js';
 import type { LibvirtImageHeader } from './header.js';
-
-/** How much of a decompressor's stderr is kept for the error message. */
-const STDERR_KEEP = 4096;
 
 /** The decompression command libvirt runs for a format. */
 export function decompressCommand(format: NonNullable<LibvirtImageHeader['compression']>): [string, string[]] {
@@ -27,19 +24,8 @@ export async function* libvirtStreamBytes(path: string, img: LibvirtImageHeader,
     return;
   }
   const [prog, args] = decompressCommand(img.compression);
-  const child = spawn(prog, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => {
-    stderr = (stderr + d.toString('utf8')).slice(-STDERR_KEEP);
-  });
-  let spawnError: Error | undefined;
-  const exited = new Promise<number | null>((resolve) => {
-    child.once('error', (e) => {
-      spawnError = e;
-      resolve(null);
-    });
-    child.once('close', (code) => resolve(code));
-  });
+  const filter = startFilter(prog, args);
+  const { child, exited } = filter;
   // The decompressor may stop reading (bad data, or we stopped early): its stdin then
   // fails with EPIPE, which is not an error of ours; its exit status tells.
   child.stdin.on('error', () => {});
@@ -50,11 +36,12 @@ export async function* libvirtStreamBytes(path: string, img: LibvirtImageHeader,
     for await (const chunk of child.stdout) yield chunk as Buffer;
     const code = await exited;
     finished = true;
+    const spawnError = filter.spawnError();
     if (spawnError) {
       throw new LibvirtImageError('ELIBVIRT_DECOMPRESS', path, img.streamOffset, `cannot run "${prog}" to decompress the ${img.format} stream: ${spawnError.message}`, spawnError);
     }
     if (code !== 0) {
-      const why = stderr.trim().split('\n').slice(-2).join('; ');
+      const why = filter.why();
       throw new LibvirtImageError('ELIBVIRT_DECOMPRESS', path, img.streamOffset, `"${prog} ${args.join(' ')}" failed (exit ${code}) on the ${img.format} stream starting${why ? `: ${why};` : ''}`);
     }
   } finally {

@@ -117,6 +117,10 @@ export const RAM_FLAGS_KNOWN = 0x3ff;
 export const XBZRLE_ENCODING_FLAG = 0x01;
 /** MappedRamHeader after each MEM_SIZE entry with mapped-ram (§6.7): be32 + 3 x be64. */
 export const MAPPED_RAM_HEADER_BYTES = 4 + 8 + 8 + 8;
+/** The mapped-ram header version QEMU 9.0 to 10.2 write and accept (loads refuse a newer one). */
+export const MAPPED_RAM_VERSION = 1;
+/** QEMU puts each block's pages at a file offset that is a multiple of this (§6.7). */
+export const MAPPED_RAM_ALIGNMENT = 1 << 20;
 
 // ---- VFIO markers (§9.1; hw/vfio/migration.c 7.2, vfio-migration-internal.h 10.2) ----
 export const VFIO_MIG_FLAG_END_OF_STATE = 0xffffffffef100001n;

@@ -75,6 +75,32 @@ export class DecodeContext {
     }
   }
 
+  /**
+   * Consumes `n` bytes as they arrive without holding them (an area the stream skips,
+   * such as mapped-ram's bitmap and pages); a typed truncation error if the input ends first.
+   */
+  *skip(n: number, what: string, section?: SectionRef): Step {
+    const start = this.r.offset;
+    let left = n;
+    while (left > 0) {
+      if (this.r.available === 0) {
+        if (this.r.ended) {
+          throw this.error('ESTREAM_TRUNCATED', `stream ends inside ${what}`, {
+            ...(section ? { section } : {}),
+            offset: start,
+            expected: `${n} bytes`,
+            found: `${n - left}`,
+          });
+        }
+        yield;
+        continue;
+      }
+      const k = Math.min(left, this.r.available);
+      this.r.skip(k);
+      left -= k;
+    }
+  }
+
   /** Suspends until `n` bytes are buffered or the input ended; returns what is available. */
   *upTo(n: number): Step<number> {
     while (this.r.available < n && !this.r.ended) yield;

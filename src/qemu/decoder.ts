@@ -39,6 +39,11 @@ export interface DecoderOptions {
   /** Postcopy only: block name -> page size, when the stream cannot tell (§6.2). */
   blockPageSizes?: ReadonlyMap<string, number>;
   limits?: Partial<StreamLimits>;
+  /**
+   * File offset of the stream's first byte (a libvirt image's header comes first): the
+   * mapped-ram headers hold file offsets, which the decoder turns into stream offsets.
+   */
+  fileOffset?: number;
 }
 
 const COMMAND_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
@@ -88,6 +93,7 @@ export class StreamDecoder {
       pageSize: opts.pageSize ?? opts.vmdesc?.page_size ?? DEFAULT_TARGET_PAGE_SIZE,
       ignoreShared: false,
       mappedRam: false,
+      fileOffset: opts.fileOffset ?? 0,
       blocks: new Map(),
       ...(opts.blockPageSizes ? { blockPageSizes: opts.blockPageSizes } : {}),
     };

@@ -8,6 +8,7 @@ import {
   VFIO_MIG_FLAG_DEV_DATA_STATE,
 } from './constants.js';
 import type { StreamEvent } from './records.js';
+import { StreamError } from './errors.js';
 
 /** The be64 word every RAM record starts with: page offset | flags. */
 export function ramWord(w: Writer, address: number, flags: number): void {
@@ -50,6 +51,8 @@ export function encodeEventInto(w: Writer, ev: StreamEvent): void {
     case 'ram-mem-size':
       ramWord(w, ev.address, ev.flags);
       for (const b of ev.blocks) {
+        // Its pages lie at file offsets: only mapped-ram.ts can write such a block.
+        if (b.mappedRam) throw new StreamError('ESTREAM_UNSUPPORTED', `RAM block "${b.name}" is mapped-ram (pages at fixed file offsets): it cannot be written as a record stream; convert it (reframe --format raw)`, { offset: ev.offset });
         w.string8(b.name).be64(b.usedLength);
         if (b.pageSize !== undefined) w.be64(b.pageSize);
         if (b.gpa !== undefined) w.be64(b.gpa);

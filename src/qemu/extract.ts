@@ -13,6 +13,8 @@ import { StreamError } from './errors.js';
 import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
 import type { SectionKind } from './constants.js';
 import { Inspector, type InspectReport } from './summary.js';
+import { flattenMappedRam } from './mapped-ram.js';
+import type { StreamEvent } from './records.js';
 
 /**
  * File name for a RAM block id or device idstr: '%' -> "%25", '/' -> "%2F",
@@ -181,8 +183,15 @@ async function extractInto(path: string, opts: ExtractOptions, outputs: OutputFi
   if (opts.ramDir) await prepareOutputDir(opts.ramDir, madeDirs);
   if (opts.outDir) await prepareOutputDir(opts.outDir, madeDirs);
   const ramOut: RamImage[] = [];
-  for await (const ev of readStreamFile(path, { ...opts, ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}) })) {
-    insp.add(ev);
+  // The report describes the stream as stored; the images come from its plain form (a
+  // mapped-ram stream's pages read from their file offsets, mapped-ram.ts).
+  async function* inspected(): AsyncGenerator<StreamEvent, void, undefined> {
+    for await (const ev of readStreamFile(path, { ...opts, ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}) })) {
+      insp.add(ev);
+      yield ev;
+    }
+  }
+  for await (const ev of opts.ramDir ? flattenMappedRam(inspected(), path, info.size !== undefined) : inspected()) {
     if (opts.ramDir) {
       if (ev.type === 'ram-mem-size') {
         for (const b of ev.blocks) {

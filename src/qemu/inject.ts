@@ -8,7 +8,7 @@
 import { open, stat, type FileHandle } from 'node:fs/promises';
 // A libvirt save image in gives a libvirt save image out.
 import { MigbridgeError, fileError } from '../errors.js';
-import { writeStreamOutput } from '../libvirt/output.js';
+import { writeStreamOutput, type LibvirtOutputOptions } from '../libvirt/output.js';
 import { StreamError } from './errors.js';
 import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
 import { Inspector } from './summary.js';
@@ -64,7 +64,7 @@ class ChunkedFileReader {
   }
 }
 
-export async function injectDeviceData(inPath: string, outPath: string, replacements: DeviceDataReplacement[], opts: FileReadOptions = {}): Promise<InjectedDevice[]> {
+export async function injectDeviceData(inPath: string, outPath: string, replacements: DeviceDataReplacement[], opts: FileReadOptions = {}, output: LibvirtOutputOptions = {}): Promise<InjectedDevice[]> {
   const info = await probeStreamFile(inPath, opts);
   const readOpts = { ...opts, ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}) };
   // Pass 1: each target device's section id and DATA_STATE sizes.
@@ -131,7 +131,7 @@ export async function injectDeviceData(inPath: string, outPath: string, replacem
         await w.event(ev);
       }
       await w.flush();
-    });
+    }, output);
   } finally {
     for (const p of plans.values()) await p.fh?.close();
   }

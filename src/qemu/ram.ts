@@ -1,13 +1,15 @@
 // The "ram" iterative section body (§6): a run of records, each a be64 word
 // `offset | flags`, ending with EOS. Pages stream through one at a time.
 import {
+  MAPPED_RAM_HEADER_BYTES,
+  MAPPED_RAM_VERSION,
   RamFlag,
   RAM_FLAGS_KNOWN,
   XBZRLE_ENCODING_FLAG,
 } from './constants.js';
 import type { DecodeContext, Step } from './context.js';
 import { hex } from './errors.js';
-import type { RamBlockInfo, SectionRef } from './records.js';
+import type { MappedRamHeader, RamBlockInfo, SectionRef } from './records.js';
 
 /** What the RAM decoder must know from earlier records. */
 export interface RamContext {
@@ -16,6 +18,8 @@ export interface RamContext {
   ignoreShared: boolean;
   /** mapped-ram in the capabilities: pages live at file offsets outside the stream (§6.7). */
   mappedRam: boolean;
+  /** File offset of the stream's first byte (mapped-ram headers hold file offsets). */
+  fileOffset: number;
   /** A POSTCOPY_ADVISE with postcopy-ram was seen; its page-size summary (OR of all block page sizes). */
   postcopy?: { pageSummary: bigint };
   /** Caller knowledge for the postcopy page-size field, when it cannot be told from the bytes. */
@@ -124,9 +128,6 @@ export function* decodeRamBody(ctx: DecodeContext, sec: SectionRef, rc: RamConte
 /** MEM_SIZE body: blocks until their used lengths add up to the total (§6.2). */
 function* decodeBlockList(ctx: DecodeContext, sec: SectionRef, rc: RamContext, total: number, at: number): Step<RamBlockInfo[]> {
   const r = ctx.r;
-  if (rc.mappedRam) {
-    throw ctx.error('ESTREAM_UNSUPPORTED', 'mapped-ram stream (pages at fixed file offsets outside the record stream)', { offset: at, section: sec });
-  }
   const blocks: RamBlockInfo[] = [];
   let sum = 0;
   while (sum < total) {
@@ -152,6 +153,7 @@ function* decodeBlockList(ctx: DecodeContext, sec: SectionRef, rc: RamContext, t
       info.gpa = r.be64();
     }
     if (used === 0n) throw ctx.error('ESTREAM_FORMAT', `RAM block "${name}" has zero length`, { offset: lenAt, section: sec });
+    if (rc.mappedRam) info.mappedRam = yield* decodeMappedRamHeader(ctx, sec, rc, info);
     sum += info.usedLength;
     blocks.push(info);
     rc.blocks.set(name, info);
@@ -182,3 +184,37 @@ function* hasPostcopyPageSize(ctx: DecodeContext, sec: SectionRef, rc: RamContex
   return isPow2(v) && v > BigInt(rc.pageSize) && v <= 1n << 40n;
 }
 
+
+/**
+ * The mapped-ram header after a MEM_SIZE entry (§6.7), then the block's bitmap and page area,
+ * which sit in the file between this header and the next entry: skipped here without being
+ * held (mapped-ram.ts reads them by offset). Offsets are checked to lie ahead, in order.
+ */
+function* decodeMappedRamHeader(ctx: DecodeContext, sec: SectionRef, rc: RamContext, info: RamBlockInfo): Step<MappedRamHeader> {
+  const r = ctx.r;
+  const at = r.offset;
+  yield* ctx.need(MAPPED_RAM_HEADER_BYTES, `the mapped-ram header of RAM block "${info.name}"`, sec);
+  const h: MappedRamHeader = { version: r.be32(), pageSize: r.be64(), bitmapOffset: r.be64(), pagesOffset: r.be64() };
+  if (h.version > MAPPED_RAM_VERSION) {
+    throw ctx.error('ESTREAM_UNSUPPORTED', `mapped-ram header version of RAM block "${info.name}"`, { offset: at, section: sec, expected: `<= ${MAPPED_RAM_VERSION}`, found: String(h.version) });
+  }
+  if (h.pageSize !== BigInt(rc.pageSize)) {
+    throw ctx.error('ESTREAM_FORMAT', `mapped-ram page size of RAM block "${info.name}" differs from the stream's`, { offset: at + 4, section: sec, expected: String(rc.pageSize), found: String(h.pageSize) });
+  }
+  // x-ignore-shared blocks that stay in shared memory have neither bitmap nor pages.
+  if (rc.ignoreShared && h.bitmapOffset === 0n && h.pagesOffset === 0n) return h;
+  const here = BigInt(rc.fileOffset + r.offset);
+  const bitmapEnd = h.bitmapOffset + BigInt(mappedRamBitmapBytes(info.usedLength, rc.pageSize));
+  if (h.bitmapOffset < here || bitmapEnd > h.pagesOffset) {
+    throw ctx.error('ESTREAM_FORMAT', `mapped-ram bitmap offset of RAM block "${info.name}" outside the area after its header`, { offset: at + 12, section: sec, expected: `${here} <= offset, bitmap end <= pages offset ${h.pagesOffset}`, found: String(h.bitmapOffset) });
+  }
+  const next = h.pagesOffset + BigInt(info.usedLength);
+  if (next > BigInt(Number.MAX_SAFE_INTEGER)) throw ctx.error('ESTREAM_LIMIT', 'mapped-ram pages offset beyond 2^53', { offset: at + 20, section: sec, found: String(h.pagesOffset) });
+  yield* ctx.skip(Number(next - here), `the mapped-ram bitmap and pages of RAM block "${info.name}" (file offsets ${h.bitmapOffset} to ${next})`, sec);
+  return h;
+}
+
+/** Bytes of a mapped-ram block bitmap: one bit per page, in whole 64-bit words (§6.7). */
+export function mappedRamBitmapBytes(usedLength: number, pageSize: number): number {
+  return Math.ceil(usedLength / pageSize / 64) * 8;
+}

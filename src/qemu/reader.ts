@@ -135,6 +135,7 @@ export async function* readStreamFile(path: string, opts: FileReadOptions = {}):
       ...opts,
       ...(info.size !== undefined ? { totalSize: info.size } : {}),
       ...(info.vmdesc ? { vmdesc: info.vmdesc } : {}),
+      ...(info.libvirt ? { fileOffset: info.libvirt.streamOffset } : {}),
     });
   } catch (e) {
     throw e instanceof MigbridgeError ? (locateInImage(missingTrailer(e, info), info.libvirt) as MigbridgeError).inFile(path) : locateInImage(e, info.libvirt);

@@ -15,10 +15,9 @@
 // postcopy that really started, COLO and recovery commands, multifd streams without their
 // channels, and mapped-ram streams that would need a change (their page offsets would move).
 import { stat } from 'node:fs/promises';
-import type { Writable } from 'node:stream';
 import { StreamError } from './errors.js';
 import { CAP_MAPPED_RAM, DEFAULT_TARGET_PAGE_SIZE, VmCommand } from './constants.js';
-import { probeStreamFile, readStreamFile, type FileReadOptions } from './reader.js';
+import { probeStreamFile, type FileReadOptions } from './reader.js';
 import type { SectionRef, StreamEvent } from './records.js';
 import { sectionVerdict } from './section-versions.js';
 import { indexMultifdChannels } from './multifd-index.js';
@@ -27,6 +26,8 @@ import { StreamWriter, writableSink } from './writer.js';
 import { machineTypeRelease } from './machine-type.js';
 // A libvirt save image in gives a libvirt save image out.
 import { writeStreamOutput } from '../libvirt/output.js';
+import type { LibvirtFormat } from '../libvirt/header.js';
+import { plainStreamEvents, writeMappedRamOutput } from './reframe-mapped-ram.js';
 
 /** A QEMU version as major.minor. */
 export interface QemuRelease {
@@ -54,6 +55,10 @@ export interface ReframeOptions extends FileReadOptions {
   multifd?: readonly string[];
   /** Write the stream even when `target` cannot load it (a newer machine type): a warning instead of a refusal. */
   force?: boolean;
+  /** Output format (default raw): a mapped-ram input becomes a plain stream unless 'sparse'; compressed ones for libvirt images only. */
+  format?: LibvirtFormat;
+  /** A libvirt image's replacement domain XML. */
+  xml?: string;
 }
 
 export type ReframeAction = 'dropped' | 'replaced' | 'inserted';
@@ -124,7 +129,11 @@ export async function reframeStreamFile(inPath: string, outPath: string, opts: R
     merge = new MultifdMerge(index);
     channels = index.channels.map((c) => ({ channelId: c.channelId, path: c.path, bytes: c.bytes }));
   }
-  const bytesOut = await writeStreamOutput(inPath, outPath, (out) => reframeInto(out, inPath, opts, merge, changes, warnings))
+  const output = { ...(opts.format !== undefined ? { format: opts.format } : {}), ...(opts.xml !== undefined ? { xml: opts.xml } : {}) };
+  const written = opts.format === 'sparse'
+    ? writeMappedRamOutput(inPath, outPath, opts, output, (w) => reframeInto(w, inPath, opts, merge, changes, warnings), changes)
+    : writeStreamOutput(inPath, outPath, (out) => reframeInto(new StreamWriter(writableSink(out)), inPath, opts, merge, changes, warnings), output);
+  const bytesOut = await written
     .catch((e: unknown) => {
       throw e instanceof StreamError ? e.inFile(inPath) : e;
     })
@@ -158,10 +167,9 @@ function checkSection(sec: SectionRef, offset: number, target: QemuRelease, forc
 }
 
 /** The event loop of reframeStreamFile, writing into `out`; returns the bytes written. */
-async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, merge: MultifdMerge | undefined, changes: ReframeChange[], warnings: string[]): Promise<number> {
-  const w = new StreamWriter(writableSink(out));
+async function reframeInto(w: StreamWriter, inPath: string, opts: ReframeOptions, merge: MultifdMerge | undefined, changes: ReframeChange[], warnings: string[]): Promise<number> {
   let mappedRam = false;
-  const events = readStreamFile(inPath, opts);
+  const events = plainStreamEvents(inPath, opts, changes);
   // VFIO device state that went over the channels comes back as ordinary events; each piece
   // put back is a change of the main channel (the RAM rounds are merged below).
   const onMerged = (m: DeviceStateMerged): void => {
@@ -181,7 +189,7 @@ async function reframeInto(out: Writable, inPath: string, opts: ReframeOptions, 
         mappedRam = ev.subsections.some((s) => s.capabilities?.includes(CAP_MAPPED_RAM));
         if (opts.target) checkMachineType(ev.machineType, opts.target, ev.offset, opts.force ? warnings : undefined);
         if (mappedRam && opts.target && !atLeast(opts.target, 9, 0)) {
-          throw new StreamError('ESTREAM_UNSUPPORTED', `mapped-ram is new in QEMU 9.0; ${opts.target.major}.${opts.target.minor} cannot load this stream`, { offset: ev.offset });
+          throw new StreamError('ESTREAM_UNSUPPORTED', `mapped-ram is new in QEMU 9.0; ${opts.target.major}.${opts.target.minor} cannot load this stream (--format raw writes it as a plain stream)`, { offset: ev.offset });
         }
         break;
       case 'section':

@@ -3,9 +3,6 @@
 // sockets in a scratch directory, one transient TCG domain running the tiny test guest
 // (test/helpers/qemu-guest.ts) from a private copy of its boot disk. Everything is torn
 // down by `stop()`: the domain destroyed, the daemons terminated and waited for.
-// Two private libvirts cannot run at once on one machine (virtlogd's socket and the QEMU
-// driver's state and lock files are at fixed paths under /run/libvirt for root), so one
-// is started at a time machine-wide (a lock file; two test runs on one machine wait).
 //
 // Missing libvirt is a failure, never a skip: `scripts/setup.sh --test` installs it.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -16,9 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { waitFor } from './cli-run.js';
 import { bootSector, COUNTER_GPA } from './qemu-guest.js';
-import { acquireLock, type Release } from './qemu-lock.js';
 
-const LIBVIRT_LOCK = '/tmp/migbridge-libvirt.lock';
 
 export class LibvirtMissingError extends Error {
   constructor(detail: string) {
@@ -43,21 +38,43 @@ async function qemuUid(): Promise<number> {
   return Number(r.stdout.trim());
 }
 
+/**
+ * A root libvirtd keeps its drivers' pid files in /run/libvirt whatever its config says, so
+ * a second private libvirtd on the host (another test run, the 1 GiB bench) fails to start.
+ * They take turns: this host-wide lock is held (by a `flock` child, released when it exits)
+ * from before the daemons start until they are gone. Waits for the holder, not for a time.
+ */
+const HOST_LOCK = '/run/lock/migbridge-private-libvirt.lock';
+
+async function takeHostLock(): Promise<ChildProcess> {
+  const holder = spawn('flock', [HOST_LOCK, 'sh', '-c', 'echo locked; exec cat >/dev/null'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    holder.once('error', (e) => reject(new LibvirtMissingError(`cannot run flock for ${HOST_LOCK}: ${e.message}`)));
+    holder.once('exit', (code) => reject(new Error(`flock ${HOST_LOCK} exited (${code}) before taking the lock`)));
+    holder.stdout!.once('data', () => resolve());
+  });
+  return holder;
+}
+
+async function releaseHostLock(holder: ChildProcess): Promise<void> {
+  const done = exited(holder);
+  holder.stdin!.end();
+  await done;
+}
+
 function exited(p: ChildProcess): Promise<void> {
   return p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((resolve) => p.once('exit', () => resolve()));
 }
 
 export class PrivateLibvirt {
   private daemons: ChildProcess[] = [];
+  private hostLock: ChildProcess | undefined;
   private domains = new Set<string>();
   readonly dir: string;
   /** Directory QEMU (as libvirt-qemu) may write into: pmemsave output. */
   readonly qemuOut: string;
   private readonly uri: string;
   private log = '';
-
-  /** Releases the machine-wide libvirt lock; set while this instance may run daemons. */
-  private release: Release | undefined;
 
   private constructor(dir: string) {
     this.dir = dir;
@@ -72,23 +89,16 @@ export class PrivateLibvirt {
     }
     const ver = await run('virsh', ['--version']);
     if (!/^(\d+)\./.test(ver.stdout) || Number(/^(\d+)\./.exec(ver.stdout)![1]) < 10) throw new LibvirtMissingError(`virsh ${ver.stdout.trim()} is older than 10 (no --image-format)`);
-    const release = await acquireLock(LIBVIRT_LOCK, 30 * 60_000);
-    let dir: string;
+    const dir = await mkdtemp(join(tmpdir(), 'migbridge-libvirt-'));
+    const lv = new PrivateLibvirt(dir);
     try {
+      lv.hostLock = await takeHostLock();
       // A libvirt started by something that does not take the lock (an older checkout's
       // tests, a system libvirtd) would share the same fixed paths: wait until it is gone.
       for (const deadline = Date.now() + 30 * 60_000; (await run('pidof', ['libvirtd', 'virtlogd'])).code === 0;) {
         if (Date.now() > deadline) throw new Error('another libvirtd or virtlogd kept running for 30 min');
         await sleep(500);
       }
-      dir = await mkdtemp(join(tmpdir(), 'migbridge-libvirt-'));
-    } catch (e) {
-      release();
-      throw e;
-    }
-    const lv = new PrivateLibvirt(dir);
-    lv.release = release;
-    try {
       // QEMU runs as libvirt-qemu: it must reach the boot disk (libvirt chowns the file
       // itself) and write pmemsave output; traversal only, no listing, for the rest.
       await chmod(dir, 0o711);
@@ -193,8 +203,8 @@ export class PrivateLibvirt {
     }
     this.daemons = [];
     await rm(this.dir, { recursive: true, force: true });
-    this.release?.();
-    this.release = undefined;
+    if (this.hostLock) await releaseHostLock(this.hostLock);
+    this.hostLock = undefined;
   }
 
   daemonLog(): string {

@@ -6,17 +6,21 @@ import { UsageError } from '../../errors.js';
 import { parseQemuRelease, reframeStreamFile, REFRAME_TARGETS, type ReframeOptions } from '../../qemu/reframe.js';
 import { parseVmDesc } from '../../qemu/vmdesc.js';
 import type { Command } from '../command.js';
+import { libvirtOutputArgs } from './libvirt-output-args.js';
+import { LIBVIRT_FORMATS } from '../../libvirt/header.js';
 
 export const reframeCommand: Command = {
   name: ['reframe'],
   summary: 'Make a captured stream loadable from a file (and by an older QEMU with --to): drops return-path commands, turns switchover-ack markers into END_OF_STATE, refuses what a file cannot replay.',
-  usage: `reframe IN OUT [--to ${REFRAME_TARGETS[0]}..${REFRAME_TARGETS[REFRAME_TARGETS.length - 1]}] [--multifd CHANNELFILE...] [--vmdesc JSONFILE] [--force]`,
+  usage: `reframe IN OUT [--to ${REFRAME_TARGETS[0]}..${REFRAME_TARGETS[REFRAME_TARGETS.length - 1]}] [--multifd CHANNELFILE...] [--vmdesc JSONFILE] [--force] [--format ${LIBVIRT_FORMATS.join('|')}] [--xml DOMAINXML]`,
   operands: ['IN', 'OUT'],
   options: {
     to: { type: 'string' },
     vmdesc: { type: 'string' },
     multifd: { type: 'string', multiple: true },
     force: { type: 'boolean' },
+    format: { type: 'string' },
+    xml: { type: 'string' },
   },
   async run(args, io) {
     const [inPath, outPath] = args.positionals as [string, string];
@@ -31,6 +35,7 @@ export const reframeCommand: Command = {
       if (!opts.target) throw new UsageError('--force goes with --to VERSION (it writes a stream that QEMU version will refuse)');
       opts.force = true;
     }
+    Object.assign(opts, await libvirtOutputArgs(args.values, LIBVIRT_FORMATS));
     const vmdescFile = args.values.vmdesc;
     if (typeof vmdescFile === 'string') opts.vmdesc = parseVmDesc(await readFile(vmdescFile));
     // The proxy tees multifd channel N beside the main stream as IN.multifd-N: found by default.
