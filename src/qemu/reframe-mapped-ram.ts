@@ -11,7 +11,7 @@ import { MappedRamStreamWriter } from './mapped-ram-writer.js';
 import type { StreamWriter } from './writer.js';
 import { writePositionalOutput, type LibvirtOutputOptions } from '../libvirt/output.js';
 import type { StreamEvent } from './records.js';
-import type { ReframeChange, ReframeOptions } from './reframe.js';
+import type { ReframeChange, ReframeOptions } from './reframe-types.js';
 
 /** The events reframe writes: the input's, mapped-ram blocks turned into PAGE records. */
 export async function* plainStreamEvents(inPath: string, opts: ReframeOptions, changes: ReframeChange[]): AsyncGenerator<StreamEvent, void, undefined> {

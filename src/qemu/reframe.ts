@@ -17,7 +17,7 @@
 import { stat } from 'node:fs/promises';
 import { StreamError } from './errors.js';
 import { CAP_MAPPED_RAM, DEFAULT_TARGET_PAGE_SIZE, VmCommand } from './constants.js';
-import { probeStreamFile, type FileReadOptions } from './reader.js';
+import { probeStreamFile } from './reader.js';
 import type { SectionRef, StreamEvent } from './records.js';
 import { sectionVerdict } from './section-versions.js';
 import { indexMultifdChannels } from './multifd-index.js';
@@ -26,14 +26,8 @@ import { StreamWriter, writableSink } from './writer.js';
 import { machineTypeRelease } from './machine-type.js';
 // A libvirt save image in gives a libvirt save image out.
 import { writeStreamOutput } from '../libvirt/output.js';
-import type { LibvirtFormat } from '../libvirt/header.js';
 import { plainStreamEvents, writeMappedRamOutput } from './reframe-mapped-ram.js';
 
-/** A QEMU version as major.minor. */
-export interface QemuRelease {
-  major: number;
-  minor: number;
-}
 
 /** Versions whose stream format the codec knows (docs/stream-format.md covers 7.2 to 10.2). */
 export const REFRAME_TARGETS = ['7.2', '8.0', '8.1', '8.2', '9.0', '9.1', '9.2', '10.0', '10.1', '10.2'] as const;
@@ -48,42 +42,8 @@ function atLeast(v: QemuRelease, major: number, minor: number): boolean {
   return v.major > major || (v.major === major && v.minor >= minor);
 }
 
-export interface ReframeOptions extends FileReadOptions {
-  /** The destination's QEMU version; undefined keeps version-specific records. */
-  target?: QemuRelease;
-  /** Captures of the migration's multifd channels (the proxy's FILE.multifd-N tees), merged in. */
-  multifd?: readonly string[];
-  /** Write the stream even when `target` cannot load it (a newer machine type): a warning instead of a refusal. */
-  force?: boolean;
-  /** Output format (default raw): a mapped-ram input becomes a plain stream unless 'sparse'; compressed ones for libvirt images only. */
-  format?: LibvirtFormat;
-  /** A libvirt image's replacement domain XML. */
-  xml?: string;
-}
-
-export type ReframeAction = 'dropped' | 'replaced' | 'inserted';
-
-export interface ReframeChange {
-  /** Offset of the changed record in the input. */
-  offset: number;
-  /** What was there, e.g. "command OPEN_RETURN_PATH" or "vfio DEV_INIT_DATA_SENT". */
-  what: string;
-  action: ReframeAction;
-  /** Why the destination needs the change. */
-  why: string;
-  sectionId?: number;
-  idstr?: string;
-}
-
-export interface ReframeResult {
-  bytesIn: number;
-  bytesOut: number;
-  changes: ReframeChange[];
-  /** What the target QEMU will refuse although --force wrote it anyway. */
-  warnings: string[];
-  /** The multifd channel captures merged in (channel id, file, bytes). */
-  multifd: { channelId: number; path: string; bytes: number }[];
-}
+import type { QemuRelease, ReframeChange, ReframeOptions, ReframeResult } from './reframe-types.js';
+export type { QemuRelease, ReframeAction, ReframeChange, ReframeOptions, ReframeResult } from './reframe-types.js';
 
 const WHY_RETURN_PATH = 'return-path traffic: QEMU writes none into a file stream, and a file load has no peer to answer';
 const WHY_SWITCHOVER_ACK = 'switchover-ack needs a return path; END_OF_STATE ends the chunk the same way';
