@@ -24,10 +24,10 @@ npm pack --silent --pack-destination "$work" >/dev/null || die "npm pack failed"
 tarball="$(ls "$work"/*.tgz)"
 # What ships: the allow-list of package.json's `files` (plus what npm always adds), nothing else.
 listing="$(tar -tzf "$tarball" | sed 's|^package/||' | sort)"
-for want in package.json LICENSE README.md binding.gyp bin/migbridge.js dist/src/index.js dist/src/index.d.ts dist/src/cli/main.js native/uring/addon.cc; do
+for want in package.json LICENSE README.md docs/cli.md binding.gyp bin/migbridge.js dist/src/index.js dist/src/index.d.ts dist/src/cli/main.js native/uring/addon.cc; do
   grep -qx "$want" <<<"$listing" || die "the tarball lacks $want"
 done
-stray="$(grep -vE '^(package\.json|LICENSE|README\.md|binding\.gyp|bin/.*|native/.*|dist/src/.*)$' <<<"$listing" || true)"
+stray="$(grep -vE '^(package\.json|LICENSE|README\.md|binding\.gyp|bin/.*|native/.*|docs/[a-z-]+\.md|dist/src/.*)$' <<<"$listing" || true)"
 [ -z "$stray" ] || die "the tarball holds files outside the allow-list: $(head -5 <<<"$stray" | tr '\n' ' ')"
 echo "packed tarball: $(wc -l <<<"$listing") files, all allow-listed"
 node bin/migbridge.js inspect "$fixture" > "$work/want.txt"

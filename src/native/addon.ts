@@ -64,7 +64,7 @@ export interface RawAddon {
 }
 
 function findAddon(): string {
-  // An instrumented build (ASan, see README Development) can be swapped in.
+  // An instrumented build (ASan, see docs/development.md) can be swapped in.
   const override = process.env.MIGBRIDGE_ADDON;
   if (override) return override;
   // dist/src/native/addon.js -> repo root is three levels up; src/ for ts runners.

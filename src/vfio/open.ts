@@ -2,7 +2,7 @@
 // container/group path (docs/vfio-migration.md §1a) or the cdev + iommufd path (§1b), an fd handed
 // in by a manager, or a simulated device.
 //
-//   sim:KEY=VALUE,...            simulated device (README "Devices")
+//   sim:KEY=VALUE,...            simulated device (docs/devices.md)
 //   pci:0000:00:04.0 | 0000:00:04.0 | 00:04.0     PCI device, group path
 //   mdev:UUID | UUID             mediated device (e.g. mtty), group path
 //   sysfs:/sys/... | /sys/...    any sysfs device directory, group path

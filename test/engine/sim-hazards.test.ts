@@ -1,4 +1,4 @@
-// Restore against the simulator's reproduction of real-driver hazards (README "Devices"),
+// Restore against the simulator's reproduction of real-driver hazards (docs/devices.md),
 // so engine bugs the kernel lane found are caught in the normal test command:
 // fail=write-error@SIZE behaves like mtty given a bad header: the write fails, yet the
 // device keeps the bytes and a SET out of RESUMING would load them. The engine must

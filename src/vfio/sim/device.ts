@@ -3,7 +3,7 @@
 // ERROR is left only by reset; which arcs open and end a data session too), data_fds are
 // real pipe fds, fed (save) or drained (resume) by a worker thread (worker.ts). This file
 // drives the FSM and owns the worker; the sessions are save-session.ts and
-// resume-session.ts, the dirtying while it runs dirty.ts. See README "Devices" for the
+// resume-session.ts, the dirtying while it runs dirty.ts. See docs/devices.md for the
 // spec keys and for what differs from a kernel data_fd.
 //
 // Save pipe. The caller gets the read end. The device keeps a private non-blocking read

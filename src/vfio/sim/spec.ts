@@ -1,5 +1,5 @@
 // Parses the simulated device spec: `sim:size=256MiB,seed=1,rate=2GiB/s,...` (every key
-// is documented in README "Devices"). Bad input -> UsageError naming the key and value.
+// is documented in docs/devices.md). Bad input -> UsageError naming the key and value.
 import { UsageError } from '../../errors.js';
 import { MigFlag, MigState, parseFlags, parseState, stateName } from '../../fsm/index.js';
 
