@@ -11,6 +11,7 @@ export { save, type SaveOptions, type SaveReport, SaveRefusedError } from './eng
 export { restore, type RestoreOptions, type RestoreReport, RestoreFailedError } from './engine/restore.js';
 export { openSink, type SinkTarget } from './engine/sink.js';
 export { openEvents, type SourceTarget } from './engine/source.js';
+export { parseEndpoint, formatEndpoint, type Endpoint } from './util/endpoint.js';
 export { migrate, type MigrateOptions } from './migrate/run.js';
 export { type MigrateReport } from './migrate/report.js';
 export { MigrateFailedError, MigrateRefusedError } from './migrate/errors.js';

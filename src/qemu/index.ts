@@ -12,7 +12,7 @@ export {
   writableSink,
   vfioVmDescEntry,
   buildVmDesc,
-  type ByteSink,
+  type WriterSink,
   type ConfigurationOptions,
   type StreamWriterOptions,
 } from './writer.js';

@@ -11,7 +11,7 @@ import { ramWord } from './encode.js';
 import { StreamError } from './errors.js';
 import { mappedRamBitmapBytes } from './ram.js';
 import type { ConfigurationEvent, RamMemSizeEvent, StreamEvent } from './records.js';
-import { StreamWriter, type ByteSink } from './writer.js';
+import { StreamWriter, type WriterSink } from './writer.js';
 
 /** Where the bytes go: positional writes into one file (an OutputFile). */
 export interface PositionalFile {
@@ -64,7 +64,7 @@ export class MappedRamStreamWriter extends StreamWriter {
   /** `start`: file offset of the stream's first byte (after a libvirt header); `pageSize`: the stream's. */
   constructor(private readonly file: PositionalFile, start: number, private readonly pageSize: number) {
     const state = { pos: start };
-    const sink: ByteSink = {
+    const sink: WriterSink = {
       write(chunk) {
         const at = state.pos;
         state.pos += chunk.length;

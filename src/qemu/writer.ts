@@ -27,7 +27,7 @@ import type { StreamEvent } from './records.js';
 import type { VmDesc, VmDescDevice } from './vmdesc.js';
 
 /** Where a StreamWriter's bytes go. `write` may return a promise to apply backpressure. */
-export interface ByteSink {
+export interface WriterSink {
   write(chunk: Buffer): Promise<void> | void;
   /**
    * Optional zero-copy path: the sink owns `bufs` (written in order, as one record) until it
@@ -39,7 +39,7 @@ export interface ByteSink {
 }
 
 /** A sink over a Node Writable that waits for 'drain' when its buffer is full. */
-export function writableSink(stream: Writable): ByteSink {
+export function writableSink(stream: Writable): WriterSink {
   // A stream that failed emits 'error' once and is destroyed: later writes get no event at
   // all, so each write checks first and a waiting one also ends on 'close'.
   const failed = (): Error => stream.errored ?? new Error('the output stream was closed');
@@ -96,7 +96,7 @@ export class StreamWriter {
   private written = 0;
 
   constructor(
-    private readonly sink: ByteSink,
+    private readonly sink: WriterSink,
     opts: StreamWriterOptions = {},
   ) {
     this.footers = opts.footers ?? true;

@@ -8,7 +8,7 @@ import test from 'ava';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
-import { StreamWriter, vfioVmDescEntry, buildVmDesc, type ByteSink } from '../../src/qemu/writer.js';
+import { StreamWriter, vfioVmDescEntry, buildVmDesc, type WriterSink } from '../../src/qemu/writer.js';
 import { RamFlag, VmCommand } from '../../src/qemu/constants.js';
 import { StreamError } from '../../src/qemu/errors.js';
 import { Inspector } from '../../src/qemu/summary.js';
@@ -18,7 +18,7 @@ import type { SectionRef, StreamEvent } from '../../src/qemu/records.js';
 import type { VmDesc } from '../../src/qemu/vmdesc.js';
 import { decodeBuffer, encodeAll, scratch } from './codec-helpers.js';
 
-class Collect implements ByteSink {
+class Collect implements WriterSink {
   parts: Buffer[] = [];
   write(b: Buffer): void {
     this.parts.push(Buffer.from(b));

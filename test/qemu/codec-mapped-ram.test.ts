@@ -7,7 +7,7 @@
 import test from 'ava';
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { StreamWriter, type ByteSink } from '../../src/qemu/writer.js';
+import { StreamWriter, type WriterSink } from '../../src/qemu/writer.js';
 import { MAPPED_RAM_ALIGNMENT, RamFlag } from '../../src/qemu/constants.js';
 import { StreamError } from '../../src/qemu/errors.js';
 import { extractStreamFile } from '../../src/qemu/extract.js';
@@ -22,7 +22,7 @@ const RAM_SEC: SectionRef = { sectionId: 2, idstr: 'ram', instanceId: 0, version
 const RAM_PAGES = 64;
 const ROM_PAGES = 4;
 
-class Collect implements ByteSink {
+class Collect implements WriterSink {
   parts: Buffer[] = [];
   write(b: Buffer): void {
     this.parts.push(Buffer.from(b));

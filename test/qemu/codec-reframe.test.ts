@@ -10,14 +10,14 @@ import { join } from 'node:path';
 import { parseQemuRelease, reframeStreamFile } from '../../src/qemu/reframe.js';
 import { StreamError } from '../../src/qemu/errors.js';
 import { VmCommand } from '../../src/qemu/constants.js';
-import { StreamWriter, type ByteSink } from '../../src/qemu/writer.js';
+import { StreamWriter, type WriterSink } from '../../src/qemu/writer.js';
 import { Inspector } from '../../src/qemu/summary.js';
 import { readStreamFile } from '../../src/qemu/reader.js';
 import { extractStreamFile } from '../../src/qemu/extract.js';
 import { ONE_MTTY, ROOT, cli, scratch } from './codec-helpers.js';
 import { multifdInit, vfioStatePacket, writeMultifdVfioMainChannel } from '../helpers/multifd-packets.js';
 
-class Collect implements ByteSink {
+class Collect implements WriterSink {
   parts: Buffer[] = [];
   write(b: Buffer): void {
     this.parts.push(Buffer.from(b));
