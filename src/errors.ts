@@ -98,6 +98,13 @@ export function fileError(e: unknown, path: string): MigbridgeError {
   return new MigbridgeError('EIO', `${path}: ${message}`, { path, cause: e });
 }
 
+/** A broken invariant of migbridge itself (a bug): never expected, still typed. */
+export class InternalError extends MigbridgeError<'EINTERNAL'> {
+  constructor(message: string) {
+    super('EINTERNAL', `internal: ${message}`);
+  }
+}
+
 /** Wrong command-line usage: the CLI exits with status 2. */
 export class UsageError extends MigbridgeError<'EUSAGE'> {
   constructor(message: string) {

@@ -151,7 +151,7 @@ export interface ChannelHost {
  * carries the main channel and cannot be opened again for a channel.
  */
 async function connectChannel(host: ChannelHost): Promise<net.Socket> {
-  if (host.to.kind === 'fd') throw new Error(`${formatEndpoint(host.to)} is a single connection (the main channel's); multifd channels need a unix: or tcp: destination`);
+  if (host.to.kind === 'fd') throw new MigbridgeError('EPROXY_DESTINATION', `${formatEndpoint(host.to)} is a single connection (the main channel's); multifd channels need a unix: or tcp: destination`);
   return connectEndpoint(host.to, { what: '--to', waitMs: host.connectWaitMs, allowHalfOpen: true, noDelay: true });
 }
 

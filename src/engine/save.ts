@@ -3,7 +3,7 @@
 // multifd (START: SETUP_STATE; PART: precopy DATA_STATE chunks; END: stop-copy
 // DATA_STATE chunks; END_OF_STATE closing each). One function per QEMU phase
 // (hw/vfio/migration.c), so the two can be read side by side.
-import { MigbridgeError } from '../errors.js';
+import { InternalError, MigbridgeError } from '../errors.js';
 import { MigFlag, MigState, type PlanStep, type SourcePhase, planStep, sourcePlan, stateName } from '../fsm/index.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
 import { StreamWriter, buildVmDesc, sendsSwitchoverStart } from '../qemu/index.js';
@@ -121,7 +121,7 @@ function wrapDeviceError(ctx: DeviceCtx, op: string, e: unknown): Error {
   if (e instanceof MigbridgeError) {
     return new VfioDeviceError(ctx.dev.id, op, e.errno ?? Errno.EIO, { message: e.message, cause: e });
   }
-  return e instanceof Error ? e : new Error(String(e));
+  return e instanceof Error ? e : new InternalError(`a non-Error was thrown: ${String(e)}`);
 }
 
 /**

@@ -2,6 +2,7 @@
 // checked line by line against vfio_mig_get_next_state() in drivers/vfio/vfio_main.c
 // (Linux 6.12.117, which carries the ERROR-sentinel guard in the skip loop).
 import { ALL_STATES, FsmError, MigFlag, MigState, STATE_COUNT, isState, stateName } from './states.js';
+import { InternalError } from '../errors.js';
 
 const { ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P } = MigState;
 
@@ -107,7 +108,7 @@ export function path(flags: number, cur: number, target: number): MigState[] {
   while (at !== target) {
     at = nextStep(flags, at, target);
     steps.push(at);
-    if (steps.length > STATE_COUNT) throw new Error(`FSM table loops from ${stateName(cur)} to ${stateName(target)}`);
+    if (steps.length > STATE_COUNT) throw new InternalError(`FSM table loops from ${stateName(cur)} to ${stateName(target)}`);
   }
   return steps;
 }

@@ -7,6 +7,7 @@ import type { Socket } from 'node:net';
 import { sendWithFd } from '../native/sys.js';
 import { connectUnixWhenListening } from '../util/unix-connect.js';
 import { QmpError } from './errors.js';
+import { MigbridgeError } from '../errors.js';
 
 export interface QmpEvent {
   event: string;
@@ -74,7 +75,7 @@ const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
 /** The fd of a connected net.Socket (libuv's handle exposes it; there is no public getter). */
 function socketFd(socket: Socket): number {
   const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw new Error('the QMP socket has no file descriptor');
+  if (typeof fd !== 'number' || fd < 0) throw new MigbridgeError('EQMP_FDPASS', 'the QMP socket has no file descriptor (fd passing needs a unix socket Node exposes)');
   return fd;
 }
 

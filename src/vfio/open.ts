@@ -127,7 +127,7 @@ export function iommuGroupOf(sysfsDevice: string): string {
 /** The cdev name (vfioX) of a sysfs device directory (§1b step 2). */
 export function cdevOf(sysfsDevice: string): string {
   const names = readdirSync(join(sysfsDevice, 'vfio-dev')).filter((n) => /^vfio\d+$/.test(n));
-  if (names.length !== 1) throw new Error(`expected one vfioX under ${join(sysfsDevice, 'vfio-dev')}, found ${names.length}`);
+  if (names.length !== 1) throw new VfioOpenError(sysfsDevice, 'cdev', undefined, `expected one vfioX under ${join(sysfsDevice, 'vfio-dev')}, found ${names.length}`);
   return names[0]!;
 }
 

@@ -15,6 +15,7 @@
 //     END!: payload 16 B = state digest u64 @0, block count u32 @8, zero u32 @12; last record
 // Every BLOK payload is checked word for word on resume, and the END digest (over seed,
 // size, final generations and registers) proves the device got the whole final state.
+import { MigbridgeError } from '../../errors.js';
 
 export const BLOCK_SIZE = 64 * 1024;
 export const REGS_SIZE = 256;
@@ -154,18 +155,18 @@ export function encodeHeader(h: { seed: bigint; size: number; flags: number }): 
 
 /** Throws an Error naming the bad field (the consumer turns it into a corrupt-stream verdict). */
 export function decodeHeader(b: Buffer): StreamHeader {
-  if (b.length < HEADER_SIZE) throw new Error(`header: ${b.length} bytes, need ${HEADER_SIZE}`);
-  if (!b.subarray(0, 8).equals(MAGIC)) throw new Error(`header: bad magic ${b.subarray(0, 8).toString('hex')} at offset 0`);
+  if (b.length < HEADER_SIZE) throw new MigbridgeError('ESIM_FORMAT', `sim state header: ${b.length} bytes, need ${HEADER_SIZE}`);
+  if (!b.subarray(0, 8).equals(MAGIC)) throw new MigbridgeError('ESIM_FORMAT', `sim state header: bad magic ${b.subarray(0, 8).toString('hex')} at offset 0`);
   const version = b.readUInt32LE(8);
-  if (version !== STREAM_VERSION) throw new Error(`header: unsupported version ${version} at offset 8`);
-  if (b.readUInt32LE(12) !== HEADER_SIZE) throw new Error(`header: header size ${b.readUInt32LE(12)} at offset 12`);
+  if (version !== STREAM_VERSION) throw new MigbridgeError('ESIM_FORMAT', `sim state header: unsupported version ${version} at offset 8`);
+  if (b.readUInt32LE(12) !== HEADER_SIZE) throw new MigbridgeError('ESIM_FORMAT', `sim state header: header size ${b.readUInt32LE(12)} at offset 12`);
   const size = b.readBigUInt64LE(24);
-  if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new Error(`header: size ${size} at offset 24 too large`);
+  if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new MigbridgeError('ESIM_FORMAT', `sim state header: size ${size} at offset 24 too large`);
   const blockSize = b.readUInt32LE(32);
-  if (blockSize !== BLOCK_SIZE) throw new Error(`header: block size ${blockSize} at offset 32 (expected ${BLOCK_SIZE})`);
+  if (blockSize !== BLOCK_SIZE) throw new MigbridgeError('ESIM_FORMAT', `sim state header: block size ${blockSize} at offset 32 (expected ${BLOCK_SIZE})`);
   const regsSize = b.readUInt32LE(36);
-  if (regsSize !== REGS_SIZE) throw new Error(`header: regs size ${regsSize} at offset 36 (expected ${REGS_SIZE})`);
-  for (let i = 44; i < HEADER_SIZE; i++) if (b[i] !== 0) throw new Error(`header: reserved byte at offset ${i} is not zero`);
+  if (regsSize !== REGS_SIZE) throw new MigbridgeError('ESIM_FORMAT', `sim state header: regs size ${regsSize} at offset 36 (expected ${REGS_SIZE})`);
+  for (let i = 44; i < HEADER_SIZE; i++) if (b[i] !== 0) throw new MigbridgeError('ESIM_FORMAT', `sim state header: reserved byte at offset ${i} is not zero`);
   return { version, seed: b.readBigUInt64LE(16), size: Number(size), blockSize, regsSize, flags: b.readUInt32LE(40) };
 }
 

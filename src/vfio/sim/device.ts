@@ -39,6 +39,7 @@ import { RefusedResume, type ResumeHost, SimResumeSession, type SimResumeResult 
 import { type SaveHost, SimSaveSession } from './save-session.js';
 import { ArcFailure, type SimContent, delay } from './session.js';
 import { type SimConfig, parseSimSpec } from './spec.js';
+import { InternalError } from '../../errors.js';
 
 export type { SimResumeResult } from './resume-session.js';
 
@@ -175,7 +176,7 @@ export class SimDevice implements MigrationDevice, SaveHost, ResumeHost {
     }
     let fd: DataFd | null = null;
     for (const next of steps) {
-      if (fd) throw new Error(`internal: FSM opened a data_fd on an interior arc ${stateName(from)} -> ${stateName(target)}`);
+      if (fd) throw new InternalError(`FSM opened a data_fd on an interior arc ${stateName(from)} -> ${stateName(target)}`);
       try {
         fd = await this.#arc(this.#state, next);
       } catch (e) {

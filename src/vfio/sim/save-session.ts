@@ -10,6 +10,7 @@ import { BLOCK_SIZE, END_RECORD_BYTES, NOT_SENT, REGS_RECORD_BYTES, blockRecordB
 import { CTRL_CANCELLED, CTRL_WRITING, type JobDoneMsg, type SaveJobMsg } from './protocol.js';
 import { ArcFailure, PIPE_SIZE, type SessionCtl, SimDataFd, type SimContent, delay, newCtl, newPipe, setupErrno, signal } from './session.js';
 import type { SimConfig } from './spec.js';
+import { InternalError } from '../../errors.js';
 
 const FIONREAD = 0x541b;
 
@@ -242,7 +243,7 @@ export class SimSaveSession {
     // and the pipe goes with its read end. Measured under load: an EMFILE while the worker
     // loaded its modules, after its 'online' event.
     for (let i = 0; !this.workerDied && !drain(); i++) {
-      if (i > 1000) throw new Error(`internal: saving pipe of ${this.host.id} still has a writer after the session ended`);
+      if (i > 1000) throw new InternalError(`saving pipe of ${this.host.id} still has a writer after the session ended`);
       await delay(1);
     }
     closeSync(this.privR);
