@@ -8,8 +8,10 @@
 # The default test files are those whose code reaches the addon: the native tests (engine,
 # sys calls, the process-level checks), the engine tests (parallel save/restore through the
 # io_uring engine, multifd restore, simulator hazards) and the simulated-device tests (the
-# simulator's data pipes and ioctls go through the addon's sys calls). The proxy is not among
-# them: it moves bytes with node:net and never calls the addon. Other files can be given:
+# simulator's data pipes and ioctls go through the addon's sys calls), the proxy's tests
+# among the engine's (its fd: endpoints are inspected by the addon's socketInfo), the
+# endpoint tests and the QMP client's (fd passing with SCM_RIGHTS in fdpass.cc). Other
+# files can be given:
 #   bash test/native/asan.sh [dist/test/X.test.js ...]   (after `npx tsc -p tsconfig.json`)
 # Not in CI: 388 tests in about 2 minutes (plus about 1 minute to build the addon the first
 # time), measured on a busy 2-core machine.
@@ -28,7 +30,7 @@ if [ ! -f "$out" ]; then
   mv "$out.tmp" "$out"
 fi
 if [ $# -eq 0 ]; then
-  set -- dist/test/native/*.test.js dist/test/engine/*.test.js dist/test/vfio/sim*.test.js dist/test/vfio/conformance-sim.test.js
+  set -- dist/test/native/*.test.js dist/test/engine/*.test.js dist/test/vfio/sim*.test.js dist/test/vfio/conformance-sim.test.js dist/test/qmp/*.test.js dist/test/cli/endpoints.test.js
 fi
 logs=$(mktemp -d /tmp/migbridge-asan.XXXXXX)
 trap 'rm -rf "$logs"' EXIT
