@@ -392,8 +392,10 @@ async function forward(opts: ProxyOptions, pair: ProxyLink, dst: net.Socket, t0:
     source.closed = how;
     source.offset = at;
     source.error = e === undefined ? null : errCode(e);
-    note({ type: 'closed', side: 'source', offset: at, how, ...(source.error ? { error: source.error } : {}) });
+    // The records still buffered in the side decoder are noted first: a listener timing the
+    // switchover (migrate's wire downtime) must see them before the close, not after it.
     live.flush();
+    note({ type: 'closed', side: 'source', offset: at, how, ...(source.error ? { error: source.error } : {}) });
     const eof = live.eofOffset ?? tail.trailerEof(at);
     if (how === 'error') {
       link.failure ??= { side: 'source', offset: at, message: `the source connection failed (${source.error}) at forward offset ${at}${eof === undefined ? ', before the EOF record' : ''}` };

@@ -1,5 +1,5 @@
 // A private libvirt for the real-libvirt tests: virtlogd and libvirtd started here as
-// root in the foreground (children of the test, so they die with it), libvirtd's
+// root in the foreground (children of the test, told to die with it), libvirtd's
 // sockets in a scratch directory, one transient TCG domain running the tiny test guest
 // (test/helpers/qemu-guest.ts) from a private copy of its boot disk. Everything is torn
 // down by `stop()`: the domain destroyed, the daemons terminated and waited for.
@@ -118,7 +118,10 @@ export class PrivateLibvirt {
   }
 
   private spawnDaemon(cmd: string, args: string[]): void {
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // setpriv --pdeathsig: the daemon gets SIGTERM when this test process dies, however it
+    // dies. Without it, a killed test run left libvirtd and virtlogd running, and every later
+    // run waited for them (the wait below) until ava gave up.
+    const p = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     p.stdout!.setEncoding('utf8').on('data', (s: string) => { this.log = (this.log + s).slice(-8000); });
     p.stderr!.setEncoding('utf8').on('data', (s: string) => { this.log = (this.log + s).slice(-8000); });
     p.once('exit', (code, sig) => { this.log += `\n${cmd} exited (${code ?? sig})`; });

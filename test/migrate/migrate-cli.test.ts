@@ -78,7 +78,7 @@ test.serial('--via-proxy --tee: the tee is the stream the destination got, inspe
   const inspected = await inspectStreamFile(tee);
   t.truthy(inspected.vmdesc, 'complete: EOF and VMDESCRIPTION');
   t.is(proxy.eof?.offset, inspected.records.find((x) => x.kind === 'EOF')?.offset);
-  t.true(rep.wireDowntimeMs !== null && rep.wireDowntimeMs >= 0);
+  t.true(rep.wireDowntimeMs !== null && rep.wireDowntimeMs >= 0, `wire downtime ${String(rep.wireDowntimeMs)} ms`);
   t.deepEqual(await readdir(dir).then((f) => f.filter((n) => n.startsWith('tee.mig'))), ['tee.mig'], 'no temp tee left beside it');
 });
 
