@@ -74,8 +74,15 @@ export async function dataFdGroup(ctx: CheckContext, p: Probe): Promise<void> {
   await p.reset();
 }
 
-/** A fresh STOP_COPY session for an item that re-reads the stream: its data_fd, or undefined after reporting the item n/a (the SET failed). */
-async function stopCopySession(ctx: CheckContext, p: Probe, item: string, expected: string): Promise<DataFd | undefined> {
+/**
+ * A fresh STOP_COPY session for an item that re-reads the stream: its data_fd, or undefined
+ * after reporting the item n/a (no first stream to compare with, or the SET failed).
+ */
+async function stopCopySession(ctx: CheckContext, p: Probe, item: string, expected: string, stream: Buffer | undefined, why: string | undefined): Promise<DataFd | undefined> {
+  if (!stream) {
+    ctx.result('data_fd', p, item, 'n/a', expected, why!);
+    return undefined;
+  }
   const r = await p.reach(MigState.STOP_COPY);
   if (!r.ok || !r.fd) {
     ctx.result('data_fd', p, item, 'n/a', expected, `SET RUNNING -> STOP_COPY: ${setText(r)}`);
@@ -88,9 +95,8 @@ async function stopCopySession(ctx: CheckContext, p: Probe, item: string, expect
 async function nonBlocking(ctx: CheckContext, p: Probe, stream: Buffer | undefined, why: string | undefined): Promise<void> {
   const item = 'O_NONBLOCK and poll';
   const expected = 'with O_NONBLOCK, read() gives data, EAGAIN when none is ready (then poll() reports POLLIN), and 0 at the end: the same bytes as a blocking read';
-  if (!stream) return ctx.result('data_fd', p, item, 'n/a', expected, why!);
-  const session = await stopCopySession(ctx, p, item, expected);
-  if (!session) return;
+  const session = await stopCopySession(ctx, p, item, expected, stream, why);
+  if (!session || !stream) return;
   const fd = session.fd;
   setNonBlocking(fd, true);
   const buf = Buffer.alloc(1 << 20);
@@ -170,21 +176,19 @@ async function precopyEnd(ctx: CheckContext, p: Probe, flags: number): Promise<v
 async function shortReads(ctx: CheckContext, p: Probe, stream: Buffer | undefined, why: string | undefined): Promise<void> {
   const item = 'short reads';
   const expected = 'read(1) returns exactly 1 byte, in stream order, and the rest follows';
-  if (!stream) return ctx.result('data_fd', p, item, 'n/a', expected, why!);
-  const session = await stopCopySession(ctx, p, item, expected);
-  if (!session) return;
-  const r = { fd: session };
+  const session = await stopCopySession(ctx, p, item, expected, stream, why);
+  if (!session || !stream) return;
   const small = Math.min(16, stream.length);
   const parts: Buffer[] = [];
   for (let i = 0; i < small; i++) {
-    const o = await p.read(r.fd, 1);
+    const o = await p.read(session, 1);
     if ('errno' in o || o.n !== 1) {
       ctx.result('data_fd', p, item, 'finding', expected, `read(1) number ${i + 1} gave ${outcomeText(o)}`, { offset: i });
       return;
     }
     parts.push(o.data);
   }
-  const rest = await p.readToEnd(r.fd);
+  const rest = await p.readToEnd(session);
   const same = rest.ok && Buffer.concat([...parts, rest.data]).equals(stream);
   ctx.result('data_fd', p, item, same ? 'pass' : 'finding', expected, !rest.ok ? rest.reason : same ? `${small} one-byte reads then the rest: the same ${stream.length} bytes` : 'the bytes differ from a stream read in large pieces', {
     oneByteReads: small,
