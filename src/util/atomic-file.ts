@@ -139,7 +139,7 @@ export class OutputFile {
     // lstat: a symlink at the final name is replaced by the rename, whatever it points to.
     const st = await fsp.lstat(final).catch(() => undefined);
     if (st?.isDirectory()) throw outputFileError(Object.assign(new Error('EISDIR'), { code: 'EISDIR', errno: osc.errno.EISDIR }), path);
-    for (const removed of await removeStalePartials(final, temporaryBaseFor(final))) {
+    for (const removed of await removeStalePartials(final)) {
       for (const l of staleListeners) l(removed);
     }
     const tempPath = temporaryNameFor(final);

@@ -29,10 +29,10 @@ export interface StalePartial {
 const TEMPORARY_SUFFIX = /^\.partial-[0-9a-f]{16}$/;
 
 /** Removes the stale temporaries of `output` (see above); resolves with what was removed. */
-export async function removeStalePartials(output: string, temporaryBase: string): Promise<StalePartial[]> {
+export async function removeStalePartials(output: string): Promise<StalePartial[]> {
   const final = resolve(output);
   const dir = dirname(final);
-  const prefix = `.${temporaryBase}`;
+  const prefix = `.${temporaryBaseFor(final)}`;
   let names: string[];
   try {
     names = await fsp.readdir(dir);
