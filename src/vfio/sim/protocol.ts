@@ -4,7 +4,7 @@
 export const CTRL_SIGNAL = 0;
 export const CTRL_CANCELLED = 1;
 export const CTRL_FINISH_REQ = 2;
-/** 1 while the producer is inside write() (its byte counter lags the pipe until it is 0 again). */
+/** 1 while the producer is inside one non-blocking write() (its byte counter lags the pipe until it is 0 again). */
 export const CTRL_WRITING = 3;
 export const CTRL_BYTES_OFFSET = 16;
 export const CTRL_BYTES = 24;

@@ -72,12 +72,24 @@ export class SimSaveSession {
       if (privR >= 0) closeSync(privR);
       throw new ArcFailure(setupErrno(e), `cannot set up the data pipe: ${(e as Error).message}`);
     }
+    // The producer's write end is reopened non-blocking; the pipe's own one goes first (no
+    // reader has the data_fd yet, and the private read end keeps the pipe), so a session
+    // needs no more fds than before.
+    closeSync(w);
+    let wNonBlocking: number;
+    try {
+      wNonBlocking = nonBlockingWriteEnd(privR);
+    } catch (e) {
+      closeSync(r);
+      closeSync(privR);
+      throw new ArcFailure(setupErrno(e), `cannot set up the data pipe: ${(e as Error).message}`);
+    }
     const s = new SimSaveSession(host, id, r, privR);
     if (precopy) {
       const blocks = s.#takeBlocks(Math.ceil(host.config.precopy / BLOCK_SIZE), false);
-      s.#initialEnd = s.#queue(w, blocks, false);
+      s.#initialEnd = s.#queue(wNonBlocking, blocks, false);
     } else {
-      s.#queueFinal(w);
+      s.#queueFinal(wNonBlocking);
     }
     return { session: s, dataFd: new SimDataFd(r, 'save', host.id, () => s.#verifyEnd()) };
   }
@@ -123,21 +135,22 @@ export class SimSaveSession {
 
   /**
    * Bytes of the session stream the reader has taken: written - unread (FIONREAD on the
-   * private read end). The producer's counter lags while it is inside write(); if the
-   * pipe is empty then, the write is about to land or just landed, so wait for it briefly
-   * (an empty pipe never blocks a writer for long) to report an exact figure.
+   * private read end). The producer's counter lags only inside one non-blocking write()
+   * (CTRL_WRITING 1), which never waits for the reader, so the figure is read as a seqlock:
+   * flag clear and counter unchanged around FIONREAD. The deadline only guards against a
+   * producer thread descheduled inside that window on a loaded machine.
    */
   #consumedBytes(): number {
     const { ctrl, counter } = this.ctl;
     const unread = Buffer.alloc(4);
-    const deadline = performance.now() + 50;
+    const deadline = performance.now() + 2000;
     for (;;) {
       const writing = Atomics.load(ctrl, CTRL_WRITING);
       const written = Atomics.load(counter, 0);
       ioctlSync(this.privR, FIONREAD, unread);
       const pending = unread.readInt32LE(0);
       const stable = writing === 0 && Atomics.load(ctrl, CTRL_WRITING) === 0 && Atomics.load(counter, 0) === written;
-      if (stable || pending > 0 || performance.now() > deadline) return Number(written) - pending;
+      if (stable || performance.now() > deadline) return Number(written) - pending;
       Atomics.wait(ctrl, CTRL_WRITING, 1, 0.1);
     }
   }
@@ -206,7 +219,7 @@ export class SimSaveSession {
 
   /** A new write end on the session pipe, opened through the device's private read end. */
   #newWriteEnd(): number {
-    return openSync(`/proc/self/fd/${this.privR}`, fsc.O_WRONLY);
+    return nonBlockingWriteEnd(this.privR);
   }
 
   async #verifyEnd(): Promise<void> {
@@ -255,4 +268,9 @@ export class SimSaveSession {
     }
     closeSync(this.privR);
   }
+}
+
+/** A write end of the session pipe with its own O_NONBLOCK file description (see the worker's write loop). */
+function nonBlockingWriteEnd(privR: number): number {
+  return openSync(`/proc/self/fd/${privR}`, fsc.O_WRONLY | fsc.O_NONBLOCK);
 }

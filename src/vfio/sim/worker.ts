@@ -104,14 +104,32 @@ function runSave(m: SaveJobMsg): void {
         n = Math.max(0, m.eioAt - st.written);
         fault = 'eio';
       }
+      // The write end is non-blocking: a write deposits what fits and returns at once, so the
+      // counter is exact whenever CTRL_WRITING is 0 (a blocking write could sit with part of
+      // its bytes in the pipe and none counted, and the device's unread-byte figures came
+      // out too high). A full pipe is waited out with CTRL_WRITING at 0.
       let off = 0;
-      Atomics.store(ctrl, CTRL_WRITING, 1);
-      try {
-        while (off < n) off += writeSync(m.fd, buf, off, n - off);
-      } finally {
-        st.written += off;
-        Atomics.store(counter, 0, BigInt(st.written));
-        Atomics.store(ctrl, CTRL_WRITING, 0);
+      let backoffMs = 0.05;
+      while (off < n) {
+        let k = 0;
+        Atomics.store(ctrl, CTRL_WRITING, 1);
+        try {
+          k = writeSync(m.fd, buf, off, n - off);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+        } finally {
+          st.written += k;
+          Atomics.store(counter, 0, BigInt(st.written));
+          Atomics.store(ctrl, CTRL_WRITING, 0);
+        }
+        off += k;
+        if (k > 0) {
+          backoffMs = 0.05;
+          continue;
+        }
+        if (Atomics.load(ctrl, CTRL_CANCELLED)) throw new Cancelled();
+        sleep(ctrl, backoffMs);
+        backoffMs = Math.min(1, backoffMs * 2);
       }
       fill = 0;
       if (fault === 'eio') {
