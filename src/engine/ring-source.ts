@@ -27,6 +27,11 @@ export interface RingSourceOptions {
   readonly maxHeld?: number;
   /** Closes the fd when the source ends or is destroyed. */
   readonly closeFd?: boolean;
+  /**
+   * Called once the source ended or was destroyed and no read of it is pending any more:
+   * the owner of the fd (a socket's handle) closes it then, never under a read in flight.
+   */
+  readonly onClosed?: () => void;
 }
 
 export class RingByteSource implements RecyclingByteSource {
@@ -35,6 +40,7 @@ export class RingByteSource implements RecyclingByteSource {
   readonly #chunkSize: number;
   readonly #maxHeld: number;
   readonly #closeFd: boolean;
+  readonly #onClosed: (() => void) | undefined;
   #offset: number | undefined;
   /** What was yielded and not yet released, oldest first. */
   #yielded: Held[] = [];
@@ -47,6 +53,7 @@ export class RingByteSource implements RecyclingByteSource {
     this.#chunkSize = Math.min(opts.chunkSize ?? 1 << 20, io.info().bufferSize);
     this.#maxHeld = opts.maxHeld ?? 8;
     this.#closeFd = opts.closeFd ?? false;
+    this.#onClosed = opts.onClosed;
     this.#offset = opts.offset;
   }
 
@@ -86,7 +93,10 @@ export class RingByteSource implements RecyclingByteSource {
     this.#closed = true;
     this.held(0);
     const fd = this.#fd;
-    const close = () => (this.#closeFd ? closeSync(fd) : undefined);
+    const close = (): void => {
+      if (this.#closeFd) closeSync(fd);
+      this.#onClosed?.();
+    };
     // A read still waiting (a pipe whose writer stopped, on a cancel) is cancelled first,
     // and the fd closed once it settled, so its number is not reused under it.
     if (this.#reading) void this.#reading.catch(() => undefined).then(close);

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { MigbridgeError, errorCode } from '../errors.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
 import { OutputFile } from '../util/atomic-file.js';
-import { type Endpoint, connectEndpoint, formatEndpoint, inspectFd } from '../util/endpoint.js';
+import { type Endpoint, connectEndpoint, formatEndpoint, inspectFd, socketFd } from '../util/endpoint.js';
 
 /** A QEMU started beside `save --to` may not listen yet: wait this long for it. */
 const CONNECT_WAIT_MS = 3000;
@@ -146,8 +146,8 @@ export async function openSink(target: SinkTarget): Promise<ByteSink> {
   // The connected socket's fd goes through the io engine like any output (records as one
   // writev, no copy); libuv keeps the handle only to close it. SocketSink is the fallback
   // should the handle not expose its fd.
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd === 'number' && fd >= 0) {
+  const fd = socketFd(socket);
+  if (fd !== undefined) {
     return new FdSink(
       text,
       fd,

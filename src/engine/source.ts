@@ -1,11 +1,12 @@
 // Where a stream to restore comes from: a file (its vmdesc is read from the tail first),
 // an fd handed in, or an endpoint migbridge listens on (like QEMU's -incoming): unix:,
 // tcp:, or fd:N (a listening socket to accept on, or a connected socket or pipe read as is).
+// Every one is read through the io engine into its buffer pool (ring-source.ts).
 import type * as net from 'node:net';
 import { DEFAULT_TARGET_PAGE_SIZE, type StreamEvent, probeStreamFile, readStream, readStreamFile } from '../qemu/index.js';
 import { indexMultifdChannels } from '../qemu/multifd-index.js';
 import { withMultifdDeviceState } from '../qemu/reframe-multifd.js';
-import { type Endpoint, formatEndpoint, inspectFd, listenEndpoint } from '../util/endpoint.js';
+import { type Endpoint, formatEndpoint, inspectFd, listenEndpoint, socketFd } from '../util/endpoint.js';
 import { defaultEngine, type IoEngine } from '../native/index.js';
 import { CancelledError, abortReason, whenCancelled } from './cancel.js';
 import { RingByteSource } from './ring-source.js';
@@ -41,7 +42,8 @@ export async function openEvents(source: SourceTarget, signal?: AbortSignal, onL
   }
   const ep = source.endpoint;
   if (ep.kind === 'fd' && inspectFd(ep.fd, '--from').type !== 'socket') return readFd(ep.fd);
-  const listener = await listenEndpoint(ep, { what: '--from' });
+  // Accepted sockets stay paused: libuv reads nothing, the ring reads the fd.
+  const listener = await listenEndpoint(ep, { what: '--from', pauseOnConnect: true });
   onListening?.(formatEndpoint(listener.endpoint));
   // A cancel while nobody connected yet (also one that came while the socket was being
   // set up): stop listening (a unix socket file is removed).
@@ -56,7 +58,17 @@ export async function openEvents(source: SourceTarget, signal?: AbortSignal, onL
     unlisten();
     await listener.close();
   }
-  // A cancel later ends the connection, so a read waiting on a sender that stopped returns.
-  whenCancelled(signal, () => socket.destroy());
-  return readStream(socket);
+  const fd = socketFd(socket);
+  if (fd === undefined) {
+    // A handle without an fd (not seen on Linux): libuv reads it.
+    whenCancelled(signal, () => socket.destroy());
+    socket.resume();
+    return readStream(socket);
+  }
+  // The connection is read through the ring into the pool like a file. The socket is
+  // destroyed (its fd closed) only once no ring read of it is pending; a cancel cancels the
+  // read waiting on a sender that stopped.
+  const bytes = new RingByteSource(io, fd, { onClosed: () => socket.destroy() });
+  whenCancelled(signal, () => bytes.destroy());
+  return readStream(bytes);
 }

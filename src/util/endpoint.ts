@@ -205,6 +205,16 @@ async function resolveHost(ep: Endpoint & { kind: 'tcp' }): Promise<{ address: s
   throw new EndpointSetupError('ENOTFOUND', `cannot resolve the host of ${formatEndpoint(ep)}: no address`);
 }
 
+/**
+ * The fd under a connected net.Socket, for reading or writing it through the io engine
+ * (libuv then keeps the handle only to close it); undefined should a handle not expose it.
+ * The fd is non-blocking (libuv's), which the engine handles by polling on EAGAIN.
+ */
+export function socketFd(socket: net.Socket): number | undefined {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+}
+
 /** Listens on `ep` and resolves once connections can arrive. */
 export async function listenEndpoint(ep: Endpoint, opts: ListenOptions): Promise<Listener> {
   const text = formatEndpoint(ep);
