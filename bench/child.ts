@@ -77,6 +77,14 @@ const job = JSON.parse(process.argv[2]!) as ChildJob;
 const idleRssKiB = statusKiB('VmRSS');
 const io = job.mode === 'seq' ? 'none' : defaultEngine().info().io;
 const cpu0 = process.cpuUsage();
+// Status 13 is Node's "the event loop ran empty while a top-level await was unsettled": a
+// wait on something that is no I/O op. One restore child ended so once, at load 39, and it
+// has not been reproduced since; should it come back, this says what the engine held.
+process.on('exit', (code) => {
+  if (code !== 13 || job.mode === 'seq') return;
+  const e = defaultEngine();
+  process.stderr.write(`bench child exit 13 (${job.mode}): ${JSON.stringify({ freeBuffers: e.freeBufferCount(), inFlightBytes: e.inFlightBytes(), stats: e.stats() })}\n`);
+});
 const r = await run(job);
 const cpu = process.cpuUsage(cpu0);
 const result: ChildResult = { ...r, cpuSeconds: (cpu.user + cpu.system) / 1e6, peakRssKiB: statusKiB('VmHWM'), idleRssKiB, io };
