@@ -82,17 +82,24 @@ function fifos(dir: string, tag: string, n: number): string[] {
 }
 
 export async function main(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { quick: { type: 'boolean' }, repeats: { type: 'string' }, size: { type: 'string' }, 'latency-us': { type: 'string' } } });
+  const { values } = parseArgs({ args, options: { quick: { type: 'boolean' }, memory: { type: 'boolean' }, repeats: { type: 'string' }, size: { type: 'string' }, 'latency-us': { type: 'string' } } });
   modelBLatencyUs = Number(values['latency-us'] ?? 200);
   const quick = values.quick ?? false;
-  const repeats = Number(values.repeats ?? (quick ? 3 : 5));
+  // --memory: the far corners of the memory target (N = 32 devices; 4 GiB per device), save
+  // and restore only. RSS does not depend on the machine's load, so one run per cell; the
+  // 8 GiB streams go to a disk directory (/var/tmp), not tmpfs, and GB/s there is the disk's.
+  const memory = values.memory ?? false;
+  const repeats = Number(values.repeats ?? (quick ? 3 : memory ? 1 : 5));
   // --size MiB shrinks the quick points (a check of the harness, not a measurement).
   const quickSize = Number(values.size ?? 256) * MiB;
   const points: Point[] = quick
     ? [{ model: 'a', n: 8, size: quickSize }, { model: 'b', n: 8, size: quickSize }]
-    : (['a', 'b', 'c'] as const).flatMap((model) => [16 * MiB, 256 * MiB].flatMap((size) => [1, 4, 8, 16].map((n) => ({ model, n, size }))));
+    : memory
+      ? [{ model: 'a', n: 32, size: 256 * MiB }, { model: 'a', n: 2, size: 4096 * MiB }]
+      : (['a', 'b', 'c'] as const).flatMap((model) => [16 * MiB, 256 * MiB].flatMap((size) => [1, 4, 8, 16].map((n) => ({ model, n, size }))));
+  const only = memory ? new Set(['migbridge-save', 'migbridge-save-interleave', 'migbridge-save-unix', 'migbridge-restore']) : undefined;
   const bin = cbench();
-  const dir = mkdtempSync('/dev/shm/migbridge-bench-');
+  const dir = mkdtempSync(memory ? '/var/tmp/migbridge-bench-' : '/dev/shm/migbridge-bench-');
   const child = path.join(here, 'child.js');
   const node = (job: ChildJob, env: NodeJS.ProcessEnv = process.env) => runJson(process.execPath, [child, JSON.stringify(job)], env);
   const withProducers = async (p: Point, job: Omit<ChildJob, 'fifos' | 'sizes'>, env?: NodeJS.ProcessEnv) => {
@@ -142,6 +149,7 @@ export async function main(args: string[]): Promise<void> {
     for (const point of points) {
       for (const [name, run] of Object.entries(contenders)) {
         if (point.model === 'c' && name.startsWith('c-')) continue;
+        if (only && !only.has(name)) continue;
         const samples: Sample[] = [];
         for (let i = 0; i < repeats; i++) {
           const r = await run(point, dir);
@@ -164,29 +172,35 @@ export async function main(args: string[]): Promise<void> {
       }
     }
   }
-  const med = (c: string, p: Point, k: Measured = 'gbps') => median(results.find((r) => r.contender === c && same(r.point, p))!.samples.map((s) => s[k]));
-  const a = points.find((p) => p.model === 'a' && p.n === 8 && p.size === (quick ? quickSize : 256 * MiB))!;
-  const b = points.find((p) => p.model === 'b' && p.n === 8 && p.size === (quick ? quickSize : 256 * MiB))!;
-  const ratios = {
-    limitRatio: round(med('migbridge-save', a) / med('c-limit', a)),
-    baselineRatio: round(med('migbridge-save', b) / med('c-sequential', b)),
-    baselineRatioInterleave: round(med('migbridge-save-interleave', b) / med('c-sequential', b)),
-    // What the machine lets any parallel reader gain on (b) in this run: the C limit over
-    // the C sequential loop. When the copy, not the device, is what takes the time, this is
-    // far below N/2, and baselineRatio is to be read against it (see bench/README.md).
-    baselineBound: round(med('c-limit', b) / med('c-sequential', b)),
-    rssOverheadMiB: round(Math.max(...results.filter((r) => r.contender.startsWith('migbridge')).flatMap((r) => r.samples.map((s) => s.rssOverheadMiB)))),
-    uringVsThreadpool: round(med('migbridge-save', a) / med('migbridge-save-threadpool', a)),
-  };
+  const rssOverheadMiB = round(Math.max(...results.filter((r) => r.contender.startsWith('migbridge')).flatMap((r) => r.samples.map((s) => s.rssOverheadMiB))));
+  const ratios = memory ? { rssOverheadMiB } : gridRatios(rssOverheadMiB);
   const machine = { modelBLatencyUs, cpus: cpus().length, cpuModel: cpus()[0]?.model ?? '?', loadavgStart: load0, loadavgEnd: loadavg()[0]!, kernel: execFileSync('uname', ['-r']).toString().trim(), node: process.version };
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const outDir = path.join(root, 'bench', 'results');
+  const kind = quick ? '-quick' : memory ? '-memory' : '';
   mkdirSync(outDir, { recursive: true });
-  writeFileSync(path.join(outDir, `${stamp}${quick ? '-quick' : ''}.json`), JSON.stringify({ machine, repeats, ratios, results }, null, 1));
+  writeFileSync(path.join(outDir, `${stamp}${kind}.json`), JSON.stringify({ machine, repeats, ratios, results }, null, 1));
   const md = table(results, machine, ratios, repeats);
-  writeFileSync(path.join(outDir, `${stamp}${quick ? '-quick' : ''}.md`), md);
+  writeFileSync(path.join(outDir, `${stamp}${kind}.md`), md);
   process.stdout.write(md + '\n');
   process.stdout.write(JSON.stringify(ratios) + '\n');
+
+  function gridRatios(rss: number): Record<string, number> {
+    const med = (c: string, p: Point, k: Measured = 'gbps') => median(results.find((r) => r.contender === c && same(r.point, p))!.samples.map((s) => s[k]));
+    const a = points.find((p) => p.model === 'a' && p.n === 8 && p.size === (quick ? quickSize : 256 * MiB))!;
+    const b = points.find((p) => p.model === 'b' && p.n === 8 && p.size === (quick ? quickSize : 256 * MiB))!;
+    return {
+      limitRatio: round(med('migbridge-save', a) / med('c-limit', a)),
+      baselineRatio: round(med('migbridge-save', b) / med('c-sequential', b)),
+      baselineRatioInterleave: round(med('migbridge-save-interleave', b) / med('c-sequential', b)),
+      // What the machine lets any parallel reader gain on (b) in this run: the C limit over
+      // the C sequential loop. When the copy, not the device, is what takes the time, this is
+      // far below N/2, and baselineRatio is to be read against it (see bench/README.md).
+      baselineBound: round(med('c-limit', b) / med('c-sequential', b)),
+      rssOverheadMiB: rss,
+      uringVsThreadpool: round(med('migbridge-save', a) / med('migbridge-save-threadpool', a)),
+    };
+  }
 }
 
 const same = (x: Point, y: Point) => x.model === y.model && x.n === y.n && x.size === y.size;
