@@ -41,7 +41,13 @@ export async function openEvents(source: SourceTarget, signal?: AbortSignal, onL
     return readFd(source.fd);
   }
   const ep = source.endpoint;
-  if (ep.kind === 'fd' && inspectFd(ep.fd, '--from').type !== 'socket') return readFd(ep.fd);
+  if (ep.kind === 'fd') {
+    // A pipe, a file or a connected socket handed in is the stream itself: read through the
+    // ring as is. (Wrapped in a net.Socket, libuv would start reading it at once and the
+    // ring would miss what libuv took.) Only a listening socket waits for a connection.
+    const fd = inspectFd(ep.fd, '--from');
+    if (fd.type !== 'socket' || !fd.listening) return readFd(ep.fd);
+  }
   // Accepted sockets stay paused: libuv reads nothing, the ring reads the fd.
   const listener = await listenEndpoint(ep, { what: '--from', pauseOnConnect: true });
   onListening?.(formatEndpoint(listener.endpoint));
